@@ -1,0 +1,232 @@
+//! Example agents, one static multi-call binary (`demo-agent ROLE [ARGS]`) so every demo
+//! rootfs holds a single small file:
+//!
+//! - `sensor [INTERVAL_S]`: a well-behaved service printing a reading periodically.
+//! - `memhog [STEP_MIB]`: allocates and touches memory until the kernel OOM-kills it.
+//! - `forkbomb`: spawns children until the pids limit refuses, then holds them.
+//! - `escape`: tries to read host files and write outside its scratch, reporting each result.
+//! - `probe`: prints what the sandbox looks like from inside, as JSON (used by tests).
+//! - `sleep`, `exit CODE`, `ignore-term`: helpers for tests.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).map(String::as_str);
+    match arg(0) {
+        Some("sensor") => sensor(arg(1).and_then(|s| s.parse().ok()).unwrap_or(2)),
+        Some("memhog") => memhog(arg(1).and_then(|s| s.parse().ok()).unwrap_or(4)),
+        Some("forkbomb") => forkbomb(),
+        Some("escape") => escape(),
+        Some("probe") => probe(&args[1..]),
+        Some("sleep") => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        Some("exit") => ExitCode::from(arg(1).and_then(|s| s.parse().ok()).unwrap_or(1)),
+        Some("ignore-term") => ignore_term(),
+        _ => {
+            eprintln!("usage: demo-agent sensor|memhog|forkbomb|escape|probe|sleep|exit N|ignore-term");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn sensor(interval_s: u64) -> ExitCode {
+    let mut reading: u64 = 20_000;
+    let mut n = 0u64;
+    loop {
+        // A cheap deterministic "temperature" walk.
+        reading = (reading * 1_103_515_245 + 12_345) % 40_000;
+        n += 1;
+        println!("reading {n}: {:.2} C", 10.0 + reading as f64 / 2000.0);
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_secs(interval_s));
+    }
+}
+
+fn memhog(step_mib: usize) -> ExitCode {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Touch every page so the memory is really charged to the cgroup.
+        held.push(vec![0x5a; step_mib << 20]);
+        println!("memhog: holding {} MiB", held.len() * step_mib);
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn forkbomb() -> ExitCode {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/bin/demo-agent".into());
+    let mut children = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10_000 {
+        match std::process::Command::new(&exe).arg("sleep").spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                refused += 1;
+                if refused == 1 {
+                    println!(
+                        "forkbomb: the kernel refused child {} ({e}); holding {} children",
+                        children.len() + 1,
+                        children.len()
+                    );
+                    let _ = std::io::stdout().flush();
+                }
+                if refused > 50 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    println!("forkbomb: gave up after {refused} refusals with {} children", children.len());
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn attempt(what: &str, r: std::io::Result<()>) -> bool {
+    match r {
+        Ok(()) => {
+            println!("escape: {what}: SUCCEEDED");
+            true
+        }
+        Err(e) => {
+            println!("escape: {what}: denied ({e})");
+            false
+        }
+    }
+}
+
+fn escape() -> ExitCode {
+    let mut escaped = false;
+    escaped |= attempt("read /etc/shadow", std::fs::read("/etc/shadow").map(drop));
+    escaped |= attempt(
+        "read the host's /proc/1/root/etc/shadow",
+        std::fs::read("/proc/1/root/etc/shadow").map(drop),
+    );
+    escaped |= attempt("write /bin/pwned", std::fs::write("/bin/pwned", b"x"));
+    escaped |= attempt("write /etc-pwned", std::fs::write("/etc-pwned", b"x"));
+    escaped |= attempt("create /dev/pwned", std::fs::write("/dev/pwned", b"x"));
+    escaped |= attempt(
+        "list the host's /sys/fs/cgroup",
+        std::fs::read_dir("/sys/fs/cgroup").map(drop),
+    );
+    let scratch = std::fs::write("/tmp/scratch-ok", b"mine");
+    println!("escape: write /tmp/scratch-ok (own scratch): {scratch:?}");
+    let _ = std::io::stdout().flush();
+    if escaped {
+        println!("escape: at least one attempt got out of the sandbox");
+        ExitCode::from(1)
+    } else {
+        println!("escape: every attempt was contained");
+        ExitCode::SUCCESS
+    }
+}
+
+fn status_field(name: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_owned()))
+        })
+        .unwrap_or_default()
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out += "\\\"",
+            '\\' => out += "\\\\",
+            c if (c as u32) < 0x20 => out += &format!("\\u{:04x}", c as u32),
+            c => out.push(c),
+        }
+    }
+    out + "\""
+}
+
+/// Prints one JSON object describing the sandbox from inside. Extra args name files whose
+/// existence to report, and `write:PATH` entries to try writing.
+fn probe(extra: &[String]) -> ExitCode {
+    let mut fields: Vec<(String, String)> = vec![];
+    for f in ["Uid", "Gid", "CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"] {
+        fields.push((f.to_lowercase(), json_str(&status_field(f))));
+    }
+    fields.push(("pid".into(), std::process::id().to_string()));
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    fields.push(("hostname".into(), json_str(hostname.trim())));
+    let list = |p: &str| -> String {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| json_str(&e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        format!("[{}]", v.join(","))
+    };
+    fields.push(("root".into(), list("/")));
+    fields.push(("tmp".into(), list("/tmp")));
+    fields.push(("dev".into(), list("/dev")));
+    fields.push(("proc_pids".into(), {
+        let n = std::fs::read_dir("/proc")
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                    .count()
+            })
+            .unwrap_or(0);
+        n.to_string()
+    }));
+    let mut checks = vec![];
+    for e in extra {
+        if let Some(p) = e.strip_prefix("write:") {
+            let r = std::fs::write(p, b"probe");
+            checks.push(format!(
+                "{}:{}",
+                json_str(e),
+                json_str(&r.err().map_or("ok".into(), |e| e.to_string()))
+            ));
+        } else {
+            let r = std::fs::metadata(e);
+            checks.push(format!(
+                "{}:{}",
+                json_str(e),
+                json_str(&r.err().map_or("ok".into(), |e| e.to_string()))
+            ));
+        }
+    }
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", json_str(k)))
+        .chain(std::iter::once(format!("\"checks\":{{{}}}", checks.join(","))))
+        .collect();
+    println!("PROBE {{{}}}", body.join(","));
+    let _ = std::io::stdout().flush();
+    ExitCode::SUCCESS
+}
+
+fn ignore_term() -> ExitCode {
+    sys::ignore_sigterm();
+    println!("ignore-term: running with SIGTERM ignored");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+mod sys {
+    //! The demo's only `unsafe`: std has no way to ignore a signal.
+    #![allow(unsafe_code)]
+
+    pub fn ignore_sigterm() {
+        // SAFETY: SIG_IGN is a valid disposition for SIGTERM; no handler code runs.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+}

@@ -1,0 +1,146 @@
+//! Installing agents from unpacked bundle directories (`<agents_dir>/<dir>/manifest.json` +
+//! `rootfs/`).
+//!
+//! The checks here are the ones that would otherwise fail late and obscurely inside the
+//! sandbox: the rootfs exists, `exec[0]` is an executable regular file inside it (following
+//! no symlink out of it), and the mount points the sandbox needs (`/proc`, `/dev`, `/tmp`)
+//! exist, created here if the bundle lacks them. Signature verification of bundles arrives with
+//! signed bundles; until then only `allow_unsigned` devices install anything.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::config::manifest::Manifest;
+
+/// Most bundle directories scanned (the daemon also caps agents at `max_agents`).
+const MAX_BUNDLES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("reading agents directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bundle {path}: {source}")]
+    Manifest {
+        path: PathBuf,
+        source: Box<crate::config::ConfigError>,
+    },
+    #[error("bundle {path}: {reason}")]
+    Bundle { path: PathBuf, reason: String },
+}
+
+/// One valid bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// Scans `agents_dir`: every subdirectory is a bundle. Returns valid bundles and, separately,
+/// one error per invalid bundle, so one bad bundle never stops the others.
+pub fn scan(agents_dir: &Path) -> Result<(Vec<Bundle>, Vec<InstallError>), InstallError> {
+    let rd = std::fs::read_dir(agents_dir).map_err(|e| InstallError::ReadDir {
+        path: agents_dir.to_path_buf(),
+        source: e,
+    })?;
+    let mut dirs: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .take(MAX_BUNDLES)
+        .collect();
+    dirs.sort();
+    let mut ok = Vec::new();
+    let mut errs = Vec::new();
+    for dir in dirs {
+        match check(&dir) {
+            Ok(b) => ok.push(b),
+            Err(e) => errs.push(e),
+        }
+    }
+    // Two bundles claiming one name: neither is trusted to be the right one.
+    let mut names: Vec<&str> = ok.iter().map(|b| b.manifest.name.as_str()).collect();
+    names.sort_unstable();
+    let dups: Vec<String> = names
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0].to_owned())
+        .collect();
+    if !dups.is_empty() {
+        let (keep, drop): (Vec<_>, Vec<_>) = ok
+            .into_iter()
+            .partition(|b| !dups.contains(&b.manifest.name));
+        for b in drop {
+            errs.push(InstallError::Bundle {
+                path: b.dir,
+                reason: format!("another bundle also declares agent {}", b.manifest.name),
+            });
+        }
+        ok = keep;
+    }
+    Ok((ok, errs))
+}
+
+/// Validates one bundle directory and creates its missing mount points.
+pub fn check(dir: &Path) -> Result<Bundle, InstallError> {
+    let bad = |reason: String| InstallError::Bundle {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let manifest = Manifest::load(&dir.join("manifest.json")).map_err(|e| InstallError::Manifest {
+        path: dir.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    let rootfs = dir.join("rootfs");
+    let meta = std::fs::symlink_metadata(&rootfs)
+        .map_err(|e| bad(format!("rootfs/ is missing ({e})")))?;
+    if !meta.is_dir() {
+        return Err(bad("rootfs is not a directory".into()));
+    }
+    let exec = manifest
+        .exec
+        .first()
+        .ok_or_else(|| bad("exec is empty".into()))?;
+    let rel = exec.trim_start_matches('/');
+    // Resolve symlinks as the sandbox would: inside the rootfs only.
+    let mut path = rootfs.clone();
+    for (i, comp) in Path::new(rel).components().enumerate() {
+        path.push(comp);
+        let m = std::fs::symlink_metadata(&path).map_err(|_| {
+            bad(format!(
+                "exec {exec}: {} does not exist in rootfs/",
+                Path::new(rel)
+                    .components()
+                    .take(i + 1)
+                    .collect::<PathBuf>()
+                    .display()
+            ))
+        })?;
+        if m.file_type().is_symlink() {
+            return Err(bad(format!(
+                "exec {exec}: symlinks in the exec path are not followed; point exec at the file"
+            )));
+        }
+    }
+    let m = std::fs::metadata(&path).map_err(|e| bad(format!("exec {exec}: {e}")))?;
+    if !m.is_file() || m.permissions().mode() & 0o111 == 0 {
+        return Err(bad(format!(
+            "exec {exec} is not an executable regular file in rootfs/"
+        )));
+    }
+    for mp in ["proc", "dev", "tmp"] {
+        let p = rootfs.join(mp);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(bad(format!("rootfs/{mp} exists but is not a directory"))),
+            Err(_) => std::fs::create_dir(&p)
+                .map_err(|e| bad(format!("creating mount point rootfs/{mp}: {e}")))?,
+        }
+    }
+    Ok(Bundle {
+        dir: dir.to_path_buf(),
+        manifest,
+    })
+}

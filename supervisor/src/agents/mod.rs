@@ -1,0 +1,112 @@
+//! Per-agent supervisor state: what is installed, what admission decided, and where the
+//! running instance is. Everything here is bounded (fixed log ring, bounded restart history),
+//! so the supervisor's memory does not grow with uptime.
+
+pub mod install;
+pub mod restart;
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use serde::Serialize;
+
+use crate::admission::Effective;
+use crate::config::manifest::{Manifest, Mode, RestartPolicy};
+use crate::logring::LogRing;
+use crate::sandbox::Report;
+
+/// Lifecycle state, as printed by `nanoclaw agents` (the contract in DESIGN.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Starting,
+    Running,
+    Stopped,
+    Exited,
+    Failed,
+    Frozen,
+    Throttled,
+    Quarantined,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopped => "stopped",
+            State::Exited => "exited",
+            State::Failed => "failed",
+            State::Frozen => "frozen",
+            State::Throttled => "throttled",
+            State::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// A running instance.
+pub struct Instance {
+    /// Host PID of the sandbox init (PID 1 of the agent's namespace).
+    pub pid: i32,
+    pub pidfd: Rc<smol::Async<OwnedFd>>,
+    pub started_ms: u64,
+    pub report: Option<Report>,
+    /// True when a previous supervisor started it and this one took it over.
+    pub adopted: bool,
+}
+
+pub struct Agent {
+    pub manifest: Manifest,
+    pub bundle: PathBuf,
+    /// `Err` holds the admission error text; such an agent never starts.
+    pub admission: Result<Effective, String>,
+    /// Index into the reserved uid range (uid = uid_base + slot).
+    pub slot: u32,
+    pub state: State,
+    pub instance: Option<Instance>,
+    /// Bumped on every start; tasks of an older generation stop acting.
+    pub generation: u64,
+    pub restarts: u32,
+    pub tracker: restart::Tracker,
+    pub last_exit: Option<restart::Exit>,
+    /// Why the agent is in its current state (for `why`).
+    pub reason: String,
+    pub stop_requested: bool,
+    pub oom_seen: u64,
+    pub logs: LogRing,
+}
+
+impl Agent {
+    pub fn new(manifest: Manifest, bundle: PathBuf, slot: u32, log_bytes: usize) -> Self {
+        let tracker = restart::Tracker::new(manifest.restart.max_per_hour);
+        Self {
+            manifest,
+            bundle,
+            admission: Err("not admitted yet".into()),
+            slot,
+            state: State::Stopped,
+            instance: None,
+            generation: 0,
+            restarts: 0,
+            tracker,
+            last_exit: None,
+            reason: String::new(),
+            stop_requested: false,
+            oom_seen: 0,
+            logs: LogRing::new(log_bytes),
+        }
+    }
+
+    pub fn restart_policy(&self) -> restart::Policy {
+        match self.manifest.restart.policy {
+            RestartPolicy::Always => restart::Policy::Always,
+            RestartPolicy::OnFailure => restart::Policy::OnFailure,
+            RestartPolicy::Never => restart::Policy::Never,
+        }
+    }
+
+    pub fn is_service(&self) -> bool {
+        self.manifest.mode == Mode::Service
+    }
+}

@@ -1,0 +1,331 @@
+//! Command-line parsing and human-readable output of the `nanoclaw` CLI.
+//!
+//! Hand-rolled parsing: the grammar is tiny and a parser crate would cost more binary size
+//! than this file. Every query takes `--json`, which prints the daemon's data unchanged (the
+//! scripting contract); without it the output is for people on a serial console.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::control::{Request, Response, client, exit};
+
+pub const USAGE: &str = "usage: nanoclaw [--socket PATH] COMMAND [ARGS]
+
+commands:
+  daemon --config device.json   run the supervisor in the foreground
+  status [--json]               posture, policy and agent counts
+  agents [--json]               every installed agent and its state
+  start|stop|restart AGENT      control one agent
+  logs AGENT [-n N] [--json]    the agent's latest output (default 50 lines)
+  audit [--agent A] [-n N] [--json]
+                                newest audit records (default 50)
+  why AGENT [--json]            why an agent is not running, and what would allow it
+  reload [--json]               re-read the policy and the agents directory
+  --version                     print the version
+
+exit codes: 0 ok, 1 failed, 2 usage, 3 daemon unreachable, 4 no such agent, 5 not root,
+            6 invalid config (daemon), 7 setup error (daemon)";
+
+pub const DEFAULT_SOCKET: &str = "/run/nanoclaw/ctl.sock";
+
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Version,
+    Help,
+    Daemon { config: PathBuf },
+    Query { socket: PathBuf, req: Request, json: bool },
+}
+
+/// Parses argv (without argv[0]).
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let mut socket = std::env::var_os("NANOCLAW_SOCKET")
+        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
+    let mut it = args.iter().peekable();
+    let mut positional: Vec<&str> = Vec::new();
+    let mut json = false;
+    let mut n: Option<usize> = None;
+    let mut agent_flag: Option<String> = None;
+    let mut config: Option<PathBuf> = None;
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match a.as_str() {
+            "--version" | "-V" => return Ok(Command::Version),
+            "--help" | "-h" | "help" => return Ok(Command::Help),
+            "--json" => json = true,
+            "--socket" => socket = PathBuf::from(value("--socket")?),
+            "--config" | "-c" => config = Some(PathBuf::from(value("--config")?)),
+            "--agent" => agent_flag = Some(value("--agent")?),
+            "-n" | "--lines" => {
+                let v = value("-n")?;
+                n = Some(
+                    v.parse()
+                        .map_err(|_| format!("-n wants a number, got {v:?}"))?,
+                );
+            }
+            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            s => positional.push(s),
+        }
+    }
+    let Some((&cmd, rest)) = positional.split_first() else {
+        return Err("no command given".into());
+    };
+    let one_agent = |cmd: &str| -> Result<String, String> {
+        match rest {
+            [a] => Ok((*a).to_owned()),
+            [] => Err(format!("{cmd} needs an AGENT")),
+            _ => Err(format!("{cmd} takes one AGENT")),
+        }
+    };
+    let no_args = |cmd: &str| -> Result<(), String> {
+        if rest.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{cmd} takes no arguments"))
+        }
+    };
+    let req = match cmd {
+        "daemon" => {
+            no_args(cmd)?;
+            return config
+                .map(|config| Command::Daemon { config })
+                .ok_or_else(|| "daemon needs --config device.json".into());
+        }
+        "status" => no_args(cmd).map(|()| Request::Status)?,
+        "agents" => no_args(cmd).map(|()| Request::Agents)?,
+        "reload" => no_args(cmd).map(|()| Request::Reload)?,
+        "start" => Request::Start {
+            agent: one_agent(cmd)?,
+        },
+        "stop" => Request::Stop {
+            agent: one_agent(cmd)?,
+        },
+        "restart" => Request::Restart {
+            agent: one_agent(cmd)?,
+        },
+        "why" => Request::Why {
+            agent: one_agent(cmd)?,
+        },
+        "logs" => Request::Logs {
+            agent: one_agent(cmd)?,
+            n: n.unwrap_or(50),
+        },
+        "audit" => {
+            no_args(cmd)?;
+            Request::Audit {
+                agent: agent_flag,
+                n: n.unwrap_or(50),
+            }
+        }
+        other => return Err(format!("unknown command {other:?}")),
+    };
+    Ok(Command::Query { socket, req, json })
+}
+
+/// Runs a query command and returns the exit code.
+pub fn query(socket: &std::path::Path, req: &Request, json: bool) -> u8 {
+    // Stop/restart wait for the agent's grace period on the daemon side.
+    let timeout = Duration::from_secs(120);
+    let resp = match client::call(socket, req, timeout) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nanoclaw: {e}");
+            return match e {
+                client::ClientError::Connect { .. } => exit::UNREACHABLE,
+                _ => exit::FAILED,
+            };
+        }
+    };
+    match resp {
+        Response::Error { code, message } => {
+            eprintln!("nanoclaw: {message}");
+            code.exit_code()
+        }
+        Response::Ok(v) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", human(req, &v));
+            }
+            exit::OK
+        }
+    }
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match &v[k] {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Human-readable sizes: 33554432 -> "32.0MiB".
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+fn human(req: &Request, v: &Value) -> String {
+    let mut out = String::new();
+    match req {
+        Request::Agents => {
+            out += &format!(
+                "{:<16} {:<10} {:<11} {:>7} {:>8} {:>9} {:>9}\n",
+                "NAME", "VERSION", "STATE", "PID", "RESTARTS", "MEMORY", "LIMIT"
+            );
+            for a in v.as_array().into_iter().flatten() {
+                out += &format!(
+                    "{:<16} {:<10} {:<11} {:>7} {:>8} {:>9} {:>9}\n",
+                    s(a, "name"),
+                    s(a, "version"),
+                    s(a, "state"),
+                    s(a, "pid"),
+                    s(a, "restarts"),
+                    size(a["memory_bytes"].as_u64().unwrap_or(0)),
+                    size(a["memory_limit_bytes"].as_u64().unwrap_or(0)),
+                );
+            }
+        }
+        Request::Status => {
+            let p = &v["posture"];
+            out += &format!(
+                "nanoclaw {} on board {} — up {} s, policy version {}\n",
+                s(v, "version"),
+                s(v, "board"),
+                s(v, "uptime_s"),
+                s(v, "policy_version")
+            );
+            out += &format!(
+                "cgroups     {}\nseccomp     {}\nlandlock    {}\nnamespaces  {}\nnetwork     {}\n",
+                s(p, "cgroup"),
+                s(p, "seccomp"),
+                s(p, "landlock"),
+                s(p, "namespaces"),
+                s(p, "network")
+            );
+            if let Some(m) = p["missing_controllers"].as_array().filter(|m| !m.is_empty()) {
+                out += &format!("MISSING cgroup controllers: {m:?}\n");
+            }
+            if p["unsigned_bundles_allowed"] == Value::Bool(true) {
+                out += "WARNING     unsigned bundles are allowed (device.json allow_unsigned)\n";
+            }
+            out += &format!("agents      {}\n", v["agents"]);
+            for e in v["enforcement"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "  {:<16} {:<9} uid {} mem {} pids {} cpus {} seccomp {} landlock {}\n",
+                    s(e, "agent"),
+                    s(e, "state"),
+                    s(e, "uid"),
+                    e["memory_limit_bytes"].as_u64().map_or("-".into(), size),
+                    s(e, "pids_max"),
+                    s(e, "cpus"),
+                    s(e, "seccomp"),
+                    s(e, "landlock"),
+                );
+            }
+        }
+        Request::Logs { .. } => {
+            for l in v["lines"].as_array().into_iter().flatten() {
+                out += l.as_str().unwrap_or("");
+                out.push('\n');
+            }
+        }
+        Request::Audit { .. } => {
+            for r in v.as_array().into_iter().flatten() {
+                out += &format!(
+                    "{:>6} {} {:<14} {:<16} {}\n",
+                    s(r, "seq"),
+                    s(r, "time"),
+                    s(r, "agent"),
+                    s(r, "kind"),
+                    s(r, "reason")
+                );
+            }
+        }
+        Request::Why { .. } => {
+            out += &format!(
+                "{}: {}\n  reason:   {}\n  to allow: {}\n",
+                s(v, "agent"),
+                s(v, "state"),
+                s(v, "reason"),
+                s(v, "to_allow")
+            );
+            for r in v["recent"].as_array().into_iter().flatten() {
+                out += &format!("  #{} {} {}\n", s(r, "seq"), s(r, "kind"), s(r, "reason"));
+            }
+        }
+        _ => {
+            if let Some(m) = v.get("result").and_then(Value::as_str) {
+                out += m;
+                out.push('\n');
+            } else {
+                out += &format!("{}: {}\n", s(v, "name"), s(v, "state"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn parses_queries() {
+        let c = parse(&args("--socket /x.sock logs sensor -n 5 --json")).unwrap();
+        assert_eq!(
+            c,
+            Command::Query {
+                socket: "/x.sock".into(),
+                req: Request::Logs {
+                    agent: "sensor".into(),
+                    n: 5
+                },
+                json: true
+            }
+        );
+        assert!(matches!(
+            parse(&args("audit --agent a")).unwrap(),
+            Command::Query {
+                req: Request::Audit { agent: Some(_), n: 50 },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_usage() {
+        assert!(parse(&args("start")).unwrap_err().contains("needs an AGENT"));
+        assert!(parse(&args("frobnicate")).unwrap_err().contains("unknown command"));
+        assert!(parse(&args("status --bogus")).unwrap_err().contains("unknown option"));
+        assert!(parse(&args("logs a -n x")).unwrap_err().contains("number"));
+        assert!(parse(&args("daemon")).unwrap_err().contains("--config"));
+        assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size(512), "512B");
+        assert_eq!(size(32 * 1024 * 1024), "32.0MiB");
+    }
+}

@@ -1,0 +1,668 @@
+//! `manifest.json`: what an agent *asks for* (DESIGN.md §1). Written by the agent author,
+//! so it is untrusted: capped at [`MAX_MANIFEST_BYTES`], unknown keys refused, every value
+//! range-checked here. Nothing in a manifest grants anything; `crate::admission`
+//! intersects it with the policy.
+//!
+//! [`Endpoint`] and [`SyscallProfile`] live here because requests and grants share them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Component, Path};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::units::{ByteSize, MIB};
+use super::{ConfigError, FieldError, check_len, check_name, read_capped, unique_map};
+
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+pub const MAX_ENV_ENTRIES: usize = 64;
+pub const MAX_VERSION_LEN: usize = 32;
+pub const MAX_CPUS: f64 = 1024.0;
+pub const MIN_MEMORY: u64 = MIB;
+/// Smallest scratch tmpfs: `size=0` means *unlimited* to tmpfs, so zero is refused.
+pub const MIN_SCRATCH: u64 = 4096;
+pub const MAX_STOP_GRACE_S: u32 = 300;
+pub const MAX_HEARTBEAT_S: u32 = 86_400;
+pub const MAX_RESTARTS_PER_HOUR: u32 = 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Long-running; restarted according to [`RestartSpec`].
+    Service,
+    /// Runs to completion.
+    Task,
+}
+
+/// Scheduling / battery class; the policy's battery rules act per class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    Critical,
+    #[default]
+    Normal,
+    Background,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// Seccomp profile, ordered by how much it allows: `Strict < Default`. A request is
+/// admitted only if it is `<=` the granted profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyscallProfile {
+    Strict,
+    Default,
+}
+
+impl fmt::Display for SyscallProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Strict => "strict",
+            Self::Default => "default",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// A network endpoint `ip:port/proto`, e.g. `10.0.0.5:6379/tcp` or `[fd00::1]:53/udp`.
+/// Kept parsed so the BPF egress map is filled from typed values, never from strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub proto: Proto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "endpoint `{text}`: {reason}; expected ip:port/proto such as 10.0.0.5:6379/tcp or [fd00::1]:53/udp"
+)]
+pub struct EndpointError {
+    pub text: String,
+    pub reason: &'static str,
+}
+
+impl FromStr for Endpoint {
+    type Err = EndpointError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |reason| EndpointError {
+            text: text.into(),
+            reason,
+        };
+        let (addr, proto) = text.rsplit_once('/').ok_or_else(|| err("missing /proto"))?;
+        let proto = match proto {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            _ => return Err(err("protocol must be tcp or udp")),
+        };
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|_| err("not an IPv4 address or [IPv6] address with a port"))?;
+        if addr.port() == 0 {
+            return Err(err("port 0 is not a destination"));
+        }
+        if addr.ip().is_unspecified() {
+            // Connecting to 0.0.0.0 / :: reaches the local host; wildcards are not a thing.
+            return Err(err("the unspecified address is not a destination"));
+        }
+        Ok(Self { addr, proto })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        write!(f, "{}/{proto}", self.addr)
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requests {
+    pub memory: ByteSize,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub pids: Option<u32>,
+    #[serde(default)]
+    pub scratch: Option<ByteSize>,
+    #[serde(default)]
+    pub network: Vec<Endpoint>,
+    #[serde(default)]
+    pub devices: Vec<String>,
+    #[serde(default = "default_request_syscalls")]
+    pub syscalls: SyscallProfile,
+}
+
+fn default_request_syscalls() -> SyscallProfile {
+    SyscallProfile::Default
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub heartbeat_s: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartSpec {
+    pub policy: RestartPolicy,
+    pub max_per_hour: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub mode: Mode,
+    pub class: Class,
+    pub exec: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub requests: Requests,
+    pub health: Option<Health>,
+    pub restart: RestartSpec,
+    pub stop_grace_s: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    version: String,
+    mode: Mode,
+    #[serde(default)]
+    class: Class,
+    exec: Vec<String>,
+    #[serde(default, deserialize_with = "unique_map")]
+    env: BTreeMap<String, String>,
+    requests: Requests,
+    #[serde(default)]
+    health: Option<Health>,
+    #[serde(default)]
+    restart: Option<RawRestart>,
+    #[serde(default)]
+    stop_grace_s: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRestart {
+    #[serde(default)]
+    policy: Option<RestartPolicy>,
+    #[serde(default)]
+    max_per_hour: Option<u32>,
+}
+
+impl Manifest {
+    /// Parses and validates a manifest; `origin` names it in errors.
+    pub fn parse(bytes: &[u8], origin: &Path) -> Result<Self, ConfigError> {
+        check_len(bytes, origin, MAX_MANIFEST_BYTES)?;
+        let raw: RawManifest =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::json(origin, e))?;
+        let restart = raw.restart.unwrap_or_default();
+        let m = Self {
+            name: raw.name,
+            version: raw.version,
+            mode: raw.mode,
+            class: raw.class,
+            exec: raw.exec,
+            env: raw.env,
+            requests: raw.requests,
+            health: raw.health,
+            restart: RestartSpec {
+                policy: restart.policy.unwrap_or(match raw.mode {
+                    Mode::Service => RestartPolicy::OnFailure,
+                    Mode::Task => RestartPolicy::Never,
+                }),
+                max_per_hour: restart.max_per_hour.unwrap_or(10),
+            },
+            stop_grace_s: raw.stop_grace_s,
+        };
+        m.validate().map_err(|e| ConfigError::invalid(origin, e))?;
+        Ok(m)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(&read_capped(path, MAX_MANIFEST_BYTES)?, path)
+    }
+
+    /// Semantic checks, naming the failing field. Also run by admission, so a manifest
+    /// built in code is held to the same rules as a parsed one.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_name(&self.name).map_err(|r| FieldError::new("name", r))?;
+        if self.version.is_empty()
+            || self.version.len() > MAX_VERSION_LEN
+            || !self.version.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(FieldError::new(
+                "version",
+                format!(
+                    "`{}` must be 1 to {MAX_VERSION_LEN} printable ASCII characters",
+                    self.version.escape_default()
+                ),
+            ));
+        }
+        let Some(program) = self.exec.first() else {
+            return Err(FieldError::new("exec", "must name the program to run"));
+        };
+        check_program(program).map_err(|r| FieldError::new("exec[0]", r))?;
+        for (i, arg) in self.exec.iter().enumerate() {
+            if arg.contains('\0') {
+                return Err(FieldError::new(format!("exec[{i}]"), "contains a NUL byte"));
+            }
+        }
+        if self.env.len() > MAX_ENV_ENTRIES {
+            return Err(FieldError::new(
+                "env",
+                format!(
+                    "{} entries; at most {MAX_ENV_ENTRIES} are allowed",
+                    self.env.len()
+                ),
+            ));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains(['=', '\0']) {
+                return Err(FieldError::new(
+                    "env",
+                    format!(
+                        "key `{}` must be non-empty without `=` or NUL",
+                        k.escape_default()
+                    ),
+                ));
+            }
+            if v.contains('\0') {
+                return Err(FieldError::new(format!("env.{k}"), "contains a NUL byte"));
+            }
+        }
+        let r = &self.requests;
+        check_limits("requests", r.memory, r.cpus, r.pids, r.scratch, &r.devices)?;
+        if let Some(h) = self.health
+            && !(1..=MAX_HEARTBEAT_S).contains(&h.heartbeat_s)
+        {
+            return Err(FieldError::new(
+                "health.heartbeat_s",
+                format!("{} is outside 1..={MAX_HEARTBEAT_S}", h.heartbeat_s),
+            ));
+        }
+        if self.mode == Mode::Task && self.restart.policy == RestartPolicy::Always {
+            return Err(FieldError::new(
+                "restart.policy",
+                "`always` would rerun a task forever; use `on-failure` or `never`",
+            ));
+        }
+        if !(1..=MAX_RESTARTS_PER_HOUR).contains(&self.restart.max_per_hour) {
+            return Err(FieldError::new(
+                "restart.max_per_hour",
+                format!(
+                    "{} is outside 1..={MAX_RESTARTS_PER_HOUR}",
+                    self.restart.max_per_hour
+                ),
+            ));
+        }
+        if let Some(s) = self.stop_grace_s
+            && s > MAX_STOP_GRACE_S
+        {
+            return Err(FieldError::new(
+                "stop_grace_s",
+                format!("{s} is more than {MAX_STOP_GRACE_S} seconds"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_program(p: &str) -> Result<(), String> {
+    let path = Path::new(p);
+    if !path.is_absolute() || p.contains('\0') {
+        return Err(format!(
+            "`{}` must be an absolute path inside the bundle",
+            p.escape_default()
+        ));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("`{}` must not contain `..`", p.escape_default()));
+    }
+    Ok(())
+}
+
+/// Device nodes: absolute, under `/dev/`, no `..`, no NUL.
+pub(crate) fn check_device(p: &str) -> Result<(), String> {
+    let path = Path::new(p);
+    let ok = p.starts_with("/dev/")
+        && !p.contains('\0')
+        && path.components().count() > 2
+        && path.components().all(|c| c != Component::ParentDir);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` must be a device path under /dev/ without `..`",
+            p.escape_default()
+        ))
+    }
+}
+
+/// Range checks shared by requests and grants; `prefix` is `requests` or `agents.NAME`.
+pub(crate) fn check_limits(
+    prefix: &str,
+    memory: ByteSize,
+    cpus: Option<f64>,
+    pids: Option<u32>,
+    scratch: Option<ByteSize>,
+    devices: &[String],
+) -> Result<(), FieldError> {
+    if memory.bytes() < MIN_MEMORY {
+        return Err(FieldError::new(
+            format!("{prefix}.memory"),
+            format!("{memory} is less than the 1MiB minimum"),
+        ));
+    }
+    if let Some(c) = cpus
+        && !(c > 0.0 && c <= MAX_CPUS)
+    {
+        return Err(FieldError::new(
+            format!("{prefix}.cpus"),
+            format!("{c} must be more than 0 and at most {MAX_CPUS}"),
+        ));
+    }
+    if pids == Some(0) {
+        return Err(FieldError::new(
+            format!("{prefix}.pids"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(s) = scratch
+        && s.bytes() < MIN_SCRATCH
+    {
+        return Err(FieldError::new(
+            format!("{prefix}.scratch"),
+            format!("{s} is less than the {MIN_SCRATCH}-byte minimum"),
+        ));
+    }
+    for (i, d) in devices.iter().enumerate() {
+        check_device(d).map_err(|r| FieldError::new(format!("{prefix}.devices[{i}]"), r))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::tests::temp_file;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// DESIGN.md §1, verbatim.
+    pub(crate) const EXAMPLE: &str = r#"{ "name": "sensor", "version": "1.4.0", "mode": "service", "class": "normal",
+  "exec": ["/bin/sensor", "--interval", "5"], "env": {"LEVEL": "info"},
+  "requests": { "memory": "32MiB", "cpus": 0.25, "pids": 16, "scratch": "8MiB",
+                "network": ["10.0.0.5:6379/tcp"], "syscalls": "default" },
+  "health": { "heartbeat_s": 10 }, "restart": { "policy": "on-failure", "max_per_hour": 10 } }"#;
+
+    fn parse(s: &str) -> Result<Manifest, ConfigError> {
+        Manifest::parse(s.as_bytes(), Path::new("/bundles/sensor/manifest.json"))
+    }
+
+    /// The example with one substring replaced (must match exactly once).
+    fn with(from: &str, to: &str) -> String {
+        assert_eq!(EXAMPLE.matches(from).count(), 1, "{from}");
+        EXAMPLE.replace(from, to)
+    }
+
+    fn invalid_field(s: &str) -> String {
+        match parse(s) {
+            Err(ConfigError::Invalid { source, .. }) => source.field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let m = parse(EXAMPLE).unwrap();
+        assert_eq!(m.name, "sensor");
+        assert_eq!(m.version, "1.4.0");
+        assert_eq!(m.mode, Mode::Service);
+        assert_eq!(m.class, Class::Normal);
+        assert_eq!(m.exec, ["/bin/sensor", "--interval", "5"]);
+        assert_eq!(m.env.get("LEVEL").map(String::as_str), Some("info"));
+        assert_eq!(m.requests.memory, ByteSize::mib(32));
+        assert_eq!(m.requests.cpus, Some(0.25));
+        assert_eq!(m.requests.pids, Some(16));
+        assert_eq!(m.requests.scratch, Some(ByteSize::mib(8)));
+        assert_eq!(
+            m.requests.network,
+            [Endpoint {
+                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)), 6379),
+                proto: Proto::Tcp
+            }]
+        );
+        assert!(m.requests.devices.is_empty());
+        assert_eq!(m.requests.syscalls, SyscallProfile::Default);
+        assert_eq!(m.health, Some(Health { heartbeat_s: 10 }));
+        assert_eq!(
+            m.restart,
+            RestartSpec {
+                policy: RestartPolicy::OnFailure,
+                max_per_hour: 10
+            }
+        );
+        assert_eq!(m.stop_grace_s, None);
+    }
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let svc = parse(
+            r#"{"name":"a","version":"1","mode":"service","exec":["/a"],"requests":{"memory":"1MiB"}}"#,
+        )
+        .unwrap();
+        assert_eq!(svc.class, Class::Normal);
+        assert_eq!(svc.restart.policy, RestartPolicy::OnFailure);
+        assert_eq!(svc.restart.max_per_hour, 10);
+        assert_eq!(svc.requests.syscalls, SyscallProfile::Default);
+        assert!(svc.env.is_empty() && svc.requests.network.is_empty());
+        let task = parse(
+            r#"{"name":"a","version":"1","mode":"task","exec":["/a"],"requests":{"memory":1048576}}"#,
+        )
+        .unwrap();
+        assert_eq!(task.restart.policy, RestartPolicy::Never);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_key() {
+        let top = parse(&with(
+            r#""mode": "service""#,
+            r#""mode": "service", "moed": 1"#,
+        ));
+        let msg = top.unwrap_err().to_string();
+        assert!(msg.contains("unknown field `moed`"), "{msg}");
+        assert!(msg.contains("manifest.json"), "{msg}");
+        let nested = parse(&with(r#""pids": 16"#, r#""pids": 16, "memroy": "1MiB""#));
+        let msg = nested.unwrap_err().to_string();
+        assert!(msg.contains("unknown field `memroy`"), "{msg}");
+        let deeper = parse(&with(
+            r#""heartbeat_s": 10"#,
+            r#""heartbeat_s": 10, "x": 1"#,
+        ));
+        assert!(
+            deeper
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `x`")
+        );
+    }
+
+    #[test]
+    fn malformed_json_names_file_and_line() {
+        let err = parse("{\n\"name\": \"sensor\",\n,}").unwrap_err();
+        assert!(matches!(err, ConfigError::Json { .. }));
+        let msg = err.to_string();
+        assert!(msg.starts_with("/bundles/sensor/manifest.json: "), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn oversize_is_refused_before_parsing() {
+        let big = format!("{}{}", EXAMPLE, " ".repeat(MAX_MANIFEST_BYTES as usize));
+        assert!(matches!(parse(&big), Err(ConfigError::TooLarge { .. })));
+        let (_dir_path, path) = temp_file("manifest-big.json", big.as_bytes());
+        let err = Manifest::load(&path).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::TooLarge {
+                limit: MAX_MANIFEST_BYTES,
+                ..
+            }
+        ));
+        let (_dir_ok, ok) = temp_file("manifest-ok.json", EXAMPLE.as_bytes());
+        assert_eq!(Manifest::load(&ok).unwrap().name, "sensor");
+    }
+
+    #[test]
+    fn bad_names() {
+        for bad in ["../x", "Sensor", "a/b", "", &"a".repeat(65)] {
+            let s = with(r#""name": "sensor""#, &format!(r#""name": "{bad}""#));
+            assert_eq!(invalid_field(&s), "name", "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes() {
+        let err = parse(&with(r#""memory": "32MiB""#, r#""memory": "32XB""#)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`32XB`") && msg.contains("line 3"), "{msg}");
+        let s = with(r#""memory": "32MiB""#, r#""memory": "512KiB""#);
+        assert_eq!(invalid_field(&s), "requests.memory");
+        let s = with(r#""scratch": "8MiB""#, r#""scratch": 0"#);
+        assert_eq!(invalid_field(&s), "requests.scratch");
+        let huge = with(r#""memory": "32MiB""#, r#""memory": "99999999999999GiB""#);
+        assert!(parse(&huge).unwrap_err().to_string().contains("64 bits"));
+    }
+
+    #[test]
+    fn field_checks() {
+        let cases = [
+            (r#""version": "1.4.0""#, r#""version": """#, "version"),
+            (r#""version": "1.4.0""#, r#""version": "1 4""#, "version"),
+            (
+                r#""exec": ["/bin/sensor", "--interval", "5"]"#,
+                r#""exec": []"#,
+                "exec",
+            ),
+            (r#""/bin/sensor""#, r#""bin/sensor""#, "exec[0]"),
+            (r#""/bin/sensor""#, r#""/bin/../sbin/x""#, "exec[0]"),
+            (r#""--interval""#, r#""a\u0000b""#, "exec[1]"),
+            (r#""LEVEL": "info""#, r#""A=B": "info""#, "env"),
+            (r#""LEVEL": "info""#, r#""": "info""#, "env"),
+            (r#""LEVEL": "info""#, r#""LEVEL": "\u0000""#, "env.LEVEL"),
+            (r#""cpus": 0.25"#, r#""cpus": 0"#, "requests.cpus"),
+            (r#""cpus": 0.25"#, r#""cpus": 1025"#, "requests.cpus"),
+            (r#""pids": 16"#, r#""pids": 0"#, "requests.pids"),
+            (
+                r#""heartbeat_s": 10"#,
+                r#""heartbeat_s": 0"#,
+                "health.heartbeat_s",
+            ),
+            (
+                r#""max_per_hour": 10"#,
+                r#""max_per_hour": 0"#,
+                "restart.max_per_hour",
+            ),
+            (
+                r#""syscalls": "default""#,
+                r#""syscalls": "default", "devices": ["/etc/passwd"]"#,
+                "requests.devices[0]",
+            ),
+            (
+                r#""syscalls": "default""#,
+                r#""syscalls": "default", "devices": ["/dev/../etc/shadow"]"#,
+                "requests.devices[0]",
+            ),
+        ];
+        for (from, to, field) in cases {
+            assert_eq!(invalid_field(&with(from, to)), field, "{to}");
+        }
+        let env: String = (0..65).map(|i| format!(r#""K{i}": "v","#)).collect();
+        let s = with(r#""LEVEL": "info""#, &format!(r#"{env} "LEVEL": "info""#));
+        assert_eq!(invalid_field(&s), "env");
+        let task_always = with(r#""mode": "service""#, r#""mode": "task""#)
+            .replace(r#""policy": "on-failure""#, r#""policy": "always""#);
+        assert_eq!(invalid_field(&task_always), "restart.policy");
+    }
+
+    #[test]
+    fn duplicate_env_key_refused() {
+        let s = with(r#""LEVEL": "info""#, r#""LEVEL": "info", "LEVEL": "debug""#);
+        assert!(
+            parse(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate key `LEVEL`")
+        );
+    }
+
+    #[test]
+    fn endpoints() {
+        let e: Endpoint = "[fd00::1]:53/udp".parse().unwrap();
+        assert_eq!(e.proto, Proto::Udp);
+        assert_eq!(e.to_string(), "[fd00::1]:53/udp");
+        assert_eq!(
+            "10.0.0.5:6379/tcp".parse::<Endpoint>().unwrap().to_string(),
+            "10.0.0.5:6379/tcp"
+        );
+        for bad in [
+            "10.0.0.5:6379",
+            "10.0.0.5/tcp",
+            "10.0.0.5:6379/sctp",
+            "fd00::1:53/udp",
+            "host.example:80/tcp",
+            "10.0.0.5:0/tcp",
+            "0.0.0.0:80/tcp",
+            "[::]:80/tcp",
+            "10.0.0.5:65536/tcp",
+        ] {
+            let err = bad.parse::<Endpoint>().unwrap_err();
+            assert!(err.to_string().contains(&format!("`{bad}`")), "{bad}");
+        }
+        let s = with("10.0.0.5:6379/tcp", "10.0.0.5:6379/icmp");
+        let msg = parse(&s).unwrap_err().to_string();
+        assert!(
+            msg.contains("10.0.0.5:6379/icmp") && msg.contains("line 4"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn syscall_profiles_are_ordered() {
+        assert!(SyscallProfile::Strict < SyscallProfile::Default);
+    }
+}

@@ -1,0 +1,369 @@
+//! Serving the control socket inside the daemon's event loop.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use smol::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use smol::{Async, future::FutureExt};
+
+use super::{ErrorCode, REQUEST_MAX, Request, Response};
+use crate::agents::{Agent, State};
+use crate::daemon::{CtxRef, Daemon, kind_name, lifecycle, now_ms};
+
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CLIENTS: usize = 8;
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds the socket (mode 0600), replacing a stale socket file nobody listens on.
+pub fn bind(path: &Path) -> std::io::Result<Async<UnixListener>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another nanoclaw daemon is listening on this socket",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Async::new(l)
+}
+
+pub async fn serve(ctx: CtxRef, listener: Async<UnixListener>) {
+    let active = Rc::new(std::cell::Cell::new(0usize));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            smol::Timer::after(Duration::from_millis(50)).await;
+            continue;
+        };
+        while active.get() >= MAX_CLIENTS {
+            smol::Timer::after(Duration::from_millis(10)).await;
+        }
+        active.set(active.get() + 1);
+        let c = ctx.clone();
+        let a = active.clone();
+        ctx.ex
+            .spawn(async move {
+                let timeout = async {
+                    smol::Timer::after(CLIENT_TIMEOUT * 6).await;
+                };
+                let _ = handle(c, stream).or(timeout).await;
+                a.set(a.get() - 1);
+            })
+            .detach();
+    }
+}
+
+async fn handle(ctx: CtxRef, stream: Async<std::os::unix::net::UnixStream>) {
+    let cred = rustix::net::sockopt::socket_peercred(stream.get_ref());
+    let resp = match cred {
+        Ok(c) if c.uid.is_root() => match read_request(&stream).await {
+            Ok(req) => dispatch(&ctx, req).await,
+            Err(resp) => resp,
+        },
+        Ok(c) => Response::Error {
+            code: ErrorCode::Permission,
+            message: format!(
+                "uid {} may not use the control socket: root only",
+                c.uid.as_raw()
+            ),
+        },
+        Err(e) => Response::Error {
+            code: ErrorCode::Permission,
+            message: format!("cannot identify the peer: {e}"),
+        },
+    };
+    let mut line = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    let mut w = &stream;
+    // A client that went away mid-request just loses its answer.
+    let _ = w.write_all(&line).await;
+    let _ = w.flush().await;
+}
+
+async fn read_request(
+    stream: &Async<std::os::unix::net::UnixStream>,
+) -> Result<Request, Response> {
+    let bad = |m: String| Response::Error {
+        code: ErrorCode::BadRequest,
+        message: m,
+    };
+    let mut line = Vec::new();
+    let mut r = BufReader::new(stream).take(REQUEST_MAX as u64 + 1);
+    let read = r.read_until(b'\n', &mut line).or(async {
+        smol::Timer::after(CLIENT_TIMEOUT).await;
+        Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+    });
+    match read.await {
+        Ok(0) => return Err(bad("empty request".into())),
+        Ok(_) => {}
+        Err(e) => return Err(bad(format!("reading the request: {e}"))),
+    }
+    if line.len() > REQUEST_MAX {
+        return Err(bad(format!("request longer than {REQUEST_MAX} bytes")));
+    }
+    serde_json::from_slice(&line).map_err(|e| bad(format!("invalid request: {e}")))
+}
+
+fn not_found(name: &str) -> Response {
+    Response::Error {
+        code: ErrorCode::NotFound,
+        message: format!("no agent named {name:?} is installed (see `nanoclaw agents`)"),
+    }
+}
+
+async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
+    let exists = |n: &str| ctx.d.borrow().agents.contains_key(n);
+    match req {
+        Request::Status => Response::Ok(status(&ctx.d.borrow())),
+        Request::Agents => Response::Ok(json!(agents(&ctx.d.borrow()))),
+        Request::Start { agent } if !exists(&agent) => not_found(&agent),
+        Request::Start { agent } => {
+            {
+                let mut d = ctx.d.borrow_mut();
+                if let Some(a) = d.agents.get_mut(&agent) {
+                    if a.instance.is_some() {
+                        return Response::Ok(json!({"agent": agent, "state": "running", "note": "already running"}));
+                    }
+                    // An operator's start clears crash-loop history.
+                    a.tracker.reset();
+                    a.state = State::Stopped;
+                }
+            }
+            lifecycle::start(ctx, &agent);
+            agent_result(ctx, &agent)
+        }
+        Request::Stop { agent } if !exists(&agent) => not_found(&agent),
+        Request::Stop { agent } => {
+            lifecycle::stop(ctx, &agent, "stopped by the control socket");
+            wait_down(ctx, &agent).await;
+            agent_result(ctx, &agent)
+        }
+        Request::Restart { agent } if !exists(&agent) => not_found(&agent),
+        Request::Restart { agent } => {
+            lifecycle::stop(ctx, &agent, "restart requested by the control socket");
+            wait_down(ctx, &agent).await;
+            if let Some(a) = ctx.d.borrow_mut().agents.get_mut(&agent) {
+                a.tracker.reset();
+                a.state = State::Stopped;
+            }
+            lifecycle::start(ctx, &agent);
+            agent_result(ctx, &agent)
+        }
+        Request::Logs { agent, n } => match ctx.d.borrow().agents.get(&agent) {
+            Some(a) => Response::Ok(json!({
+                "agent": agent,
+                "lines": a.logs.tail(n.min(10_000)),
+                "dropped_bytes": a.logs.dropped(),
+            })),
+            None => not_found(&agent),
+        },
+        Request::Audit { agent, n } => {
+            let d = ctx.d.borrow();
+            match d.audit.query(agent.as_deref(), n.min(10_000)) {
+                Ok(recs) => Response::Ok(Value::Array(recs.iter().map(record_json).collect())),
+                Err(e) => Response::Error {
+                    code: ErrorCode::Failed,
+                    message: format!("reading the audit log: {e}"),
+                },
+            }
+        }
+        Request::Why { agent } => match ctx.d.borrow().agents.get(&agent) {
+            Some(a) => Response::Ok(why(&ctx.d.borrow(), &agent, a)),
+            None => not_found(&agent),
+        },
+        Request::Reload => match lifecycle::reload(ctx) {
+            Ok(m) => Response::Ok(json!({ "result": m })),
+            Err(m) => Response::Error {
+                code: ErrorCode::Failed,
+                message: m,
+            },
+        },
+    }
+}
+
+/// Waits until the agent has no running instance (bounded by its grace period + 2 s).
+async fn wait_down(ctx: &CtxRef, agent: &str) {
+    let grace = {
+        let d = ctx.d.borrow();
+        let g = d.cfg.stop_grace_s;
+        d.agents
+            .get(agent)
+            .and_then(|a| a.manifest.stop_grace_s)
+            .unwrap_or(g)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(u64::from(grace) + 2);
+    while std::time::Instant::now() < deadline {
+        let up = ctx
+            .d
+            .borrow()
+            .agents
+            .get(agent)
+            .is_some_and(|a| a.instance.is_some());
+        if !up {
+            return;
+        }
+        smol::Timer::after(Duration::from_millis(10)).await;
+    }
+}
+
+fn agent_result(ctx: &CtxRef, agent: &str) -> Response {
+    let d = ctx.d.borrow();
+    match d.agents.get(agent) {
+        Some(a) if a.state == State::Failed => Response::Error {
+            code: ErrorCode::Failed,
+            message: format!("{agent}: {}", a.reason),
+        },
+        Some(a) => Response::Ok(json!(info(&d, agent, a))),
+        None => not_found(agent),
+    }
+}
+
+/// One row of `nanoclaw agents --json` (DESIGN.md §1 contract).
+#[derive(Serialize)]
+pub struct AgentInfo {
+    pub name: String,
+    pub version: String,
+    pub state: State,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub mode: &'static str,
+    pub uptime_s: Option<u64>,
+    pub last_exit: Option<String>,
+    pub reason: String,
+}
+
+fn info(d: &Daemon, name: &str, a: &Agent) -> AgentInfo {
+    let mem = a
+        .instance
+        .as_ref()
+        .and_then(|_| d.cgroups.memory(name).ok());
+    AgentInfo {
+        name: name.to_owned(),
+        version: a.manifest.version.clone(),
+        state: a.state,
+        pid: a.instance.as_ref().map(|i| i.pid),
+        restarts: a.restarts,
+        memory_bytes: mem.as_ref().map_or(0, |m| m.current),
+        memory_limit_bytes: a.admission.as_ref().map_or(0, |e| e.memory_max),
+        mode: if a.is_service() { "service" } else { "task" },
+        uptime_s: a
+            .instance
+            .as_ref()
+            .map(|i| now_ms().saturating_sub(i.started_ms) / 1000),
+        last_exit: a.last_exit.map(|e| e.to_string()),
+        reason: a.reason.clone(),
+    }
+}
+
+fn agents(d: &Daemon) -> Vec<AgentInfo> {
+    d.agents.iter().map(|(n, a)| info(d, n, a)).collect()
+}
+
+fn record_json(r: &nanoclaw_proto::audit::AuditRecord) -> Value {
+    json!({
+        "seq": r.seq,
+        "time": r.time_ms,
+        "agent": r.agent.as_str(),
+        "kind": kind_name(r.kind),
+        "reason": r.reason.as_str(),
+    })
+}
+
+fn status(d: &Daemon) -> Value {
+    let per_agent: Vec<Value> = d
+        .agents
+        .iter()
+        .map(|(n, a)| {
+            let eff = a.admission.as_ref().ok();
+            let rep = a.instance.as_ref().and_then(|i| i.report.as_ref());
+            json!({
+                "agent": n,
+                "state": a.state,
+                "uid": d.uid_of(a),
+                "memory_limit_bytes": eff.map(|e| e.memory_max),
+                "pids_max": eff.map(|e| e.pids_max),
+                "cpus": eff.map(|e| e.cpus),
+                "scratch_bytes": eff.map(|e| e.scratch_bytes),
+                "seccomp": rep.map(|r| r.seccomp.clone()),
+                "landlock": rep.map(|r| r.landlock.clone()),
+                "namespaces": d.posture.namespaces,
+                "network": d.posture.network,
+                "adopted": a.instance.as_ref().map(|i| i.adopted),
+            })
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for a in d.agents.values() {
+        *counts.entry(a.state.as_str()).or_default() += 1;
+    }
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "board": d.cfg.board,
+        "uptime_s": now_ms().saturating_sub(d.started_ms) / 1000,
+        "policy_version": d.policy.version,
+        "device_memory_bytes": d.device_memory,
+        "posture": d.posture,
+        "agents": counts,
+        "enforcement": per_agent,
+    })
+}
+
+fn why(d: &Daemon, name: &str, a: &Agent) -> Value {
+    use nanoclaw_proto::audit::AuditKind as K;
+    let recent: Vec<Value> = d
+        .audit
+        .query(Some(name), 200)
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.kind,
+                K::AdmissionDenied
+                    | K::OomKill
+                    | K::CrashLoop
+                    | K::SandboxError
+                    | K::StopTimeout
+                    | K::DeniedConnect
+                    | K::DeniedExec
+                    | K::Exit
+            )
+        })
+        .rev()
+        .take(10)
+        .map(record_json)
+        .collect();
+    let hint = match (&a.admission, a.state, a.last_exit) {
+        (Err(e), _, _) => format!(
+            "admission refused ({e}). Raise the grant under agents.{name} in the policy, or lower the manifest request, then `nanoclaw reload`"
+        ),
+        (_, State::Failed, _) if a.reason.starts_with("crash loop") => format!(
+            "restart.max_per_hour was exceeded; fix the agent, then `nanoclaw start {name}`"
+        ),
+        (Ok(e), _, Some(crate::agents::restart::Exit::OomKilled)) => format!(
+            "memory limit {} bytes was hit; raise requests.memory in the manifest and agents.{name}.memory in the policy",
+            e.memory_max
+        ),
+        (_, State::Failed, _) => "see the reason and the agent's logs (`nanoclaw logs NAME`)".into(),
+        _ => "nothing is blocking this agent".into(),
+    };
+    json!({
+        "agent": name,
+        "state": a.state,
+        "reason": a.reason,
+        "last_exit": a.last_exit.map(|e| e.to_string()),
+        "to_allow": hint,
+        "recent": recent,
+    })
+}

@@ -1,0 +1,125 @@
+//! Re-adopting agents that a previous supervisor (killed, crashed, upgraded) left running.
+//!
+//! An agent is taken over only when all three agree: its cgroup has processes, its run record
+//! names a PID in that cgroup, and that PID's start time matches the record (so a recycled PID
+//! is never mistaken for it). Anything else found in our cgroups is a leftover we started
+//! ourselves earlier: it is killed and its cgroup removed, so no agent ever runs twice.
+
+use std::rc::Rc;
+
+use nanoclaw_proto::audit::AuditKind;
+
+use super::CtxRef;
+use super::lifecycle::{RunRecord, proc_start_ticks, watch};
+use crate::agents::{Instance, State};
+
+pub fn adopt_or_clean(ctx: &CtxRef) {
+    let existing = match ctx.d.borrow().cgroups.list() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("nanoclaw: listing agent cgroups: {e}");
+            return;
+        }
+    };
+    for name in existing {
+        let adopted = try_adopt(ctx, &name);
+        if !adopted {
+            let mut d = ctx.d.borrow_mut();
+            let procs = d.cgroups.procs(&name).unwrap_or_default();
+            if !procs.is_empty() {
+                let _ = d.cgroups.kill_all(&name);
+                d.audit(
+                    &name,
+                    AuditKind::Exit,
+                    &format!(
+                        "killed {} leftover process(es) of a previous supervisor that could not be re-adopted",
+                        procs.len()
+                    ),
+                    true,
+                );
+            }
+            if let Err(e) = d.cgroups.remove(&name) {
+                eprintln!("nanoclaw: removing stale cgroup {name}: {e}");
+            }
+            let _ = std::fs::remove_file(d.run_dir().join(format!("{name}.json")));
+        }
+    }
+}
+
+fn try_adopt(ctx: &CtxRef, name: &str) -> bool {
+    let adopted = {
+        let mut guard = ctx.d.borrow_mut();
+        adopt_locked(&mut guard, name)
+    };
+    match adopted {
+        Some((generation, pidfd)) => {
+            watch(ctx, name, generation, pidfd, None);
+            true
+        }
+        None => false,
+    }
+}
+
+type Adopted = (u64, Rc<smol::Async<std::os::fd::OwnedFd>>);
+
+fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
+    let Some(a) = d.agents.get(name) else {
+        return None;
+    };
+    let Ok(eff) = a.admission.clone() else {
+        return None;
+    };
+    let path = d.run_dir().join(format!("{name}.json"));
+    let Ok(bytes) = std::fs::read(&path) else {
+        return None;
+    };
+    let Ok(rec) = serde_json::from_slice::<RunRecord>(&bytes) else {
+        return None;
+    };
+    let procs = d.cgroups.procs(name).unwrap_or_default();
+    if !procs.contains(&rec.pid) || proc_start_ticks(rec.pid) != Some(rec.start_ticks) {
+        return None;
+    }
+    let Some(pid) = rustix::process::Pid::from_raw(rec.pid) else {
+        return None;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return None;
+    };
+    let Ok(pidfd) = smol::Async::new(pidfd) else {
+        return None;
+    };
+    // Budgets are re-applied from the current policy: enforcement never lapses across restarts.
+    if let Err(e) = d.cgroups.set_limits(name, &super::lifecycle::limits_for(&eff)) {
+        eprintln!("nanoclaw: {name}: re-applying limits: {e}");
+    }
+    let oom = d.cgroups.memory(name).map(|m| m.oom_kills).unwrap_or(0);
+    let Some(a) = d.agents.get_mut(name) else {
+        return None;
+    };
+    let pidfd = Rc::new(pidfd);
+    a.generation += 1;
+    a.state = State::Running;
+    a.restarts = rec.restarts;
+    a.oom_seen = oom;
+    a.reason = format!("re-adopted (pid {}) from a previous supervisor", rec.pid);
+    a.tracker.record_start(rec.started_ms);
+    a.instance = Some(Instance {
+        pid: rec.pid,
+        pidfd: pidfd.clone(),
+        started_ms: rec.started_ms,
+        report: rec.report,
+        adopted: true,
+    });
+    let generation = a.generation;
+    d.audit(
+        name,
+        AuditKind::Adopt,
+        &format!(
+            "re-adopted running {} (pid {}); its output is not captured until its next start",
+            rec.version, rec.pid
+        ),
+        true,
+    );
+    Some((generation, pidfd))
+}

@@ -1,0 +1,578 @@
+//! Installing, admitting, starting, watching, restarting and stopping agents.
+
+use std::os::fd::AsFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use nanoclaw_proto::audit::AuditKind;
+use serde::{Deserialize, Serialize};
+
+use super::{CtxRef, Daemon, DaemonError, now_ms, random_u64};
+use crate::admission;
+use crate::agents::restart::{Decision, Exit};
+use crate::agents::{Agent, Instance, State, install};
+use crate::cgroup::Limits;
+use crate::sandbox;
+
+/// What a running instance leaves in `<state_dir>/run/<agent>.json`, so a restarted supervisor
+/// can re-adopt it (and tell it apart from a recycled PID).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRecord {
+    pub pid: i32,
+    /// Field 22 of /proc/PID/stat: the process start time in clock ticks since boot.
+    pub start_ticks: u64,
+    pub version: String,
+    pub started_ms: u64,
+    pub restarts: u32,
+    pub report: Option<sandbox::Report>,
+}
+
+pub fn proc_start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The comm field may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Scans the agents directory, admits every bundle against the policy and records the result.
+/// Agents refused by admission stay listed (state `failed`) so `why` can explain them.
+pub fn install_all(ctx: &CtxRef) -> Result<(), DaemonError> {
+    let mut d = ctx.d.borrow_mut();
+    let (bundles, errors) = install::scan(&d.cfg.agents_dir)?;
+    for e in errors {
+        let text = e.to_string();
+        d.audit("", AuditKind::SandboxError, &format!("bundle not installed: {text}"), true);
+    }
+    for b in bundles {
+        register(&mut d, b);
+    }
+    Ok(())
+}
+
+/// Adds (or updates) one agent from a bundle and admits it.
+fn register(d: &mut Daemon, b: install::Bundle) {
+    let name = b.manifest.name.clone();
+    if !d.agents.contains_key(&name) {
+        let used: Vec<u32> = d.agents.values().map(|a| a.slot).collect();
+        let max = d.cfg.max_agents as u32;
+        let Some(slot) = (0..max).find(|s| !used.contains(s)) else {
+            d.audit(
+                &name,
+                AuditKind::AdmissionDenied,
+                &format!("device already runs max_agents = {max} agents"),
+                true,
+            );
+            return;
+        };
+        if !d.cfg.allow_unsigned {
+            d.audit(
+                &name,
+                AuditKind::AdmissionDenied,
+                "bundle is unsigned and device.json does not set allow_unsigned (signed bundles are not supported yet)",
+                true,
+            );
+            return;
+        }
+        let log_bytes = d.cfg.log_ring_bytes.0 as usize;
+        let version = b.manifest.version.clone();
+        d.agents.insert(
+            name.clone(),
+            Agent::new(b.manifest, b.dir.clone(), slot, log_bytes),
+        );
+        d.audit(
+            &name,
+            AuditKind::Install,
+            &format!("installed {version} from {}", b.dir.display()),
+            false,
+        );
+    } else if let Some(a) = d.agents.get_mut(&name) {
+        a.manifest = b.manifest;
+        a.bundle = b.dir;
+    }
+    admit(d, &name);
+}
+
+/// (Re-)runs admission for one agent against the current policy.
+fn admit(d: &mut Daemon, name: &str) {
+    let Some(a) = d.agents.get(name) else { return };
+    let result = admission::admit(&a.manifest, &d.policy).map_err(|e| e.to_string());
+    if let Err(e) = &result {
+        let e = e.clone();
+        d.audit(name, AuditKind::AdmissionDenied, &e, true);
+    }
+    if let Some(a) = d.agents.get_mut(name) {
+        if let Err(e) = &result {
+            a.state = State::Failed;
+            a.reason = format!("admission refused: {e}");
+        }
+        a.admission = result;
+    }
+}
+
+/// Starts every admitted agent that is not running (used at start-up and after reload).
+pub fn start_all(ctx: &CtxRef) {
+    let names: Vec<String> = ctx
+        .d
+        .borrow()
+        .agents
+        .iter()
+        .filter(|(_, a)| a.admission.is_ok() && a.instance.is_none() && a.state == State::Stopped)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for n in names {
+        start(ctx, &n);
+    }
+}
+
+pub fn limits_for(e: &admission::Effective) -> Limits {
+    Limits {
+        memory_max: e.memory_max,
+        memory_high: Some(e.memory_high),
+        pids_max: u64::from(e.pids_max),
+        cpu_quota_us: Some(e.cpu_quota_us),
+        cpu_period_us: e.cpu_period_us,
+    }
+}
+
+/// Starts one agent now. Errors are audited and leave the agent `failed`.
+pub fn start(ctx: &CtxRef, name: &str) {
+    let watched = {
+        let mut guard = ctx.d.borrow_mut();
+        start_locked(&mut guard, name)
+    };
+    if let Some((generation, pidfd, log)) = watched {
+        watch(ctx, name, generation, pidfd, Some(log));
+    }
+}
+
+type Watched = (u64, Rc<smol::Async<std::os::fd::OwnedFd>>, std::os::fd::OwnedFd);
+
+fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
+    let a = d.agents.get_mut(name)?;
+    if a.instance.is_some() || d.shutting_down {
+        return None;
+    }
+    let eff = match &a.admission {
+        Ok(e) => e.clone(),
+        Err(e) => {
+            a.state = State::Failed;
+            a.reason = format!("admission refused: {e}");
+            return None;
+        }
+    };
+    a.generation += 1;
+    a.stop_requested = false;
+    a.state = State::Starting;
+    let generation = a.generation;
+    let uid = d.cfg.uid_base + a.slot;
+    let mut env = vec![
+        "PATH=/bin:/usr/bin:/sbin:/usr/sbin".to_owned(),
+        "HOME=/tmp".to_owned(),
+        "TMPDIR=/tmp".to_owned(),
+        format!("NANOCLAW_AGENT={name}"),
+    ];
+    env.extend(a.manifest.env.iter().map(|(k, v)| format!("{k}={v}")));
+    let spec = sandbox::Spec {
+        name: name.to_owned(),
+        rootfs: a.bundle.join("rootfs"),
+        exec: a.manifest.exec.clone(),
+        env,
+        uid,
+        gid: uid,
+        scratch_bytes: eff.scratch_bytes,
+        nproc: u64::from(eff.pids_max),
+        syscalls: eff.syscalls.to_string(),
+        devices: eff.devices.clone(),
+    };
+    // A fresh cgroup per start: clean peak/OOM counters and no leftovers of the last run.
+    let _ = d.cgroups.kill_all(name);
+    let _ = d.cgroups.remove(name);
+    let started = d
+        .cgroups
+        .create(name, &limits_for(&eff))
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            let v2 = d.cgroups.unified_dir(name);
+            let cg = &d.cgroups;
+            sandbox::spawn(&spec, v2.as_deref(), |pid| cg.add_process(name, pid))
+                .map_err(|e| e.to_string())
+        });
+    let now = now_ms();
+    let a = d.agents.get_mut(name)?;
+    a.tracker.record_start(now);
+    let started = match started {
+        Ok(s) => s,
+        Err(e) => {
+            a.state = State::Failed;
+            a.reason = format!("sandbox setup failed: {e}");
+            let _ = d.cgroups.remove(name);
+            d.audit(name, AuditKind::SandboxError, &e, true);
+            return None;
+        }
+    };
+    let pidfd = match smol::Async::new(started.pidfd) {
+        Ok(p) => Rc::new(p),
+        Err(e) => {
+            let _ = d.cgroups.kill_all(name);
+            a.state = State::Failed;
+            a.reason = format!("watching the agent's pidfd: {e}");
+            return None;
+        }
+    };
+    a.state = State::Running;
+    a.reason = "running".into();
+    a.oom_seen = 0;
+    let version = a.manifest.version.clone();
+    let report = started.report.clone();
+    a.instance = Some(Instance {
+        pid: started.pid,
+        pidfd: pidfd.clone(),
+        started_ms: now,
+        report: Some(report.clone()),
+        adopted: false,
+    });
+    let rec = RunRecord {
+        pid: started.pid,
+        start_ticks: proc_start_ticks(started.pid).unwrap_or(0),
+        version: version.clone(),
+        started_ms: now,
+        restarts: a.restarts,
+        report: Some(report.clone()),
+    };
+    let run_path = d.run_dir().join(format!("{name}.json"));
+    if let Err(e) = write_atomic(&run_path, &rec) {
+        eprintln!("nanoclaw: writing {}: {e}", run_path.display());
+    }
+    let unsigned = if d.cfg.allow_unsigned {
+        "; UNSIGNED bundle allowed by allow_unsigned"
+    } else {
+        ""
+    };
+    d.audit(
+        name,
+        AuditKind::Start,
+        &format!(
+            "started {version} pid {} uid {uid}: memory {} pids {} cpus {} seccomp {} landlock {}; network none{unsigned}",
+            started.pid,
+            eff.memory_max,
+            eff.pids_max,
+            eff.cpus,
+            report.seccomp,
+            report.landlock
+        ),
+        true,
+    );
+    Some((generation, pidfd, started.log))
+}
+
+/// Spawns the exit, OOM and log tasks of one instance.
+pub fn watch(
+    ctx: &CtxRef,
+    name: &str,
+    generation: u64,
+    pidfd: Rc<smol::Async<std::os::fd::OwnedFd>>,
+    log: Option<std::os::fd::OwnedFd>,
+) {
+    let n = name.to_owned();
+    let c = ctx.clone();
+    ctx.ex
+        .spawn(async move {
+            let _ = pidfd.readable().await;
+            let status = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(pidfd.get_ref().as_fd()),
+                rustix::process::WaitIdOptions::EXITED,
+            );
+            let exit = match status {
+                Ok(Some(s)) => match (s.exit_status(), s.terminating_signal()) {
+                    (Some(code), _) => Exit::from_init_code(code),
+                    (None, Some(sig)) => Exit::Signal(sig),
+                    _ => Exit::Unknown,
+                },
+                // Not our child (re-adopted): the kernel keeps the status for its real parent.
+                _ => Exit::Unknown,
+            };
+            on_exit(&c, &n, generation, exit);
+        })
+        .detach();
+
+    let notifier = ctx.d.borrow().cgroups.oom_notifier(name);
+    match notifier.map(smol::Async::new) {
+        Ok(Ok(fd)) => {
+            let n = name.to_owned();
+            let c = ctx.clone();
+            ctx.ex
+                .spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        if fd.readable().await.is_err() {
+                            return;
+                        }
+                        // Drain (eventfd counter or inotify events); content does not matter.
+                        let _ = rustix::io::read(fd.get_ref(), &mut buf);
+                        if !check_oom(&c, &n, generation) {
+                            return;
+                        }
+                    }
+                })
+                .detach();
+        }
+        Ok(Err(e)) => eprintln!("nanoclaw: {name}: watching OOM events: {e}"),
+        Err(e) => eprintln!("nanoclaw: {name}: OOM notifier: {e}"),
+    }
+
+    if let Some(log) = log {
+        let n = name.to_owned();
+        let c = ctx.clone();
+        if let Ok(f) = smol::Async::new(std::fs::File::from(log)) {
+            ctx.ex
+                .spawn(async move {
+                    use smol::io::AsyncReadExt;
+                    let mut f = f;
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match f.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => {
+                                let mut d = c.d.borrow_mut();
+                                match d.agents.get_mut(&n) {
+                                    Some(a) if a.generation == generation => {
+                                        a.logs.push(&buf[..k])
+                                    }
+                                    _ => return,
+                                }
+                            }
+                        }
+                    }
+                })
+                .detach();
+        }
+    }
+}
+
+/// Audits new OOM kills in the agent's cgroup. Returns false once the instance is gone.
+fn check_oom(ctx: &CtxRef, name: &str, generation: u64) -> bool {
+    let mut d = ctx.d.borrow_mut();
+    let Ok(mem) = d.cgroups.memory(name) else {
+        return d
+            .agents
+            .get(name)
+            .is_some_and(|a| a.generation == generation && a.instance.is_some());
+    };
+    let Some(a) = d.agents.get_mut(name) else { return false };
+    if a.generation != generation || a.instance.is_none() {
+        return false;
+    }
+    if mem.oom_kills > a.oom_seen {
+        let new = mem.oom_kills - a.oom_seen;
+        a.oom_seen = mem.oom_kills;
+        d.audit(
+            name,
+            AuditKind::OomKill,
+            &format!(
+                "{new} process(es) OOM-killed at the memory limit {} bytes (peak {} bytes); rule: requests.memory",
+                mem.limit, mem.peak
+            ),
+            true,
+        );
+    }
+    true
+}
+
+/// An instance's init exited: classify, clean up, audit, and decide whether to restart.
+fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
+    // Catch an OOM kill whose notification has not been processed yet.
+    check_oom(ctx, name, generation);
+    let mut d = ctx.d.borrow_mut();
+    let d = &mut *d;
+    let Some(a) = d.agents.get_mut(name) else { return };
+    if a.generation != generation {
+        return;
+    }
+    let exit = if a.oom_seen > 0 { Exit::OomKilled } else { exit };
+    a.instance = None;
+    a.last_exit = Some(exit);
+    let stop_requested = a.stop_requested;
+    let policy = a.restart_policy();
+    let decision = a.tracker.decide(now_ms(), policy, exit, random_u64());
+    // Anything the agent left behind (v1 has no memory.oom.group) dies with it.
+    let _ = d.cgroups.kill_all(name);
+    let _ = std::fs::remove_file(d.run_dir().join(format!("{name}.json")));
+    d.audit(name, AuditKind::Exit, &format!("{exit}"), exit != Exit::Code(0));
+    let Some(a) = d.agents.get_mut(name) else { return };
+    if stop_requested || d.shutting_down {
+        a.state = State::Stopped;
+        a.reason = format!("stopped on request ({exit})");
+        let _ = d.cgroups.remove(name);
+        return;
+    }
+    match decision {
+        Decision::Restart { delay_ms, attempt } => {
+            a.state = State::Starting;
+            a.restarts += 1;
+            a.reason = format!("restarting after {exit} (attempt {}, in {delay_ms} ms)", attempt + 1);
+            let reason = a.reason.clone();
+            d.audit(name, AuditKind::Restart, &reason, false);
+            let c = ctx.clone();
+            let n = name.to_owned();
+            ctx.ex
+                .spawn(async move {
+                    if delay_ms > 0 {
+                        smol::Timer::after(Duration::from_millis(delay_ms)).await;
+                    }
+                    let go = c.d.borrow().agents.get(&n).is_some_and(|a| {
+                        a.generation == generation && a.instance.is_none() && !a.stop_requested
+                    });
+                    if go {
+                        start(&c, &n);
+                    }
+                })
+                .detach();
+        }
+        Decision::Exited => {
+            a.state = State::Exited;
+            a.reason = format!("{exit}; restart policy does not restart it");
+            let _ = d.cgroups.remove(name);
+        }
+        Decision::Failed { crash_loop } => {
+            a.state = State::Failed;
+            if crash_loop {
+                let max = a.manifest.restart.max_per_hour;
+                a.reason = format!(
+                    "crash loop: started {max} times within an hour (restart.max_per_hour = {max}); last: {exit}. Fix the agent, then `nanoclaw start {name}`"
+                );
+                let reason = a.reason.clone();
+                d.audit(name, AuditKind::CrashLoop, &reason, true);
+            } else {
+                a.reason = format!("{exit}; restart policy does not restart it");
+            }
+            let _ = d.cgroups.remove(name);
+        }
+    }
+}
+
+/// Asks an agent to stop: SIGTERM to its init (forwarded to the agent), SIGKILL to its whole
+/// cgroup after the grace period.
+pub fn stop(ctx: &CtxRef, name: &str, why: &str) {
+    let mut d = ctx.d.borrow_mut();
+    let grace = d.cfg.stop_grace_s;
+    let Some(a) = d.agents.get_mut(name) else { return };
+    a.stop_requested = true;
+    let Some(inst) = &a.instance else {
+        if a.state == State::Starting {
+            a.state = State::Stopped;
+        }
+        return;
+    };
+    let grace = a.manifest.stop_grace_s.unwrap_or(grace);
+    let generation = a.generation;
+    let _ = rustix::process::pidfd_send_signal(
+        inst.pidfd.get_ref(),
+        rustix::process::Signal::TERM,
+    );
+    d.audit(name, AuditKind::Stop, why, true);
+    drop(d);
+    let c = ctx.clone();
+    let n = name.to_owned();
+    ctx.ex
+        .spawn(async move {
+            smol::Timer::after(Duration::from_secs(u64::from(grace))).await;
+            let mut d = c.d.borrow_mut();
+            let alive = d
+                .agents
+                .get(&n)
+                .is_some_and(|a| a.generation == generation && a.instance.is_some());
+            if alive {
+                let _ = d.cgroups.kill_all(&n);
+                d.audit(
+                    &n,
+                    AuditKind::StopTimeout,
+                    &format!("did not exit within {grace} s of SIGTERM; killed"),
+                    true,
+                );
+            }
+        })
+        .detach();
+}
+
+/// Re-reads the policy and the agents directory. An invalid policy is rejected and audited;
+/// the last good one stays in force.
+pub fn reload(ctx: &CtxRef) -> Result<String, String> {
+    let (path, mem) = {
+        let d = ctx.d.borrow();
+        (d.cfg.policy.clone(), d.device_memory)
+    };
+    let policy = match super::load_policy(&path, mem) {
+        Ok(p) => p,
+        Err(e) => {
+            let text = format!("{e}; keeping policy version {}", ctx.d.borrow().policy.version);
+            ctx.d
+                .borrow_mut()
+                .audit("", AuditKind::PolicyRejected, &text, true);
+            return Err(text);
+        }
+    };
+    let version = policy.version;
+    let mut refused = Vec::new();
+    {
+        let mut d = ctx.d.borrow_mut();
+        d.policy = policy;
+        d.audit(
+            "",
+            AuditKind::PolicyReload,
+            &format!("policy version {version} loaded from {}", path.display()),
+            true,
+        );
+        match install::scan(&d.cfg.agents_dir) {
+            Ok((bundles, errs)) => {
+                for e in errs {
+                    let t = e.to_string();
+                    d.audit("", AuditKind::SandboxError, &format!("bundle not installed: {t}"), true);
+                }
+                for b in bundles {
+                    register(&mut d, b);
+                }
+            }
+            Err(e) => {
+                let t = e.to_string();
+                d.audit("", AuditKind::SandboxError, &t, true);
+            }
+        }
+        let names: Vec<String> = d.agents.keys().cloned().collect();
+        for n in names {
+            admit(&mut d, &n);
+            let d = &mut *d;
+            let Some(a) = d.agents.get(&n) else { continue };
+            match (&a.admission, &a.instance) {
+                (Ok(eff), Some(_)) => {
+                    if let Err(e) = d.cgroups.set_limits(&n, &limits_for(eff)) {
+                        eprintln!("nanoclaw: {n}: applying new limits: {e}");
+                    }
+                }
+                (Err(_), Some(_)) => refused.push(n.clone()),
+                _ => {}
+            }
+        }
+    }
+    for n in &refused {
+        stop(ctx, n, "policy reload no longer admits this agent");
+    }
+    // Agents that were waiting for a grant (or are newly installed) start now.
+    {
+        let mut d = ctx.d.borrow_mut();
+        for a in d.agents.values_mut() {
+            if a.admission.is_ok() && a.instance.is_none() && a.state == State::Failed && a.reason.starts_with("admission") {
+                a.state = State::Stopped;
+            }
+        }
+    }
+    start_all(ctx);
+    Ok(format!("policy version {version} loaded"))
+}
+
+fn write_atomic(path: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,311 @@
+//! `nanoclaw daemon`: the supervisor's event loop.
+//!
+//! One thread, one `smol::LocalExecutor`. Each running agent has three small tasks (exit via
+//! pidfd, OOM notifications from its cgroup, output relay); the control socket and the
+//! signalfd have one each. State lives in one `RefCell<Daemon>` that no task holds across an
+//! `.await`, so there is no locking and no ordering surprise.
+//!
+//! Start-up order matters for fail-closed behaviour: config → policy (validated as a whole) →
+//! cgroups and mechanism probes → audit log → re-adopt agents a previous supervisor left
+//! running → start the rest → serve the control socket.
+
+mod adopt;
+pub mod lifecycle;
+pub mod posture;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nanoclaw_proto::audit::AuditKind;
+use smol::LocalExecutor;
+
+use crate::admission;
+use crate::agents::{Agent, State, install};
+use crate::audit::{AuditLimits, AuditLog};
+use crate::cgroup::{self, Cgroups};
+use crate::config::device::DeviceConfig;
+use crate::config::policy::Policy;
+use crate::control;
+
+/// Typed exit codes of `nanoclaw daemon`.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const CONFIG: u8 = 6;
+    pub const SETUP: u8 = 7;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("policy {path}: {reason}")]
+    Policy { path: PathBuf, reason: String },
+    #[error("cgroups: {0}")]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("installing agents: {0}")]
+    Install(#[from] install::InstallError),
+}
+
+impl DaemonError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) | DaemonError::Policy { .. } => exit::CONFIG,
+            _ => exit::SETUP,
+        }
+    }
+}
+
+pub struct Daemon {
+    pub cfg: DeviceConfig,
+    pub cgroups: Box<dyn Cgroups>,
+    pub audit: AuditLog,
+    pub policy: Policy,
+    pub agents: BTreeMap<String, Agent>,
+    pub posture: posture::Posture,
+    pub started_ms: u64,
+    pub device_memory: u64,
+    pub shutting_down: bool,
+}
+
+/// Shared by every task.
+pub struct Ctx {
+    pub ex: LocalExecutor<'static>,
+    pub d: RefCell<Daemon>,
+}
+
+pub type CtxRef = Rc<Ctx>;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A random u64 for backoff jitter (std's per-process random hash keys, no extra crate).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish()
+}
+
+impl Daemon {
+    /// Appends an audit record. Security decisions (`durable`) are fsynced before returning.
+    /// An audit failure is reported on stderr: the supervisor keeps enforcing either way.
+    pub fn audit(&mut self, agent: &str, kind: AuditKind, reason: &str, durable: bool) {
+        if let Err(e) = self
+            .audit
+            .append(now_ms(), agent, kind, reason, durable)
+        {
+            eprintln!("nanoclaw: audit log write failed: {e}");
+        }
+        eprintln!("nanoclaw: [{}] {agent}: {reason}", kind_name(kind));
+    }
+
+    pub fn uid_of(&self, a: &Agent) -> u32 {
+        self.cfg.uid_base + a.slot
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("run")
+    }
+}
+
+pub fn kind_name(kind: AuditKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn device_memory(cfg: &DeviceConfig) -> Result<u64, DaemonError> {
+    if let Some(m) = cfg.device_memory {
+        return Ok(m.0);
+    }
+    let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| DaemonError::Io {
+        what: "reading /proc/meminfo".into(),
+        source: e,
+    })?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| DaemonError::Io {
+            what: "reading MemTotal from /proc/meminfo".into(),
+            source: std::io::Error::other("no MemTotal line"),
+        })
+}
+
+/// Loads and validates the policy as a whole.
+pub fn load_policy(path: &Path, device_memory: u64) -> Result<Policy, DaemonError> {
+    let policy = Policy::load(path)?;
+    admission::validate_policy(&policy, device_memory).map_err(|e| DaemonError::Policy {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(policy)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Returns the process exit code.
+pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
+    // Block the signals we handle before any thread exists, so every thread inherits the mask.
+    let sigfd = crate::sys::signalfd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).map_err(|e| {
+        DaemonError::Io {
+            what: "creating the signalfd".into(),
+            source: e,
+        }
+    })?;
+    let cfg = DeviceConfig::load(config_path)?;
+    let device_memory = device_memory(&cfg)?;
+    if !cfg.allow_local_policy {
+        return Err(DaemonError::Policy {
+            path: cfg.policy.clone(),
+            reason: "allow_local_policy is false and fleet sync is not available yet: no policy to enforce".into(),
+        });
+    }
+    let policy = load_policy(&cfg.policy, device_memory)?;
+    let layout = cgroup::detect(&cfg.cgroup_root)?;
+    let cgroups = cgroup::open(layout, &cfg.cgroup_subtree)?;
+    cgroups.enter_supervisor()?;
+    for dir in [&cfg.state_dir, &cfg.state_dir.join("run")] {
+        std::fs::create_dir_all(dir).map_err(|e| DaemonError::Io {
+            what: format!("creating state directory {}", dir.display()),
+            source: e,
+        })?;
+    }
+    let audit = AuditLog::open(
+        &cfg.state_dir.join("audit"),
+        AuditLimits {
+            segment_bytes: cfg.audit_segment_bytes.0,
+            max_segments: cfg.audit_segments as usize,
+        },
+    )?;
+    let posture = posture::probe(cgroups.as_ref(), &cfg);
+    let daemon = Daemon {
+        cfg,
+        cgroups,
+        audit,
+        policy,
+        agents: BTreeMap::new(),
+        posture,
+        started_ms: now_ms(),
+        device_memory,
+        shutting_down: false,
+    };
+    let ctx: CtxRef = Rc::new(Ctx {
+        ex: LocalExecutor::new(),
+        d: RefCell::new(daemon),
+    });
+    {
+        let mut d = ctx.d.borrow_mut();
+        let recovered = d.audit.recovered_bytes();
+        if recovered > 0 {
+            d.audit(
+                "",
+                AuditKind::DaemonStart,
+                &format!("audit log recovered: cut a torn tail of {recovered} bytes"),
+                true,
+            );
+        }
+        let summary = d.posture.summary();
+        d.audit(
+            "",
+            AuditKind::DaemonStart,
+            &format!("nanoclaw {} started; {summary}", env!("CARGO_PKG_VERSION")),
+            true,
+        );
+    }
+    lifecycle::install_all(&ctx)?;
+    adopt::adopt_or_clean(&ctx);
+    lifecycle::start_all(&ctx);
+
+    let listener = control::server::bind(&ctx.d.borrow().cfg.socket).map_err(|e| {
+        DaemonError::Io {
+            what: format!("binding the control socket {}", ctx.d.borrow().cfg.socket.display()),
+            source: e,
+        }
+    })?;
+    let ctl = ctx.clone();
+    ctx.ex
+        .spawn(async move { control::server::serve(ctl, listener).await })
+        .detach();
+    eprintln!(
+        "nanoclaw: daemon ready, control socket {}",
+        ctx.d.borrow().cfg.socket.display()
+    );
+
+    let code = smol::block_on(ctx.ex.run(signals(ctx.clone(), sigfd)));
+    Ok(code)
+}
+
+/// Waits for signals: SIGHUP reloads, SIGTERM/SIGINT shut down gracefully.
+async fn signals(ctx: CtxRef, sigfd: OwnedFd) -> u8 {
+    let Ok(sigfd) = smol::Async::new(sigfd) else {
+        eprintln!("nanoclaw: cannot watch signals; stopping");
+        return exit::SETUP;
+    };
+    loop {
+        if sigfd.readable().await.is_err() {
+            continue;
+        }
+        let sig = match crate::sys::read_signalfd(std::os::fd::AsFd::as_fd(sigfd.get_ref())) {
+            Ok(Some(s)) => s,
+            _ => continue,
+        };
+        if sig == libc::SIGHUP {
+            lifecycle::reload(&ctx);
+            continue;
+        }
+        return shutdown(&ctx).await;
+    }
+}
+
+/// Stops every agent gracefully (SIGTERM, then SIGKILL after its grace period), removes their
+/// cgroups and exits 0.
+async fn shutdown(ctx: &CtxRef) -> u8 {
+    let names: Vec<String> = {
+        let mut d = ctx.d.borrow_mut();
+        d.shutting_down = true;
+        d.agents.keys().cloned().collect()
+    };
+    for n in &names {
+        lifecycle::stop(ctx, n, "supervisor shutting down");
+    }
+    let grace = ctx.d.borrow().cfg.stop_grace_s;
+    let deadline = std::time::Instant::now() + Duration::from_secs(u64::from(grace) + 3);
+    while std::time::Instant::now() < deadline {
+        let running = ctx
+            .d
+            .borrow()
+            .agents
+            .values()
+            .any(|a| a.instance.is_some());
+        if !running {
+            break;
+        }
+        smol::Timer::after(Duration::from_millis(20)).await;
+    }
+    let mut d = ctx.d.borrow_mut();
+    for n in &names {
+        let _ = d.cgroups.kill_all(n);
+        if let Err(e) = d.cgroups.remove(n) {
+            eprintln!("nanoclaw: removing cgroup of {n}: {e}");
+        }
+        let _ = std::fs::remove_file(d.run_dir().join(format!("{n}.json")));
+    }
+    d.audit("", AuditKind::DaemonStop, "stopped on signal", true);
+    let _ = std::fs::remove_file(&d.cfg.socket);
+    exit::OK
+}
+

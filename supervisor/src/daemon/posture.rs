@@ -1,0 +1,68 @@
+//! What this kernel can enforce, probed once at start-up by really using each mechanism, and
+//! reported by `nanoclaw status`. Agents additionally carry what their own init applied.
+
+use serde::Serialize;
+
+use crate::cgroup::{Cgroups, Layout};
+use crate::config::device::DeviceConfig;
+use crate::sandbox::{landlock, seccomp};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Posture {
+    /// `v2`, or `v1` / `v1 hybrid (cgroup2 at …)`.
+    pub cgroup: String,
+    pub missing_controllers: Vec<String>,
+    pub seccomp: String,
+    pub landlock: String,
+    /// Namespaces every agent gets.
+    pub namespaces: &'static str,
+    /// Network: until eBPF egress control lands, agents get an empty network namespace.
+    pub network: &'static str,
+    pub unsigned_bundles_allowed: bool,
+}
+
+impl Posture {
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "cgroup {}, seccomp {}, landlock {}, namespaces {}, network {}",
+            self.cgroup, self.seccomp, self.landlock, self.namespaces, self.network
+        );
+        if !self.missing_controllers.is_empty() {
+            s += &format!("; MISSING controllers: {}", self.missing_controllers.join(","));
+        }
+        if self.unsigned_bundles_allowed {
+            s += "; WARNING: unsigned bundles allowed (allow_unsigned)";
+        }
+        s
+    }
+}
+
+pub fn probe(cg: &dyn Cgroups, cfg: &DeviceConfig) -> Posture {
+    let cgroup = match cg.layout() {
+        Layout::V2 { .. } => "v2".to_owned(),
+        Layout::V1 {
+            unified: Some(u), ..
+        } => format!("v1 hybrid (cgroup2 at {})", u.display()),
+        Layout::V1 { unified: None, .. } => "v1".to_owned(),
+    };
+    let seccomp = match (
+        seccomp::compile(seccomp::Profile::Default),
+        seccomp::compile(seccomp::Profile::Strict),
+    ) {
+        (Ok(_), Ok(_)) => format!("default-deny filters for {}", std::env::consts::ARCH),
+        (Err(e), _) | (_, Err(e)) => format!("UNAVAILABLE: {e}"),
+    };
+    Posture {
+        cgroup,
+        missing_controllers: cg
+            .missing_controllers()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        seccomp,
+        landlock: landlock::probe().to_string(),
+        namespaces: "mnt,pid,ipc,uts,net,cgroup",
+        network: "none (empty network namespace)",
+        unsigned_bundles_allowed: cfg.allow_unsigned,
+    }
+}

@@ -1,0 +1,49 @@
+//! `nanoclaw`: the device supervisor, its CLI, and (as a hidden mode of the same binary) the
+//! sandbox init that runs as PID 1 of every agent.
+//!
+//! One static binary keeps the device footprint to a single file; `argv[1]` selects the role.
+
+mod admission;
+mod agents;
+mod audit;
+mod cgroup;
+mod cli;
+mod config;
+mod control;
+mod daemon;
+mod logring;
+mod sandbox;
+mod sys;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(sandbox::init::ARG) {
+        sandbox::init::main();
+    }
+    match cli::parse(&args) {
+        Ok(cli::Command::Version) => {
+            println!("nanoclaw {} ({})", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH);
+            ExitCode::SUCCESS
+        }
+        Ok(cli::Command::Help) => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Ok(cli::Command::Daemon { config }) => match daemon::run(&config) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("nanoclaw daemon: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+        Ok(cli::Command::Query { socket, req, json }) => {
+            ExitCode::from(cli::query(&socket, &req, json))
+        }
+        Err(e) => {
+            eprintln!("nanoclaw: {e}\n\n{}", cli::USAGE);
+            ExitCode::from(control::exit::USAGE)
+        }
+    }
+}

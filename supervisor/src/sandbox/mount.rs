@@ -1,0 +1,157 @@
+//! The agent's filesystem view, built by the init inside its new mount namespace: the bundle's
+//! `rootfs/` bound read-only as `/`, a fresh `/proc` for the new PID namespace, a tmpfs `/dev`
+//! holding only bind-mounted device nodes, and a size-capped tmpfs scratch at `/tmp` that dies
+//! with the namespace (so it is empty on every start). Then `pivot_root` and detach the old
+//! root, so no host path stays reachable.
+
+use std::ffi::CString;
+use std::path::Path;
+
+use crate::sys;
+
+/// Device nodes every agent gets.
+pub const BASE_DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
+
+fn c(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("path {s:?} contains a NUL byte"))
+}
+
+fn mount(
+    src: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), String> {
+    let src_c = src.map(c).transpose()?;
+    let fs_c = fstype.map(c).transpose()?;
+    let data_c = data.map(c).transpose()?;
+    sys::mount(
+        src_c.as_deref(),
+        &c(target)?,
+        fs_c.as_deref(),
+        flags,
+        data_c.as_deref(),
+    )
+    .map_err(|e| {
+        format!(
+            "mount {} on {target} ({}): {e}",
+            src.unwrap_or("-"),
+            fstype.unwrap_or("bind/remount")
+        )
+    })
+}
+
+/// Builds the root and pivots into it. Runs as root in the new mount namespace.
+pub fn build_root(
+    rootfs: &Path,
+    scratch_bytes: u64,
+    uid: u32,
+    gid: u32,
+    devices: &[String],
+) -> Result<(), String> {
+    let root = rootfs
+        .to_str()
+        .ok_or_else(|| format!("rootfs path {} is not UTF-8", rootfs.display()))?;
+    // Nothing we mount may propagate back to the host.
+    mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    mount(Some(root), root, None, libc::MS_BIND | libc::MS_REC, None)?;
+
+    for dir in ["proc", "dev", "tmp"] {
+        let p = rootfs.join(dir);
+        if !p.is_dir() {
+            return Err(format!(
+                "rootfs {} has no /{dir} directory to mount on (the installer creates it)",
+                rootfs.display()
+            ));
+        }
+    }
+    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(
+        Some("proc"),
+        &format!("{root}/proc"),
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None,
+    )?;
+
+    let dev = format!("{root}/dev");
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("size=64k,nr_inodes=64,mode=0755"),
+    )?;
+    for name in BASE_DEVICES
+        .iter()
+        .copied()
+        .chain(devices.iter().map(String::as_str))
+    {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(format!("device name {name:?} is not a plain /dev entry"));
+        }
+        let target = format!("{dev}/{name}");
+        std::fs::File::create(&target).map_err(|e| format!("creating {target}: {e}"))?;
+        mount(
+            Some(&format!("/dev/{name}")),
+            &target,
+            None,
+            libc::MS_BIND,
+            None,
+        )?;
+        // Bind mounts ignore flags on creation; apply nosuid/noexec with a remount.
+        mount(
+            None,
+            &target,
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NOEXEC,
+            None,
+        )?;
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, format!("{dev}/{link}"))
+            .map_err(|e| format!("creating /dev/{link}: {e}"))?;
+    }
+    mount(
+        None,
+        &dev,
+        None,
+        libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("size=64k,nr_inodes=64,mode=0755"),
+    )?;
+
+    // tmpfs needs at least one page; round tiny requests up so the mount succeeds.
+    let scratch = scratch_bytes.max(sys::page_size() as u64);
+    mount(
+        Some("tmpfs"),
+        &format!("{root}/tmp"),
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&format!(
+            "size={scratch},nr_inodes=4096,mode=0700,uid={uid},gid={gid}"
+        )),
+    )?;
+
+    // Read-only root, applied last so the mounts above could be made on it.
+    mount(
+        None,
+        root,
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    )?;
+
+    std::env::set_current_dir(rootfs).map_err(|e| format!("chdir {root}: {e}"))?;
+    let dot = c(".")?;
+    sys::pivot_root(&dot, &dot).map_err(|e| format!("pivot_root into {root}: {e}"))?;
+    // The old root is now stacked under "."; detach it so the host tree is unreachable.
+    sys::umount2(&dot, libc::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    Ok(())
+}
