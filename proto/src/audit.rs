@@ -103,7 +103,13 @@ mod tests {
 
     #[test]
     fn postcard_round_trip() {
-        let r = AuditRecord::new(7, 1_700_000_000_000, "sensor", AuditKind::OomKill, "peak 33554432");
+        let r = AuditRecord::new(
+            7,
+            1_700_000_000_000,
+            "sensor",
+            AuditKind::OomKill,
+            "peak 33554432",
+        );
         let bytes = postcard::to_allocvec(&r).unwrap();
         assert!(bytes.len() < 40, "compact: {} bytes", bytes.len());
         let back: AuditRecord = postcard::from_bytes(&bytes).unwrap();

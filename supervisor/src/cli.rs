@@ -34,8 +34,14 @@ pub const DEFAULT_SOCKET: &str = "/run/nanoclaw/ctl.sock";
 pub enum Command {
     Version,
     Help,
-    Daemon { config: PathBuf },
-    Query { socket: PathBuf, req: Request, json: bool },
+    Daemon {
+        config: PathBuf,
+    },
+    Query {
+        socket: PathBuf,
+        req: Request,
+        json: bool,
+    },
 }
 
 /// Parses argv (without argv[0]).
@@ -219,7 +225,10 @@ fn human(req: &Request, v: &Value) -> String {
                 s(p, "namespaces"),
                 s(p, "network")
             );
-            if let Some(m) = p["missing_controllers"].as_array().filter(|m| !m.is_empty()) {
+            if let Some(m) = p["missing_controllers"]
+                .as_array()
+                .filter(|m| !m.is_empty())
+            {
                 out += &format!("MISSING cgroup controllers: {m:?}\n");
             }
             if p["unsigned_bundles_allowed"] == Value::Bool(true) {
@@ -307,7 +316,10 @@ mod tests {
         assert!(matches!(
             parse(&args("audit --agent a")).unwrap(),
             Command::Query {
-                req: Request::Audit { agent: Some(_), n: 50 },
+                req: Request::Audit {
+                    agent: Some(_),
+                    n: 50
+                },
                 ..
             }
         ));
@@ -315,9 +327,21 @@ mod tests {
 
     #[test]
     fn rejects_bad_usage() {
-        assert!(parse(&args("start")).unwrap_err().contains("needs an AGENT"));
-        assert!(parse(&args("frobnicate")).unwrap_err().contains("unknown command"));
-        assert!(parse(&args("status --bogus")).unwrap_err().contains("unknown option"));
+        assert!(
+            parse(&args("start"))
+                .unwrap_err()
+                .contains("needs an AGENT")
+        );
+        assert!(
+            parse(&args("frobnicate"))
+                .unwrap_err()
+                .contains("unknown command")
+        );
+        assert!(
+            parse(&args("status --bogus"))
+                .unwrap_err()
+                .contains("unknown option")
+        );
         assert!(parse(&args("logs a -n x")).unwrap_err().contains("number"));
         assert!(parse(&args("daemon")).unwrap_err().contains("--config"));
         assert!(parse(&[]).is_err());

@@ -72,7 +72,7 @@ mod tests {
             r.push(format!("line {i}\n").as_bytes());
         }
         assert!(r.buf.len() <= 16);
-        assert_eq!(r.tail(10), vec!["line 9".to_string()]);
+        assert_eq!(r.tail(10), vec!["line 8".to_string(), "line 9".to_string()]);
         assert!(r.dropped() > 0);
     }
 

@@ -3,19 +3,9 @@
 //!
 //! One static binary keeps the device footprint to a single file; `argv[1]` selects the role.
 
-mod admission;
-mod agents;
-mod audit;
-mod cgroup;
-mod cli;
-mod config;
-mod control;
-mod daemon;
-mod logring;
-mod sandbox;
-mod sys;
-
 use std::process::ExitCode;
+
+use nanoclaw::{cli, control, daemon, sandbox};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,7 +14,11 @@ fn main() -> ExitCode {
     }
     match cli::parse(&args) {
         Ok(cli::Command::Version) => {
-            println!("nanoclaw {} ({})", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH);
+            println!(
+                "nanoclaw {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH
+            );
             ExitCode::SUCCESS
         }
         Ok(cli::Command::Help) => {

@@ -71,7 +71,8 @@ impl ExecPlan {
         // SAFETY: F_DUPFD_CLOEXEC on a valid borrowed fd returns a new fd that we own.
         let high = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) })?;
         // SAFETY: `high` was just returned by fcntl and is owned by nobody else.
-        self.fds.push((unsafe { OwnedFd::from_raw_fd(high) }, target));
+        self.fds
+            .push((unsafe { OwnedFd::from_raw_fd(high) }, target));
         Ok(())
     }
 }
@@ -85,7 +86,11 @@ pub struct Child {
 /// `clone3` into new namespaces (`flags`), optionally directly into a cgroup2 directory, then
 /// `execve` per `plan` in the child. Returns once the child exists; exec errors surface to the
 /// caller through whatever protocol the exec'd program speaks (the child `_exit(127)`s).
-pub fn clone3_exec(flags: u64, cgroup: Option<BorrowedFd<'_>>, plan: &ExecPlan) -> io::Result<Child> {
+pub fn clone3_exec(
+    flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+    plan: &ExecPlan,
+) -> io::Result<Child> {
     let argv: Vec<*const libc::c_char> = plan
         .argv
         .iter()
@@ -197,16 +202,8 @@ pub fn mount(
 ) -> io::Result<()> {
     let p = |c: Option<&CStr>| c.map_or(std::ptr::null(), |c| c.as_ptr());
     // SAFETY: every pointer is NULL or a valid NUL-terminated string.
-    cvt(unsafe {
-        libc::mount(
-            p(source),
-            target.as_ptr(),
-            p(fstype),
-            flags,
-            p(data).cast(),
-        )
-    })
-    .map(drop)
+    cvt(unsafe { libc::mount(p(source), target.as_ptr(), p(fstype), flags, p(data).cast()) })
+        .map(drop)
 }
 
 /// `umount2(2)`.
@@ -237,7 +234,13 @@ pub fn sethostname(name: &str) -> io::Result<()> {
 pub fn drop_bounding_caps() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     unsafe {
-        cvt(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0))?;
+        cvt(libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ))?;
         for cap in 0..64 {
             if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
                 let e = io::Error::last_os_error();
@@ -290,8 +293,13 @@ pub fn effective_caps() -> io::Result<u64> {
     };
     let mut data = [CapData::default(); 2];
     // SAFETY: v3 header with two writable data elements.
-    let r =
-        unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -360,8 +368,16 @@ pub fn signalfd(sigs: &[libc::c_int]) -> io::Result<OwnedFd> {
         for &s in sigs {
             libc::sigaddset(&mut set, s);
         }
-        cvt(libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()))?;
-        let fd = cvt(libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?;
+        cvt(libc::pthread_sigmask(
+            libc::SIG_BLOCK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+        let fd = cvt(libc::signalfd(
+            -1,
+            &set,
+            libc::SFD_NONBLOCK | libc::SFD_CLOEXEC,
+        ))?;
         Ok(OwnedFd::from_raw_fd(fd))
     }
 }

@@ -27,7 +27,9 @@ fn main() -> ExitCode {
         Some("exit") => ExitCode::from(arg(1).and_then(|s| s.parse().ok()).unwrap_or(1)),
         Some("ignore-term") => ignore_term(),
         _ => {
-            eprintln!("usage: demo-agent sensor|memhog|forkbomb|escape|probe|sleep|exit N|ignore-term");
+            eprintln!(
+                "usage: demo-agent sensor|memhog|forkbomb|escape|probe|sleep|exit N|ignore-term"
+            );
             ExitCode::from(2)
         }
     }
@@ -81,7 +83,10 @@ fn forkbomb() -> ExitCode {
             }
         }
     }
-    println!("forkbomb: gave up after {refused} refusals with {} children", children.len());
+    println!(
+        "forkbomb: gave up after {refused} refusals with {} children",
+        children.len()
+    );
     let _ = std::io::stdout().flush();
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -131,8 +136,10 @@ fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_owned()))
+            s.lines().find_map(|l| {
+                l.strip_prefix(&format!("{name}:"))
+                    .map(|v| v.trim().to_owned())
+            })
         })
         .unwrap_or_default()
 }
@@ -154,7 +161,16 @@ fn json_str(s: &str) -> String {
 /// existence to report, and `write:PATH` entries to try writing.
 fn probe(extra: &[String]) -> ExitCode {
     let mut fields: Vec<(String, String)> = vec![];
-    for f in ["Uid", "Gid", "CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"] {
+    for f in [
+        "Uid",
+        "Gid",
+        "CapEff",
+        "CapPrm",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+        "Seccomp",
+    ] {
         fields.push((f.to_lowercase(), json_str(&status_field(f))));
     }
     fields.push(("pid".into(), std::process::id().to_string()));
@@ -205,7 +221,10 @@ fn probe(extra: &[String]) -> ExitCode {
     let body: Vec<String> = fields
         .iter()
         .map(|(k, v)| format!("{}:{v}", json_str(k)))
-        .chain(std::iter::once(format!("\"checks\":{{{}}}", checks.join(","))))
+        .chain(std::iter::once(format!(
+            "\"checks\":{{{}}}",
+            checks.join(",")
+        )))
         .collect();
     println!("PROBE {{{}}}", body.join(","));
     let _ = std::io::stdout().flush();

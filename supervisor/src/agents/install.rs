@@ -89,13 +89,14 @@ pub fn check(dir: &Path) -> Result<Bundle, InstallError> {
         path: dir.to_path_buf(),
         reason,
     };
-    let manifest = Manifest::load(&dir.join("manifest.json")).map_err(|e| InstallError::Manifest {
-        path: dir.to_path_buf(),
-        source: Box::new(e),
-    })?;
+    let manifest =
+        Manifest::load(&dir.join("manifest.json")).map_err(|e| InstallError::Manifest {
+            path: dir.to_path_buf(),
+            source: Box::new(e),
+        })?;
     let rootfs = dir.join("rootfs");
-    let meta = std::fs::symlink_metadata(&rootfs)
-        .map_err(|e| bad(format!("rootfs/ is missing ({e})")))?;
+    let meta =
+        std::fs::symlink_metadata(&rootfs).map_err(|e| bad(format!("rootfs/ is missing ({e})")))?;
     if !meta.is_dir() {
         return Err(bad("rootfs is not a directory".into()));
     }

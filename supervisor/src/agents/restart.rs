@@ -60,10 +60,15 @@ impl std::fmt::Display for Exit {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    Restart { delay_ms: u64, attempt: u32 },
+    Restart {
+        delay_ms: u64,
+        attempt: u32,
+    },
     /// Stays down: `failed` for a crash loop or a failure that is not restarted.
     Exited,
-    Failed { crash_loop: bool },
+    Failed {
+        crash_loop: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -122,10 +127,10 @@ impl Tracker {
         if self.starts_last_hour(now_ms) >= self.max_per_hour as usize {
             return Decision::Failed { crash_loop: true };
         }
-        if let Some(&last) = self.starts.back() {
-            if now_ms.saturating_sub(last) >= STABLE_MS {
-                self.attempt = 0;
-            }
+        if let Some(&last) = self.starts.back()
+            && now_ms.saturating_sub(last) >= STABLE_MS
+        {
+            self.attempt = 0;
         }
         let attempt = self.attempt;
         self.attempt = self.attempt.saturating_add(1);
@@ -170,11 +175,10 @@ mod tests {
                 t.record_start(i);
                 if let Decision::Restart { delay_ms, attempt } =
                     t.decide(i, Policy::Always, Exit::Code(1), r)
+                    && attempt > 0
                 {
-                    if attempt > 0 {
-                        assert!(delay_ms <= BACKOFF_CAP_MS * 120 / 100);
-                        assert!(delay_ms >= 80 * 100 / 100);
-                    }
+                    assert!(delay_ms <= BACKOFF_CAP_MS * 120 / 100);
+                    assert!(delay_ms >= 80 * 100 / 100);
                 }
             }
         }
@@ -206,13 +210,22 @@ mod tests {
         t.decide(20, Policy::OnFailure, Exit::Code(1), 0);
         t.record_start(20);
         let d = t.decide(20 + STABLE_MS, Policy::OnFailure, Exit::Code(1), 0);
-        assert_eq!(d, Decision::Restart { delay_ms: 0, attempt: 0 });
+        assert_eq!(
+            d,
+            Decision::Restart {
+                delay_ms: 0,
+                attempt: 0
+            }
+        );
     }
 
     #[test]
     fn policies() {
         let mut t = Tracker::new(10);
-        assert_eq!(t.decide(0, Policy::OnFailure, Exit::Code(0), 0), Decision::Exited);
+        assert_eq!(
+            t.decide(0, Policy::OnFailure, Exit::Code(0), 0),
+            Decision::Exited
+        );
         assert_eq!(
             t.decide(0, Policy::Never, Exit::OomKilled, 0),
             Decision::Failed { crash_loop: false }

@@ -486,6 +486,13 @@ mod tests {
             eprintln!("skipped: no memory controller on this cgroup2 mount");
             return;
         }
+        let python = std::process::Command::new("python3")
+            .args(["-c", ""])
+            .status();
+        if !python.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: no python3 to allocate with");
+            return;
+        }
         let limit = 32 * MIB;
         let hog_limits = Limits {
             memory_high: None,

@@ -9,7 +9,9 @@ use super::{RESPONSE_MAX, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the nanoclaw daemon at {path}: {source} (is `nanoclaw daemon` running? pass --socket PATH)")]
+    #[error(
+        "cannot reach the nanoclaw daemon at {path}: {source} (is `nanoclaw daemon` running? pass --socket PATH)"
+    )]
     Connect {
         path: String,
         source: std::io::Error,

@@ -90,9 +90,7 @@ async fn handle(ctx: CtxRef, stream: Async<std::os::unix::net::UnixStream>) {
     let _ = w.flush().await;
 }
 
-async fn read_request(
-    stream: &Async<std::os::unix::net::UnixStream>,
-) -> Result<Request, Response> {
+async fn read_request(stream: &Async<std::os::unix::net::UnixStream>) -> Result<Request, Response> {
     let bad = |m: String| Response::Error {
         code: ErrorCode::BadRequest,
         message: m,
@@ -132,7 +130,9 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
                 let mut d = ctx.d.borrow_mut();
                 if let Some(a) = d.agents.get_mut(&agent) {
                     if a.instance.is_some() {
-                        return Response::Ok(json!({"agent": agent, "state": "running", "note": "already running"}));
+                        return Response::Ok(
+                            json!({"agent": agent, "state": "running", "note": "already running"}),
+                        );
                     }
                     // An operator's start clears crash-loop history.
                     a.tracker.reset();
@@ -355,7 +355,9 @@ fn why(d: &Daemon, name: &str, a: &Agent) -> Value {
             "memory limit {} bytes was hit; raise requests.memory in the manifest and agents.{name}.memory in the policy",
             e.memory_max
         ),
-        (_, State::Failed, _) => "see the reason and the agent's logs (`nanoclaw logs NAME`)".into(),
+        (_, State::Failed, _) => {
+            "see the reason and the agent's logs (`nanoclaw logs NAME`)".into()
+        }
         _ => "nothing is blocking this agent".into(),
     };
     json!({

@@ -63,40 +63,27 @@ fn try_adopt(ctx: &CtxRef, name: &str) -> bool {
 type Adopted = (u64, Rc<smol::Async<std::os::fd::OwnedFd>>);
 
 fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
-    let Some(a) = d.agents.get(name) else {
-        return None;
-    };
-    let Ok(eff) = a.admission.clone() else {
-        return None;
-    };
+    let a = d.agents.get(name)?;
+    let eff = a.admission.clone().ok()?;
     let path = d.run_dir().join(format!("{name}.json"));
-    let Ok(bytes) = std::fs::read(&path) else {
-        return None;
-    };
-    let Ok(rec) = serde_json::from_slice::<RunRecord>(&bytes) else {
-        return None;
-    };
+    let bytes = std::fs::read(&path).ok()?;
+    let rec = serde_json::from_slice::<RunRecord>(&bytes).ok()?;
     let procs = d.cgroups.procs(name).unwrap_or_default();
     if !procs.contains(&rec.pid) || proc_start_ticks(rec.pid) != Some(rec.start_ticks) {
         return None;
     }
-    let Some(pid) = rustix::process::Pid::from_raw(rec.pid) else {
-        return None;
-    };
-    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
-        return None;
-    };
-    let Ok(pidfd) = smol::Async::new(pidfd) else {
-        return None;
-    };
+    let pid = rustix::process::Pid::from_raw(rec.pid)?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+    let pidfd = smol::Async::new(pidfd).ok()?;
     // Budgets are re-applied from the current policy: enforcement never lapses across restarts.
-    if let Err(e) = d.cgroups.set_limits(name, &super::lifecycle::limits_for(&eff)) {
+    if let Err(e) = d
+        .cgroups
+        .set_limits(name, &super::lifecycle::limits_for(&eff))
+    {
         eprintln!("nanoclaw: {name}: re-applying limits: {e}");
     }
     let oom = d.cgroups.memory(name).map(|m| m.oom_kills).unwrap_or(0);
-    let Some(a) = d.agents.get_mut(name) else {
-        return None;
-    };
+    let a = d.agents.get_mut(name)?;
     let pidfd = Rc::new(pidfd);
     a.generation += 1;
     a.state = State::Running;

@@ -42,7 +42,12 @@ pub fn install_all(ctx: &CtxRef) -> Result<(), DaemonError> {
     let (bundles, errors) = install::scan(&d.cfg.agents_dir)?;
     for e in errors {
         let text = e.to_string();
-        d.audit("", AuditKind::SandboxError, &format!("bundle not installed: {text}"), true);
+        d.audit(
+            "",
+            AuditKind::SandboxError,
+            &format!("bundle not installed: {text}"),
+            true,
+        );
     }
     for b in bundles {
         register(&mut d, b);
@@ -146,7 +151,11 @@ pub fn start(ctx: &CtxRef, name: &str) {
     }
 }
 
-type Watched = (u64, Rc<smol::Async<std::os::fd::OwnedFd>>, std::os::fd::OwnedFd);
+type Watched = (
+    u64,
+    Rc<smol::Async<std::os::fd::OwnedFd>>,
+    std::os::fd::OwnedFd,
+);
 
 fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     let a = d.agents.get_mut(name)?;
@@ -336,9 +345,7 @@ pub fn watch(
                             Ok(k) => {
                                 let mut d = c.d.borrow_mut();
                                 match d.agents.get_mut(&n) {
-                                    Some(a) if a.generation == generation => {
-                                        a.logs.push(&buf[..k])
-                                    }
+                                    Some(a) if a.generation == generation => a.logs.push(&buf[..k]),
                                     _ => return,
                                 }
                             }
@@ -359,7 +366,9 @@ fn check_oom(ctx: &CtxRef, name: &str, generation: u64) -> bool {
             .get(name)
             .is_some_and(|a| a.generation == generation && a.instance.is_some());
     };
-    let Some(a) = d.agents.get_mut(name) else { return false };
+    let Some(a) = d.agents.get_mut(name) else {
+        return false;
+    };
     if a.generation != generation || a.instance.is_none() {
         return false;
     }
@@ -385,11 +394,17 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
     check_oom(ctx, name, generation);
     let mut d = ctx.d.borrow_mut();
     let d = &mut *d;
-    let Some(a) = d.agents.get_mut(name) else { return };
+    let Some(a) = d.agents.get_mut(name) else {
+        return;
+    };
     if a.generation != generation {
         return;
     }
-    let exit = if a.oom_seen > 0 { Exit::OomKilled } else { exit };
+    let exit = if a.oom_seen > 0 {
+        Exit::OomKilled
+    } else {
+        exit
+    };
     a.instance = None;
     a.last_exit = Some(exit);
     let stop_requested = a.stop_requested;
@@ -398,8 +413,15 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
     // Anything the agent left behind (v1 has no memory.oom.group) dies with it.
     let _ = d.cgroups.kill_all(name);
     let _ = std::fs::remove_file(d.run_dir().join(format!("{name}.json")));
-    d.audit(name, AuditKind::Exit, &format!("{exit}"), exit != Exit::Code(0));
-    let Some(a) = d.agents.get_mut(name) else { return };
+    d.audit(
+        name,
+        AuditKind::Exit,
+        &format!("{exit}"),
+        exit != Exit::Code(0),
+    );
+    let Some(a) = d.agents.get_mut(name) else {
+        return;
+    };
     if stop_requested || d.shutting_down {
         a.state = State::Stopped;
         a.reason = format!("stopped on request ({exit})");
@@ -410,7 +432,10 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
         Decision::Restart { delay_ms, attempt } => {
             a.state = State::Starting;
             a.restarts += 1;
-            a.reason = format!("restarting after {exit} (attempt {}, in {delay_ms} ms)", attempt + 1);
+            a.reason = format!(
+                "restarting after {exit} (attempt {}, in {delay_ms} ms)",
+                attempt + 1
+            );
             let reason = a.reason.clone();
             d.audit(name, AuditKind::Restart, &reason, false);
             let c = ctx.clone();
@@ -456,7 +481,9 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
 pub fn stop(ctx: &CtxRef, name: &str, why: &str) {
     let mut d = ctx.d.borrow_mut();
     let grace = d.cfg.stop_grace_s;
-    let Some(a) = d.agents.get_mut(name) else { return };
+    let Some(a) = d.agents.get_mut(name) else {
+        return;
+    };
     a.stop_requested = true;
     let Some(inst) = &a.instance else {
         if a.state == State::Starting {
@@ -466,10 +493,7 @@ pub fn stop(ctx: &CtxRef, name: &str, why: &str) {
     };
     let grace = a.manifest.stop_grace_s.unwrap_or(grace);
     let generation = a.generation;
-    let _ = rustix::process::pidfd_send_signal(
-        inst.pidfd.get_ref(),
-        rustix::process::Signal::TERM,
-    );
+    let _ = rustix::process::pidfd_send_signal(inst.pidfd.get_ref(), rustix::process::Signal::TERM);
     d.audit(name, AuditKind::Stop, why, true);
     drop(d);
     let c = ctx.clone();
@@ -505,7 +529,10 @@ pub fn reload(ctx: &CtxRef) -> Result<String, String> {
     let policy = match super::load_policy(&path, mem) {
         Ok(p) => p,
         Err(e) => {
-            let text = format!("{e}; keeping policy version {}", ctx.d.borrow().policy.version);
+            let text = format!(
+                "{e}; keeping policy version {}",
+                ctx.d.borrow().policy.version
+            );
             ctx.d
                 .borrow_mut()
                 .audit("", AuditKind::PolicyRejected, &text, true);
@@ -527,7 +554,12 @@ pub fn reload(ctx: &CtxRef) -> Result<String, String> {
             Ok((bundles, errs)) => {
                 for e in errs {
                     let t = e.to_string();
-                    d.audit("", AuditKind::SandboxError, &format!("bundle not installed: {t}"), true);
+                    d.audit(
+                        "",
+                        AuditKind::SandboxError,
+                        &format!("bundle not installed: {t}"),
+                        true,
+                    );
                 }
                 for b in bundles {
                     register(&mut d, b);
@@ -561,7 +593,11 @@ pub fn reload(ctx: &CtxRef) -> Result<String, String> {
     {
         let mut d = ctx.d.borrow_mut();
         for a in d.agents.values_mut() {
-            if a.admission.is_ok() && a.instance.is_none() && a.state == State::Failed && a.reason.starts_with("admission") {
+            if a.admission.is_ok()
+                && a.instance.is_none()
+                && a.state == State::Failed
+                && a.reason.starts_with("admission")
+            {
                 a.state = State::Stopped;
             }
         }

@@ -24,7 +24,7 @@ use nanoclaw_proto::audit::AuditKind;
 use smol::LocalExecutor;
 
 use crate::admission;
-use crate::agents::{Agent, State, install};
+use crate::agents::{Agent, install};
 use crate::audit::{AuditLimits, AuditLog};
 use crate::cgroup::{self, Cgroups};
 use crate::config::device::DeviceConfig;
@@ -104,10 +104,7 @@ impl Daemon {
     /// Appends an audit record. Security decisions (`durable`) are fsynced before returning.
     /// An audit failure is reported on stderr: the supervisor keeps enforcing either way.
     pub fn audit(&mut self, agent: &str, kind: AuditKind, reason: &str, durable: bool) {
-        if let Err(e) = self
-            .audit
-            .append(now_ms(), agent, kind, reason, durable)
-        {
+        if let Err(e) = self.audit.append(now_ms(), agent, kind, reason, durable) {
             eprintln!("nanoclaw: audit log write failed: {e}");
         }
         eprintln!("nanoclaw: [{}] {agent}: {reason}", kind_name(kind));
@@ -160,12 +157,13 @@ pub fn load_policy(path: &Path, device_memory: u64) -> Result<Policy, DaemonErro
 /// Runs the daemon until SIGTERM/SIGINT. Returns the process exit code.
 pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     // Block the signals we handle before any thread exists, so every thread inherits the mask.
-    let sigfd = crate::sys::signalfd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).map_err(|e| {
-        DaemonError::Io {
-            what: "creating the signalfd".into(),
-            source: e,
-        }
-    })?;
+    let sigfd =
+        crate::sys::signalfd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).map_err(|e| {
+            DaemonError::Io {
+                what: "creating the signalfd".into(),
+                source: e,
+            }
+        })?;
     let cfg = DeviceConfig::load(config_path)?;
     let device_memory = device_memory(&cfg)?;
     if !cfg.allow_local_policy {
@@ -230,12 +228,14 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     adopt::adopt_or_clean(&ctx);
     lifecycle::start_all(&ctx);
 
-    let listener = control::server::bind(&ctx.d.borrow().cfg.socket).map_err(|e| {
-        DaemonError::Io {
-            what: format!("binding the control socket {}", ctx.d.borrow().cfg.socket.display()),
+    let listener =
+        control::server::bind(&ctx.d.borrow().cfg.socket).map_err(|e| DaemonError::Io {
+            what: format!(
+                "binding the control socket {}",
+                ctx.d.borrow().cfg.socket.display()
+            ),
             source: e,
-        }
-    })?;
+        })?;
     let ctl = ctx.clone();
     ctx.ex
         .spawn(async move { control::server::serve(ctl, listener).await })
@@ -264,7 +264,7 @@ async fn signals(ctx: CtxRef, sigfd: OwnedFd) -> u8 {
             _ => continue,
         };
         if sig == libc::SIGHUP {
-            lifecycle::reload(&ctx);
+            let _ = lifecycle::reload(&ctx);
             continue;
         }
         return shutdown(&ctx).await;
@@ -285,12 +285,7 @@ async fn shutdown(ctx: &CtxRef) -> u8 {
     let grace = ctx.d.borrow().cfg.stop_grace_s;
     let deadline = std::time::Instant::now() + Duration::from_secs(u64::from(grace) + 3);
     while std::time::Instant::now() < deadline {
-        let running = ctx
-            .d
-            .borrow()
-            .agents
-            .values()
-            .any(|a| a.instance.is_some());
+        let running = ctx.d.borrow().agents.values().any(|a| a.instance.is_some());
         if !running {
             break;
         }
@@ -308,4 +303,3 @@ async fn shutdown(ctx: &CtxRef) -> u8 {
     let _ = std::fs::remove_file(&d.cfg.socket);
     exit::OK
 }
-

@@ -28,7 +28,10 @@ impl Posture {
             self.cgroup, self.seccomp, self.landlock, self.namespaces, self.network
         );
         if !self.missing_controllers.is_empty() {
-            s += &format!("; MISSING controllers: {}", self.missing_controllers.join(","));
+            s += &format!(
+                "; MISSING controllers: {}",
+                self.missing_controllers.join(",")
+            );
         }
         if self.unsigned_bundles_allowed {
             s += "; WARNING: unsigned bundles allowed (allow_unsigned)";

@@ -242,21 +242,17 @@ fn relay(agent: i32, sigfd: &OwnedFd, out: OwnedFd) -> i32 {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(_) => break,
         }
-        let out_ready = fds
-            .get(1)
-            .is_some_and(|f| !f.revents().is_empty());
+        let out_ready = fds.get(1).is_some_and(|f| !f.revents().is_empty());
         let sig_ready = !fds[0].revents().is_empty();
-        if out_ready {
-            if let Some(o) = &out {
-                match rustix::io::read(o, &mut buf) {
-                    Ok(0) => out = None,
-                    Ok(n) => {
-                        // Non-blocking: a missing or slow supervisor loses output, never stalls the agent.
-                        let _ = rustix::io::write(stdout, &buf[..n]);
-                    }
-                    Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-                    Err(_) => out = None,
+        if out_ready && let Some(o) = &out {
+            match rustix::io::read(o, &mut buf) {
+                Ok(0) => out = None,
+                Ok(n) => {
+                    // Non-blocking: a missing or slow supervisor loses output, never stalls the agent.
+                    let _ = rustix::io::write(stdout, &buf[..n]);
                 }
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                Err(_) => out = None,
             }
         }
         if sig_ready {
@@ -274,7 +270,9 @@ fn relay(agent: i32, sigfd: &OwnedFd, out: OwnedFd) -> i32 {
             }
             // Reap everything that exited: the agent and any orphans reparented to us.
             // `wait` is waitpid(-1): the agent runs in its own session and process group.
-            while let Ok(Some((pid, status))) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {
+            while let Ok(Some((pid, status))) =
+                rustix::process::wait(rustix::process::WaitOptions::NOHANG)
+            {
                 if pid.as_raw_nonzero().get() == agent {
                     exit_code = Some(match (status.exit_status(), status.terminating_signal()) {
                         (Some(c), _) => c,

@@ -72,7 +72,9 @@ pub enum SandboxError {
     Pipe { agent: String, source: io::Error },
     #[error("opening cgroup directory {path} for CLONE_INTO_CGROUP: {source}")]
     CgroupDir { path: PathBuf, source: io::Error },
-    #[error("clone3 into new namespaces for agent {agent} failed: {source} (is this root on Linux >= 5.7?)")]
+    #[error(
+        "clone3 into new namespaces for agent {agent} failed: {source} (is this root on Linux >= 5.7?)"
+    )]
     Clone { agent: String, source: io::Error },
     #[error("placing agent {agent} (pid {pid}) in its cgroup: {source}")]
     Cgroup {

@@ -1,0 +1,17 @@
+//! nanoclaw, the supervisor library behind the `nanoclaw` binary. Split from `main.rs` so
+//! integration tests and benchmarks can use the same parsers, admission and audit code.
+//!
+//! Only [`sys`] may contain `unsafe`; every other module is checked by the workspace's
+//! `unsafe_code = "deny"` lint.
+
+pub mod admission;
+pub mod agents;
+pub mod audit;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod logring;
+pub mod sandbox;
+pub mod sys;
