@@ -23,6 +23,9 @@ commands:
                                 newest audit records (default 50)
   why AGENT [--json]            why an agent is not running, and what would allow it
   reload [--json]               re-read the policy and the agents directory
+  run --rootfs DIR [--memory SIZE] [--pids N] [--cpus F] [--scratch SIZE]
+      [--syscalls default|strict] [--uid N] [--timing] -- CMD [ARGS]
+                                run one command in a full agent sandbox (no daemon)
   --version                     print the version
 
 exit codes: 0 ok, 1 failed, 2 usage, 3 daemon unreachable, 4 no such agent, 5 not root,
@@ -42,10 +45,14 @@ pub enum Command {
         req: Request,
         json: bool,
     },
+    Run(crate::oneshot::RunOpts),
 }
 
 /// Parses argv (without argv[0]).
 pub fn parse(args: &[String]) -> Result<Command, String> {
+    if args.first().map(String::as_str) == Some("run") {
+        return crate::oneshot::parse(&args[1..]).map(Command::Run);
+    }
     let mut socket = std::env::var_os("NANOCLAW_SOCKET")
         .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
     let mut it = args.iter().peekable();

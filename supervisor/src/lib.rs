@@ -13,5 +13,6 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod logring;
+pub mod oneshot;
 pub mod sandbox;
 pub mod sys;

@@ -35,6 +35,13 @@ fn main() -> ExitCode {
         Ok(cli::Command::Query { socket, req, json }) => {
             ExitCode::from(cli::query(&socket, &req, json))
         }
+        Ok(cli::Command::Run(opts)) => match nanoclaw::oneshot::run(&opts) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("nanoclaw run: {e}");
+                ExitCode::from(control::exit::FAILED)
+            }
+        },
         Err(e) => {
             eprintln!("nanoclaw: {e}\n\n{}", cli::USAGE);
             ExitCode::from(control::exit::USAGE)
