@@ -94,7 +94,7 @@ pub fn parse(args: &[String]) -> Result<RunOpts, String> {
     if o.uid == 0 {
         return Err("run: --uid 0 is not allowed: agents never run as root".into());
     }
-    if !(o.cpus > 0.0) {
+    if o.cpus.is_nan() || o.cpus <= 0.0 {
         return Err("run: --cpus must be more than 0".into());
     }
     Ok(o)
