@@ -7,6 +7,14 @@
 //! - `escape`: tries to read host files and write outside its scratch, reporting each result.
 //! - `probe`: prints what the sandbox looks like from inside, as JSON (used by tests).
 //! - `sleep`, `exit CODE`, `ignore-term`: helpers for tests.
+//! - `try-mount`: calls mount(2) on a mount point that does not exist and reports the errno
+//!   (EPERM means the seccomp filter refused it before the kernel looked at the path; without
+//!   the filter the answer would be ENOENT).
+//! - `syscall-socket`: creates an AF_UNIX socket and reports the result (under the `strict`
+//!   seccomp profile the kernel kills the process with SIGSYS instead).
+//! - `scratch`: lists `/tmp`, writes `/tmp/marker`, lists again, then sleeps.
+//! - `wait-file PATH ROLE [ARGS]`: waits until PATH exists, then runs ROLE (tests use it to
+//!   trigger a role at a moment of their choosing).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -14,6 +22,10 @@ use std::time::Duration;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    run(&args)
+}
+
+fn run(args: &[String]) -> ExitCode {
     let arg = |i: usize| args.get(i).map(String::as_str);
     match arg(0) {
         Some("sensor") => sensor(arg(1).and_then(|s| s.parse().ok()).unwrap_or(2)),
@@ -26,9 +38,19 @@ fn main() -> ExitCode {
         },
         Some("exit") => ExitCode::from(arg(1).and_then(|s| s.parse().ok()).unwrap_or(1)),
         Some("ignore-term") => ignore_term(),
+        Some("try-mount") => try_mount(),
+        Some("syscall-socket") => syscall_socket(),
+        Some("scratch") => scratch(),
+        Some("wait-file") if args.len() >= 3 => {
+            while std::fs::symlink_metadata(&args[1]).is_err() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            run(&args[2..])
+        }
         _ => {
             eprintln!(
-                "usage: demo-agent sensor|memhog|forkbomb|escape|probe|sleep|exit N|ignore-term"
+                "usage: demo-agent sensor|memhog|forkbomb|escape|probe|sleep|exit N|ignore-term|\
+                 try-mount|syscall-socket|scratch|wait-file PATH ROLE [ARGS]"
             );
             ExitCode::from(2)
         }
@@ -240,12 +262,80 @@ fn ignore_term() -> ExitCode {
     }
 }
 
+fn try_mount() -> ExitCode {
+    const TARGET: &str = "/nonexistent-nanoclaw-mountpoint";
+    match sys::mount_tmpfs(TARGET) {
+        Ok(()) => println!("try-mount: mount() on {TARGET} SUCCEEDED"),
+        Err(e) => println!(
+            "try-mount: mount() on {TARGET} failed with errno {} ({e})",
+            e.raw_os_error().unwrap_or(0)
+        ),
+    }
+    let _ = std::io::stdout().flush();
+    ExitCode::SUCCESS
+}
+
+fn syscall_socket() -> ExitCode {
+    println!("syscall-socket: calling socket(AF_UNIX, SOCK_DGRAM)");
+    let _ = std::io::stdout().flush();
+    match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(_) => println!("syscall-socket: socket() returned a descriptor"),
+        Err(e) => println!("syscall-socket: socket() failed ({e})"),
+    }
+    let _ = std::io::stdout().flush();
+    ExitCode::SUCCESS
+}
+
+fn scratch() -> ExitCode {
+    let list = || -> String {
+        let mut v: Vec<String> = std::fs::read_dir("/tmp")
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        format!("[{}]", v.join(","))
+    };
+    println!("scratch: before: {}", list());
+    let w = std::fs::write("/tmp/marker", b"written by the previous run");
+    println!("scratch: write /tmp/marker: {w:?}");
+    println!("scratch: after: {}", list());
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 mod sys {
-    //! The demo's only `unsafe`: std has no way to ignore a signal.
+    //! The demo's only `unsafe`: std has no way to ignore a signal or call mount(2).
     #![allow(unsafe_code)]
 
     pub fn ignore_sigterm() {
         // SAFETY: SIG_IGN is a valid disposition for SIGTERM; no handler code runs.
         unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+
+    /// mount("none", target, "tmpfs", 0, NULL).
+    pub fn mount_tmpfs(target: &str) -> std::io::Result<()> {
+        let target = std::ffi::CString::new(target).map_err(std::io::Error::other)?;
+        // SAFETY: every pointer is a valid NUL-terminated C string that outlives the call
+        // (c"..." literals are static, `target` lives to the end of this function), and a
+        // NULL `data` is allowed for tmpfs.
+        let r = unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 }

@@ -311,6 +311,7 @@ fn status(d: &Daemon) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "board": d.cfg.board,
+        "board_description": d.board.description,
         "uptime_s": now_ms().saturating_sub(d.started_ms) / 1000,
         "policy_version": d.policy.version,
         "device_memory_bytes": d.device_memory,

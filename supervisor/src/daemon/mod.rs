@@ -42,6 +42,8 @@ pub mod exit {
 pub enum DaemonError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("{path}: board: {reason}")]
+    Board { path: PathBuf, reason: String },
     #[error("policy {path}: {reason}")]
     Policy { path: PathBuf, reason: String },
     #[error("cgroups: {0}")]
@@ -60,7 +62,9 @@ pub enum DaemonError {
 impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Config(_) | DaemonError::Policy { .. } => exit::CONFIG,
+            DaemonError::Config(_) | DaemonError::Policy { .. } | DaemonError::Board { .. } => {
+                exit::CONFIG
+            }
             _ => exit::SETUP,
         }
     }
@@ -73,6 +77,7 @@ pub struct Daemon {
     pub policy: Policy,
     pub agents: BTreeMap<String, Agent>,
     pub posture: posture::Posture,
+    pub board: crate::board::Board,
     pub started_ms: u64,
     pub device_memory: u64,
     pub shutting_down: bool,
@@ -165,6 +170,10 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
             }
         })?;
     let cfg = DeviceConfig::load(config_path)?;
+    let board = crate::board::profile(&cfg.board).map_err(|reason| DaemonError::Board {
+        path: config_path.to_path_buf(),
+        reason,
+    })?;
     let device_memory = device_memory(&cfg)?;
     if !cfg.allow_local_policy {
         return Err(DaemonError::Policy {
@@ -197,6 +206,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         policy,
         agents: BTreeMap::new(),
         posture,
+        board,
         started_ms: now_ms(),
         device_memory,
         shutting_down: false,

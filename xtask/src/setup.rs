@@ -1,0 +1,89 @@
+//! Installing what a fresh Debian machine with only Rust lacks.
+//!
+//! Each command asks only for the packages it needs. As root, missing packages are installed
+//! with apt-get; otherwise the exact command to run is printed and the task fails, so nothing
+//! half-works. The pinned toolchain and musl targets come from rust-toolchain.toml via rustup.
+
+use std::process::Command;
+
+use crate::util::{Result, is_root, output, run};
+
+/// Package → a file it provides (to check presence without dpkg races).
+type Pkg = (&'static str, &'static str);
+
+/// Host tier and aarch64 unit tests.
+pub const TEST: &[Pkg] = &[
+    ("qemu-user-static", "/usr/bin/qemu-aarch64-static"),
+    ("util-linux", "/usr/bin/setpriv"),
+];
+/// VM tier (the kernel image is downloaded, not installed, by xtask/src/vm.rs).
+pub const VM: &[Pkg] = &[
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("qemu-system-arm", "/usr/bin/qemu-system-aarch64"),
+    ("busybox-static", "/bin/busybox"),
+    ("cpio", "/usr/bin/cpio"),
+];
+/// Benchmark peers.
+pub const BENCH: &[Pkg] = &[
+    ("bubblewrap", "/usr/bin/bwrap"),
+    ("runc", "/usr/sbin/runc"),
+    ("strace", "/usr/bin/strace"),
+];
+/// Everything (`cargo xtask setup`).
+pub const ALL: &[&[Pkg]] = &[TEST, VM, BENCH];
+/// What `cargo xtask test` needs.
+pub const TIERS: &[&[Pkg]] = &[TEST, VM];
+
+pub trait PkgSet {
+    fn pkgs(&self) -> Vec<Pkg>;
+}
+impl PkgSet for &[Pkg] {
+    fn pkgs(&self) -> Vec<Pkg> {
+        self.to_vec()
+    }
+}
+impl PkgSet for &[&[Pkg]] {
+    fn pkgs(&self) -> Vec<Pkg> {
+        self.iter().flat_map(|s| s.iter().copied()).collect()
+    }
+}
+
+/// Installs the missing packages of `set` (as root), or fails with the command to run.
+pub fn ensure(set: impl PkgSet) -> Result {
+    let missing: Vec<&str> = set
+        .pkgs()
+        .into_iter()
+        .filter(|(_, file)| !std::path::Path::new(file).exists())
+        .map(|(p, _)| p)
+        .collect();
+    ensure_targets()?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let cmd = format!(
+        "apt-get update && apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    if !is_root() {
+        return Err(format!("missing Debian packages; run as root:\n  {cmd}"));
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The musl targets listed in rust-toolchain.toml (rustup installs them with the toolchain,
+/// but an older rustup may not: add them explicitly).
+fn ensure_targets() -> Result {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .unwrap_or_default();
+    for t in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
+        if !installed.lines().any(|l| l.trim() == t) {
+            run(Command::new("rustup").args(["target", "add", t]))?;
+        }
+    }
+    Ok(())
+}
