@@ -145,3 +145,87 @@ pub fn check(dir: &Path) -> Result<Bundle, InstallError> {
         manifest,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const MANIFEST: &str = r#"{"name":"a","version":"1","mode":"service","exec":["/bin/app"],
+        "requests":{"memory":"8MiB"}}"#;
+
+    fn bundle(dir: &Path, manifest: &str, exec_mode: Option<u32>) {
+        std::fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+        std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+        if let Some(mode) = exec_mode {
+            let p = dir.join("rootfs/bin/app");
+            std::fs::write(&p, b"#!").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+
+    #[test]
+    fn valid_bundle_gets_mount_points() {
+        let t = tempfile::tempdir().unwrap();
+        bundle(t.path(), MANIFEST, Some(0o755));
+        let b = check(t.path()).unwrap();
+        assert_eq!(b.manifest.name, "a");
+        for mp in ["proc", "dev", "tmp"] {
+            assert!(t.path().join("rootfs").join(mp).is_dir());
+        }
+    }
+
+    #[test]
+    fn missing_exec_names_it() {
+        let t = tempfile::tempdir().unwrap();
+        bundle(t.path(), MANIFEST, None);
+        let e = check(t.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("exec /bin/app") && e.contains("does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn non_executable_exec_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        bundle(t.path(), MANIFEST, Some(0o644));
+        let e = check(t.path()).unwrap_err().to_string();
+        assert!(e.contains("not an executable"), "{e}");
+    }
+
+    #[test]
+    fn symlinked_exec_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        bundle(t.path(), MANIFEST, None);
+        std::os::unix::fs::symlink("/bin/sh", t.path().join("rootfs/bin/app")).unwrap();
+        let e = check(t.path()).unwrap_err().to_string();
+        assert!(e.contains("symlink"), "{e}");
+    }
+
+    #[test]
+    fn missing_rootfs_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("manifest.json"), MANIFEST).unwrap();
+        let e = check(t.path()).unwrap_err().to_string();
+        assert!(e.contains("rootfs/ is missing"), "{e}");
+    }
+
+    #[test]
+    fn scan_skips_bad_bundles_and_duplicate_names() {
+        let t = tempfile::tempdir().unwrap();
+        bundle(&t.path().join("one"), MANIFEST, Some(0o755));
+        bundle(&t.path().join("two"), MANIFEST, Some(0o755));
+        let other = MANIFEST.replace(r#""name":"a""#, r#""name":"b""#);
+        bundle(&t.path().join("three"), &other, Some(0o755));
+        bundle(&t.path().join("bad"), "{", Some(0o755));
+        let (ok, errs) = scan(t.path()).unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].manifest.name, "b");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs.iter().any(|e| {
+            e.to_string()
+                .contains("another bundle also declares agent a")
+        }));
+    }
+}
