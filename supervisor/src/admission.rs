@@ -34,7 +34,9 @@ pub const MIN_CPU_QUOTA_US: u64 = 1_000;
 pub struct Effective {
     pub name: String,
     pub memory_max: u64,
-    /// `memory.high`: 90% of `memory_max`, so the kernel reclaims before it OOM-kills.
+    /// 90% of `memory_max`: the `memory.high` throttle point applied when the agent is
+    /// throttled (battery/energy). Unthrottled agents run with `memory.high` = max, since
+    /// without swap reclaim above it only delays the OOM kill.
     pub memory_high: u64,
     pub cpus: f64,
     pub cpu_quota_us: u64,

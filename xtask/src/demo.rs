@@ -23,7 +23,9 @@ pub fn main(args: &[String]) -> Result {
         _ => return Err("usage: cargo xtask demo [--seconds N]".into()),
     };
     if !util::is_root() {
-        return Err("the demo creates cgroups and namespaces: run `sudo -E cargo xtask demo`".into());
+        return Err(
+            "the demo creates cgroups and namespaces: run `sudo -E cargo xtask demo`".into(),
+        );
     }
     crate::setup::ensure(crate::setup::TEST)?;
     let b = util::build_static(util::host_target())?;
@@ -77,7 +79,9 @@ pub fn main(args: &[String]) -> Result {
     let _ = Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status();
-    let status = daemon.wait().map_err(|e| format!("waiting for the daemon: {e}"))?;
+    let status = daemon
+        .wait()
+        .map_err(|e| format!("waiting for the daemon: {e}"))?;
     // The daemon removes agent cgroups; the subtree itself (it held the daemon) goes here.
     for ctl in ["memory", "cpu", "pids", "freezer", "unified", ""] {
         let base = Path::new("/sys/fs/cgroup").join(ctl).join("nanoclaw-demo");
@@ -92,4 +96,3 @@ pub fn main(args: &[String]) -> Result {
         Err(format!("the daemon exited with {status}"))
     }
 }
-

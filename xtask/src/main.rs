@@ -1,1 +1,163 @@
-fn main() {}
+//! `cargo xtask`: the project's task runner (std only, so it builds in seconds).
+//!
+//! - `setup`            install the Debian packages the demo and tests need (or print the command)
+//! - `build [--target T]` static musl release binaries (`x86_64-unknown-linux-musl` default)
+//! - `demo`             run the demo agents on the simulated board and show what happened
+//! - `test`             every tier CI runs: fmt, clippy, unit, aarch64 under qemu-user, host
+//!   (root, real kernel), VM (qemu, pure cgroup v2)
+//! - `bench`            benchmarks → docs/BENCHMARKS.md
+//! - `vm [ARCH]`        only the VM tier
+
+mod bench;
+mod demo;
+mod setup;
+mod util;
+mod vm;
+
+use std::process::ExitCode;
+
+use util::{Result, cargo, run};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::ensure(setup::ALL),
+        Some("build") => build(rest),
+        Some("demo") => demo::main(rest),
+        Some("test") => test(rest),
+        Some("bench") => setup::ensure(setup::BENCH).and_then(|()| bench::main(rest)),
+        Some("vm") => setup::ensure(setup::VM).and_then(|()| vm::main(rest)),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask setup|build [--target T]|demo|test [--quick]|bench|vm [x86_64|aarch64|all]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build(args: &[String]) -> Result {
+    let target = match args {
+        [] => util::host_target().to_owned(),
+        [flag, t] if flag == "--target" => t.clone(),
+        _ => return Err("usage: cargo xtask build [--target TRIPLE]".into()),
+    };
+    let b = util::build_static(&target)?;
+    println!("{}\n{}", b.nanoclaw.display(), b.demo_agent.display());
+    Ok(())
+}
+
+/// Every test tier, in the order that fails fastest. `--quick` skips the VM tier.
+fn test(args: &[String]) -> Result {
+    let quick = args.iter().any(|a| a == "--quick");
+    setup::ensure(setup::TIERS)?;
+    if !util::is_root() {
+        return Err(
+            "the host and VM tiers need root (real cgroups, namespaces, BPF): run `sudo -E cargo xtask test`"
+                .into(),
+        );
+    }
+    let mut stages: Vec<(&str, Result)> = Vec::new();
+    let mut stage = |name: &'static str, r: Result| {
+        match &r {
+            Ok(()) => eprintln!("xtask: stage {name}: ok"),
+            Err(e) => eprintln!("xtask: stage {name}: FAILED: {e}"),
+        }
+        let failed = r.is_err();
+        stages.push((name, r));
+        !failed
+    };
+
+    let ok = stage("fmt", run(cargo().args(["fmt", "--all", "--", "--check"])))
+        && stage(
+            "clippy",
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])),
+        );
+    if ok {
+        let host = util::build_static(util::host_target());
+        let arm = util::build_static("aarch64-unknown-linux-musl");
+        stage(
+            "unit",
+            run(cargo().args(["test", "--workspace", "--exclude", "nanoclaw-tests"])),
+        );
+        stage("aarch64", arm.and_then(|b| aarch64(&b)));
+        match host {
+            Ok(b) => {
+                stage(
+                    "host",
+                    run(cargo()
+                        .args(["test", "-p", "nanoclaw-tests"])
+                        .env("NANOCLAW_BIN", &b.nanoclaw)
+                        .env("NANOCLAW_DEMO_AGENT", &b.demo_agent)),
+                );
+                if !quick {
+                    stage("vm-x86_64", vm::smoke("x86_64", &b));
+                }
+            }
+            Err(e) => {
+                stage("build", Err(e));
+            }
+        }
+    }
+    let failed: Vec<&str> = stages
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(n, _)| *n)
+        .collect();
+    // The plain closing line CI reads.
+    println!(
+        "stages: {} passed, {} failed",
+        stages.len() - failed.len(),
+        failed.len()
+    );
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("failed stages: {}", failed.join(", ")))
+    }
+}
+
+/// The aarch64 static binary runs under qemu-user, and so do the pure unit tests.
+fn aarch64(b: &util::Binaries) -> Result {
+    let v = util::output(
+        std::process::Command::new("qemu-aarch64-static")
+            .arg(&b.nanoclaw)
+            .arg("--version"),
+    )?;
+    if !v.contains("aarch64") {
+        return Err(format!("aarch64 nanoclaw --version printed {v:?}"));
+    }
+    eprintln!("aarch64: {}", v.trim());
+    // Pure-logic unit tests only: qemu-user cannot emulate seccomp, cgroups or namespaces for
+    // the guest, so the real-kernel tests run in the VM tier instead.
+    run(cargo().args([
+        "test",
+        "--target",
+        "aarch64-unknown-linux-musl",
+        "-p",
+        "nanoclaw-proto",
+        "-p",
+        "nanoclaw",
+        "--lib",
+        "--",
+        "--skip",
+        "cgroup::",
+        "--skip",
+        "sandbox::",
+    ]))
+}

@@ -17,11 +17,10 @@ pub const TEST: &[Pkg] = &[
     ("util-linux", "/usr/bin/setpriv"),
 ];
 /// VM tier (the kernel image is downloaded, not installed, by xtask/src/vm.rs).
+/// (busybox for each guest architecture is downloaded by vm.rs, not installed.)
 pub const VM: &[Pkg] = &[
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("qemu-system-arm", "/usr/bin/qemu-system-aarch64"),
-    ("busybox-static", "/bin/busybox"),
-    ("cpio", "/usr/bin/cpio"),
 ];
 /// Benchmark peers.
 pub const BENCH: &[Pkg] = &[
@@ -78,8 +77,8 @@ pub fn ensure(set: impl PkgSet) -> Result {
 /// The musl targets listed in rust-toolchain.toml (rustup installs them with the toolchain,
 /// but an older rustup may not: add them explicitly).
 fn ensure_targets() -> Result {
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
-        .unwrap_or_default();
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     for t in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
         if !installed.lines().any(|l| l.trim() == t) {
             run(Command::new("rustup").args(["target", "add", t]))?;

@@ -74,6 +74,8 @@ pub struct Agent {
     pub reason: String,
     pub stop_requested: bool,
     pub oom_seen: u64,
+    /// When the last `oom_kill` record of this instance was written (coalescing).
+    pub oom_audited_ms: u64,
     pub logs: LogRing,
 }
 
@@ -94,6 +96,7 @@ impl Agent {
             reason: String::new(),
             stop_requested: false,
             oom_seen: 0,
+            oom_audited_ms: 0,
             logs: LogRing::new(log_bytes),
         }
     }

@@ -32,11 +32,20 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
     s.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
     line.push(b'\n');
-    s.write_all(&line)?;
+    // The daemon may answer and close without reading the request (it refuses a non-root
+    // peer before reading anything), so a failed write can still have an answer waiting in
+    // our receive buffer: read it before reporting the write error.
+    let written = s.write_all(&line);
     let mut buf = Vec::new();
-    BufReader::new(s)
+    let read = BufReader::new(&s)
         .take(RESPONSE_MAX as u64 + 1)
-        .read_until(b'\n', &mut buf)?;
+        .read_until(b'\n', &mut buf);
+    if let Err(e) = written
+        && buf.is_empty()
+    {
+        return Err(e.into());
+    }
+    read?;
     if buf.len() > RESPONSE_MAX {
         return Err(ClientError::Decode(format!(
             "response longer than {RESPONSE_MAX} bytes"

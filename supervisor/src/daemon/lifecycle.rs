@@ -133,7 +133,11 @@ pub fn start_all(ctx: &CtxRef) {
 pub fn limits_for(e: &admission::Effective) -> Limits {
     Limits {
         memory_max: e.memory_max,
-        memory_high: Some(e.memory_high),
+        // memory.high stays at "max" while the agent is not throttled: agents have no swap,
+        // so reclaim above memory.high cannot free their anonymous memory and only delays the
+        // OOM kill (12-16 s for the memory hog in the v2 VM). `Effective::memory_high` is the
+        // throttle point that battery/energy throttling applies.
+        memory_high: None,
         pids_max: u64::from(e.pids_max),
         cpu_quota_us: Some(e.cpu_quota_us),
         cpu_period_us: e.cpu_period_us,
@@ -232,6 +236,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     a.state = State::Running;
     a.reason = "running".into();
     a.oom_seen = 0;
+    a.oom_audited_ms = 0;
     let version = a.manifest.version.clone();
     let report = started.report.clone();
     a.instance = Some(Instance {
@@ -372,9 +377,14 @@ fn check_oom(ctx: &CtxRef, name: &str, generation: u64) -> bool {
     if a.generation != generation || a.instance.is_none() {
         return false;
     }
-    if mem.oom_kills > a.oom_seen {
-        let new = mem.oom_kills - a.oom_seen;
-        a.oom_seen = mem.oom_kills;
+    // One OOM event can raise the counter more than once (v2 with memory.oom.group counts the
+    // victim and the group kill): coalesce increments within a second into one record.
+    let now = now_ms();
+    let first = a.oom_seen == 0;
+    let new = mem.oom_kills.saturating_sub(a.oom_seen);
+    a.oom_seen = a.oom_seen.max(mem.oom_kills);
+    if new > 0 && (first || now.saturating_sub(a.oom_audited_ms) >= 1000) {
+        a.oom_audited_ms = now;
         d.audit(
             name,
             AuditKind::OomKill,

@@ -182,6 +182,13 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         });
     }
     let policy = load_policy(&cfg.policy, device_memory)?;
+    // Bind the control socket before touching cgroups, the audit log or agents: a second
+    // daemon started on the same config must stop here (bind refuses a socket another daemon
+    // listens on) instead of adopting, starting or killing the agents the first one supervises.
+    let listener = control::server::bind(&cfg.socket).map_err(|e| DaemonError::Io {
+        what: format!("binding the control socket {}", cfg.socket.display()),
+        source: e,
+    })?;
     let layout = cgroup::detect(&cfg.cgroup_root)?;
     let cgroups = cgroup::open(layout, &cfg.cgroup_subtree)?;
     cgroups.enter_supervisor()?;
@@ -238,14 +245,6 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     adopt::adopt_or_clean(&ctx);
     lifecycle::start_all(&ctx);
 
-    let listener =
-        control::server::bind(&ctx.d.borrow().cfg.socket).map_err(|e| DaemonError::Io {
-            what: format!(
-                "binding the control socket {}",
-                ctx.d.borrow().cfg.socket.display()
-            ),
-            source: e,
-        })?;
     let ctl = ctx.clone();
     ctx.ex
         .spawn(async move { control::server::serve(ctl, listener).await })

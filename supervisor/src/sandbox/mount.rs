@@ -149,9 +149,22 @@ pub fn build_root(
 
     std::env::set_current_dir(rootfs).map_err(|e| format!("chdir {root}: {e}"))?;
     let dot = c(".")?;
-    sys::pivot_root(&dot, &dot).map_err(|e| format!("pivot_root into {root}: {e}"))?;
-    // The old root is now stacked under "."; detach it so the host tree is unreachable.
-    sys::umount2(&dot, libc::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
+    match sys::pivot_root(&dot, &dot) {
+        Ok(()) => {
+            // The old root is now stacked under "."; detach it so the host tree is unreachable.
+            sys::umount2(&dot, libc::MNT_DETACH)
+                .map_err(|e| format!("detaching the old root: {e}"))?;
+        }
+        // The host runs from an initramfs (rootfs cannot be pivoted away from): move the new
+        // root over "/" and chroot, as `runc --no-pivot` does. The agent has no
+        // CAP_SYS_CHROOT, so it cannot climb out of the chroot.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            sys::mount(Some(&dot), &c("/")?, None, libc::MS_MOVE, None)
+                .map_err(|e| format!("moving {root} over / (initramfs host): {e}"))?;
+            std::os::unix::fs::chroot(".").map_err(|e| format!("chroot {root}: {e}"))?;
+        }
+        Err(e) => return Err(format!("pivot_root into {root}: {e}")),
+    }
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     Ok(())
 }
