@@ -267,7 +267,7 @@ fn human(req: &Request, v: &Value) -> String {
                 out += &format!(
                     "{:>6} {} {:<14} {:<16} {}\n",
                     s(r, "seq"),
-                    s(r, "time"),
+                    r["time"].as_u64().map_or_else(|| s(r, "time"), utc),
                     s(r, "agent"),
                     s(r, "kind"),
                     s(r, "reason")
@@ -296,6 +296,30 @@ fn human(req: &Request, v: &Value) -> String {
         }
     }
     out
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC; devices often have no
+/// time zone database).
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
 }
 
 #[cfg(test)]
@@ -352,6 +376,13 @@ mod tests {
         assert!(parse(&args("logs a -n x")).unwrap_err().contains("number"));
         assert!(parse(&args("daemon")).unwrap_err().contains("--config"));
         assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(utc(1_795_882_542_294), "2026-11-28T16:15:42.294Z");
     }
 
     #[test]

@@ -345,21 +345,33 @@ fn why(d: &Daemon, name: &str, a: &Agent) -> Value {
         .take(10)
         .map(record_json)
         .collect();
-    let hint = match (&a.admission, a.state, a.last_exit) {
-        (Err(e), _, _) => format!(
-            "admission refused ({e}). Raise the grant under agents.{name} in the policy, or lower the manifest request, then `nanoclaw reload`"
-        ),
-        (_, State::Failed, _) if a.reason.starts_with("crash loop") => format!(
-            "restart.max_per_hour was exceeded; fix the agent, then `nanoclaw start {name}`"
-        ),
-        (Ok(e), _, Some(crate::agents::restart::Exit::OomKilled)) => format!(
-            "memory limit {} bytes was hit; raise requests.memory in the manifest and agents.{name}.memory in the policy",
-            e.memory_max
-        ),
-        (_, State::Failed, _) => {
-            "see the reason and the agent's logs (`nanoclaw logs NAME`)".into()
+    let mut hints = Vec::new();
+    match &a.admission {
+        Err(e) => hints.push(format!(
+            "admission refused ({e}): raise the grant under agents.{name} in the policy, or lower the manifest request, then `nanoclaw reload`"
+        )),
+        Ok(e) => {
+            if a.last_exit == Some(crate::agents::restart::Exit::OomKilled) {
+                hints.push(format!(
+                    "it was OOM-killed at its memory limit of {} bytes: raise requests.memory in the manifest and agents.{name}.memory in the policy",
+                    e.memory_max
+                ));
+            }
         }
-        _ => "nothing is blocking this agent".into(),
+    }
+    if a.state == State::Failed && a.reason.starts_with("crash loop") {
+        hints.push(format!(
+            "restart.max_per_hour was exceeded: fix the agent, then `nanoclaw start {name}`"
+        ));
+    } else if a.state == State::Failed && hints.is_empty() {
+        hints.push(format!(
+            "see the reason and the agent's output (`nanoclaw logs {name}`)"
+        ));
+    }
+    let hint = if hints.is_empty() {
+        "nothing is blocking this agent".to_owned()
+    } else {
+        hints.join("; ")
     };
     json!({
         "agent": name,
