@@ -1,0 +1,117 @@
+#!/bin/sh
+# /init of the VM-tier initramfs that `cargo xtask vm` builds (xtask/src/vm.rs, DESIGN.md §5).
+#
+# Stage 1 (PID 1 on the initramfs): copy everything onto a tmpfs and switch_root into it,
+# because pivot_root(2) refuses to move the initramfs (rootfs) and every agent sandbox pivots.
+# Stage 2: mount the pseudo filesystems with a pure cgroup v2 hierarchy, run the daemon, wait
+# until memhog has been OOM-killed at its memory.max and started again, check the posture,
+# stop the daemon with SIGTERM, then print one `NANOCLAW-VM-RESULT:` line and power off.
+# NC_TIMEOUT (seconds, kernel command line) bounds the wait.
+
+export PATH=/bin
+
+if [ "$1" != stage2 ]; then
+	/bin/busybox --install -s /bin
+	mount -t tmpfs -o mode=0755 root /newroot &&
+		cp -a /bin /etc /var /init /newroot/ &&
+		mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/run /newroot/tmp &&
+		exec switch_root /newroot /init stage2
+	echo "NANOCLAW-VM-RESULT: FAIL stage 1 could not switch to a tmpfs root"
+	poweroff -f
+fi
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t tmpfs -o mode=0755 run /run
+mount -t tmpfs -o mode=1777 tmp /tmp
+
+uptime_s() {
+	read -r up _ </proc/uptime
+	echo "${up%.*}"
+}
+
+echo "NANOCLAW-VM: booted $(uname -r) $(uname -m) in $(cut -d' ' -f1 /proc/uptime) s;" \
+	"cgroup controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+
+AGENT=/sys/fs/cgroup/nanoclaw/agents/memhog
+daemon_pid=
+
+finish() {
+	echo "NANOCLAW-VM-RESULT: $*"
+	poweroff -f
+}
+
+fail() {
+	echo "--- failure diagnostics"
+	nanoclaw audit -n 50
+	nanoclaw logs memhog -n 20
+	finish "FAIL $*"
+}
+
+nanoclaw --version
+nanoclaw daemon --config /etc/nanoclaw/device.json &
+daemon_pid=$!
+deadline=$(($(uptime_s) + ${NC_TIMEOUT:-90}))
+
+# `kill -0` would also succeed on a zombie that the shell has not reaped yet.
+daemon_alive() {
+	read -r _ _ state _ 2>/dev/null </proc/"$daemon_pid"/stat && [ "$state" != Z ]
+}
+
+# Passes once an oom_kill of memhog is followed by a later start (by audit sequence number).
+restarted_after_oom() {
+	nanoclaw audit --agent memhog -n 200 --json 2>/dev/null | awk -F'"' '
+		/"seq":/ { s = $3; gsub(/[^0-9]/, "", s) }
+		/"kind":/ { k = $4 }
+		/^ *}/ {
+			if (k == "oom_kill" && (oom == "" || s + 0 < oom)) oom = s + 0
+			if (k == "start") starts[s + 0] = 1
+			k = ""; s = ""
+		}
+		END {
+			if (oom == "") exit 1
+			for (x in starts) if (x + 0 > oom) exit 0
+			exit 1
+		}'
+}
+
+while ! restarted_after_oom; do
+	daemon_alive || {
+		wait "$daemon_pid"
+		fail "daemon exited early with status $?"
+	}
+	[ "$(uptime_s)" -lt "$deadline" ] || fail "no oom_kill followed by a restart of memhog within ${NC_TIMEOUT:-90} s"
+	sleep 1
+done
+echo "NANOCLAW-VM: memhog OOM-killed and restarted at $(cut -d' ' -f1 /proc/uptime) s"
+
+echo "--- nanoclaw status"
+nanoclaw status
+echo "--- nanoclaw agents"
+nanoclaw agents
+echo "--- nanoclaw audit --agent memhog"
+nanoclaw audit --agent memhog -n 20
+echo "--- $AGENT/memory.max"
+cat "$AGENT/memory.max"
+echo "--- $AGENT/memory.high"
+cat "$AGENT/memory.high"
+echo "--- $AGENT/memory.events"
+cat "$AGENT/memory.events"
+
+nanoclaw status --json | grep -q '"cgroup": "v2"' || fail "status posture does not report cgroup v2"
+max=$(cat "$AGENT/memory.max")
+[ "$max" = 33554432 ] || fail "memhog memory.max is '$max', expected 33554432 (32MiB)"
+
+echo "--- SIGTERM to the daemon"
+kill -TERM "$daemon_pid"
+(sleep 15 && kill -KILL "$daemon_pid") 2>/dev/null &
+watchdog=$!
+wait "$daemon_pid"
+status=$?
+kill "$watchdog" 2>/dev/null
+[ "$status" = 0 ] || fail "daemon exited with status $status on SIGTERM, expected 0"
+[ ! -d "$AGENT" ] || fail "$AGENT still exists after the daemon stopped"
+
+finish PASS
