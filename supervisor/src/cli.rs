@@ -143,7 +143,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 /// Runs a query command and returns the exit code.
 pub fn query(socket: &std::path::Path, req: &Request, json: bool) -> u8 {
     // Stop/restart wait for the agent's grace period on the daemon side.
-    let timeout = Duration::from_secs(120);
+    let timeout = crate::control::server::CONNECTION_MAX + Duration::from_secs(5);
     let resp = match client::call(socket, req, timeout) {
         Ok(r) => r,
         Err(e) => {

@@ -468,8 +468,6 @@ fn non_root_clients_are_refused_even_with_a_world_writable_socket() {
 /// get that answer even for a grace period longer than the control socket's 30 s per-connection
 /// cap (manifests allow up to 300 s).
 #[test]
-#[ignore = "known bug: the control server drops a connection after 30 s (CLIENT_TIMEOUT * 6) and \
-            the CLI read timeout is 120 s, while stop waits up to stop_grace_s + 2 (<= 302 s)"]
 fn stop_answers_after_a_grace_period_longer_than_30_s() {
     let mut dev = Device::new();
     let mut m = manifest("slow-stop", "service", &["ignore-term"], "16MiB");

@@ -231,7 +231,7 @@ fn a_second_daemon_on_the_same_config_changes_nothing() {
 /// not hand it a fresh `max_per_hour` budget (else a supervisor that is itself restarted, by
 /// a watchdog or an upgrade, re-runs every crash loop from scratch).
 #[test]
-#[ignore = "known gap: restart history and the failed verdict live only in the daemon's memory"]
+
 fn crash_loop_verdict_survives_a_supervisor_restart() {
     let mut dev = Device::new();
     let mut m = nanoclaw_tests::manifest("looper", "service", &["exit", "3"], "16MiB");

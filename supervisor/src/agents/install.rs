@@ -31,6 +31,22 @@ pub enum InstallError {
     Bundle { path: PathBuf, reason: String },
 }
 
+impl InstallError {
+    /// The agent this error is probably about, for the audit record: the bundle directory's
+    /// name when it is a valid agent name (the manifest may be unreadable), else empty.
+    pub fn agent_hint(&self) -> String {
+        let path = match self {
+            InstallError::ReadDir { .. } => return String::new(),
+            InstallError::Manifest { path, .. } | InstallError::Bundle { path, .. } => path,
+        };
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| crate::config::check_name(n).is_ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
 /// One valid bundle.
 #[derive(Debug, Clone)]
 pub struct Bundle {

@@ -3,6 +3,7 @@
 //! so the supervisor's memory does not grow with uptime.
 
 pub mod install;
+pub mod persist;
 pub mod restart;
 
 use std::os::fd::OwnedFd;
@@ -73,6 +74,11 @@ pub struct Agent {
     /// Why the agent is in its current state (for `why`).
     pub reason: String,
     pub stop_requested: bool,
+    /// The pending stop keeps the agent down until an operator starts it (operator stop).
+    pub hold_after_stop: bool,
+    /// Stays down until an operator starts it (crash loop, finished task, operator stop);
+    /// persisted so a restarted supervisor honours it.
+    pub held: bool,
     pub oom_seen: u64,
     /// When the last `oom_kill` record of this instance was written (coalescing).
     pub oom_audited_ms: u64,
@@ -95,6 +101,8 @@ impl Agent {
             last_exit: None,
             reason: String::new(),
             stop_requested: false,
+            hold_after_stop: false,
+            held: false,
             oom_seen: 0,
             oom_audited_ms: 0,
             logs: LogRing::new(log_bytes),
@@ -106,6 +114,39 @@ impl Agent {
             RestartPolicy::Always => restart::Policy::Always,
             RestartPolicy::OnFailure => restart::Policy::OnFailure,
             RestartPolicy::Never => restart::Policy::Never,
+        }
+    }
+
+    /// The persisted form of this agent's restart history and hold.
+    pub fn record(&self) -> persist::Record {
+        let held = match (self.held, self.state) {
+            (true, State::Stopped) => Some(persist::HeldState::Stopped),
+            (true, State::Exited) => Some(persist::HeldState::Exited),
+            (true, State::Failed) => Some(persist::HeldState::Failed),
+            _ => None,
+        };
+        persist::Record {
+            version: self.manifest.version.clone(),
+            starts: self.tracker.starts(),
+            restarts: self.restarts,
+            held: held.map(|state| persist::Held {
+                state,
+                reason: self.reason.clone(),
+            }),
+        }
+    }
+
+    /// Restores history and hold from a record of the same bundle version.
+    pub fn restore(&mut self, rec: persist::Record) {
+        if rec.version != self.manifest.version {
+            return;
+        }
+        self.tracker.restore(&rec.starts);
+        self.restarts = rec.restarts;
+        if let Some(h) = rec.held {
+            self.held = true;
+            self.state = h.state.state();
+            self.reason = h.reason;
         }
     }
 

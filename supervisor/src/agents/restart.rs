@@ -96,6 +96,18 @@ impl Tracker {
         }
     }
 
+    /// The remembered start times (for persistence).
+    pub fn starts(&self) -> Vec<u64> {
+        self.starts.iter().copied().collect()
+    }
+
+    /// Restores start times saved by [`Tracker::starts`] (bounded like `record_start`).
+    pub fn restore(&mut self, starts: &[u64]) {
+        for &t in starts {
+            self.record_start(t);
+        }
+    }
+
     /// Starts within the last hour.
     pub fn starts_last_hour(&self, now_ms: u64) -> usize {
         self.starts

@@ -18,6 +18,9 @@ use crate::daemon::{CtxRef, Daemon, kind_name, lifecycle, now_ms};
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CLIENTS: usize = 8;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound for one connection: `stop`/`restart` wait for the longest allowed grace period
+/// (300 s, manifest `stop_grace_s`) plus the kill.
+pub const CONNECTION_MAX: Duration = Duration::from_secs(330);
 
 /// Binds the socket (mode 0600), replacing a stale socket file nobody listens on.
 pub fn bind(path: &Path) -> std::io::Result<Async<UnixListener>> {
@@ -54,7 +57,7 @@ pub async fn serve(ctx: CtxRef, listener: Async<UnixListener>) {
         ctx.ex
             .spawn(async move {
                 let timeout = async {
-                    smol::Timer::after(CLIENT_TIMEOUT * 6).await;
+                    smol::Timer::after(CONNECTION_MAX).await;
                 };
                 let _ = handle(c, stream).or(timeout).await;
                 a.set(a.get() - 1);
@@ -134,8 +137,9 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
                             json!({"agent": agent, "state": "running", "note": "already running"}),
                         );
                     }
-                    // An operator's start clears crash-loop history.
+                    // An operator's start clears crash-loop history and any hold.
                     a.tracker.reset();
+                    a.held = false;
                     a.state = State::Stopped;
                 }
             }
@@ -144,16 +148,22 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
         }
         Request::Stop { agent } if !exists(&agent) => not_found(&agent),
         Request::Stop { agent } => {
-            lifecycle::stop(ctx, &agent, "stopped by the control socket");
+            lifecycle::stop(ctx, &agent, "stopped by the control socket", true);
             wait_down(ctx, &agent).await;
             agent_result(ctx, &agent)
         }
         Request::Restart { agent } if !exists(&agent) => not_found(&agent),
         Request::Restart { agent } => {
-            lifecycle::stop(ctx, &agent, "restart requested by the control socket");
+            lifecycle::stop(
+                ctx,
+                &agent,
+                "restart requested by the control socket",
+                false,
+            );
             wait_down(ctx, &agent).await;
             if let Some(a) = ctx.d.borrow_mut().agents.get_mut(&agent) {
                 a.tracker.reset();
+                a.held = false;
                 a.state = State::Stopped;
             }
             lifecycle::start(ctx, &agent);

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{CtxRef, Daemon, DaemonError, now_ms, random_u64};
 use crate::admission;
 use crate::agents::restart::{Decision, Exit};
-use crate::agents::{Agent, Instance, State, install};
+use crate::agents::{Agent, Instance, State, install, persist};
 use crate::cgroup::Limits;
 use crate::sandbox;
 
@@ -43,7 +43,7 @@ pub fn install_all(ctx: &CtxRef) -> Result<(), DaemonError> {
     for e in errors {
         let text = e.to_string();
         d.audit(
-            "",
+            &e.agent_hint(),
             AuditKind::SandboxError,
             &format!("bundle not installed: {text}"),
             true,
@@ -91,6 +91,11 @@ fn register(d: &mut Daemon, b: install::Bundle) {
             &format!("installed {version} from {}", b.dir.display()),
             false,
         );
+        if let Some(rec) = persist::load(&d.agents_state_dir(), &name)
+            && let Some(a) = d.agents.get_mut(&name)
+        {
+            a.restore(rec);
+        }
     } else if let Some(a) = d.agents.get_mut(&name) {
         a.manifest = b.manifest;
         a.bundle = b.dir;
@@ -122,7 +127,9 @@ pub fn start_all(ctx: &CtxRef) {
         .borrow()
         .agents
         .iter()
-        .filter(|(_, a)| a.admission.is_ok() && a.instance.is_none() && a.state == State::Stopped)
+        .filter(|(_, a)| {
+            a.admission.is_ok() && a.instance.is_none() && a.state == State::Stopped && !a.held
+        })
         .map(|(n, _)| n.clone())
         .collect();
     for n in names {
@@ -214,6 +221,9 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     let now = now_ms();
     let a = d.agents.get_mut(name)?;
     a.tracker.record_start(now);
+    a.held = false;
+    persist_agent(d, name);
+    let a = d.agents.get_mut(name)?;
     let started = match started {
         Ok(s) => s,
         Err(e) => {
@@ -435,7 +445,9 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
     if stop_requested || d.shutting_down {
         a.state = State::Stopped;
         a.reason = format!("stopped on request ({exit})");
+        a.held = a.hold_after_stop && !d.shutting_down;
         let _ = d.cgroups.remove(name);
+        persist_agent(d, name);
         return;
     }
     match decision {
@@ -448,6 +460,7 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
             );
             let reason = a.reason.clone();
             d.audit(name, AuditKind::Restart, &reason, false);
+            persist_agent(d, name);
             let c = ctx.clone();
             let n = name.to_owned();
             ctx.ex
@@ -466,11 +479,14 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
         }
         Decision::Exited => {
             a.state = State::Exited;
+            a.held = true;
             a.reason = format!("{exit}; restart policy does not restart it");
             let _ = d.cgroups.remove(name);
+            persist_agent(d, name);
         }
         Decision::Failed { crash_loop } => {
             a.state = State::Failed;
+            a.held = true;
             if crash_loop {
                 let max = a.manifest.restart.max_per_hour;
                 a.reason = format!(
@@ -482,22 +498,27 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
                 a.reason = format!("{exit}; restart policy does not restart it");
             }
             let _ = d.cgroups.remove(name);
+            persist_agent(d, name);
         }
     }
 }
 
 /// Asks an agent to stop: SIGTERM to its init (forwarded to the agent), SIGKILL to its whole
-/// cgroup after the grace period.
-pub fn stop(ctx: &CtxRef, name: &str, why: &str) {
+/// cgroup after the grace period. `hold` keeps it down until an operator starts it, across
+/// supervisor restarts (an operator's stop); a shutdown or a policy change does not hold.
+pub fn stop(ctx: &CtxRef, name: &str, why: &str, hold: bool) {
     let mut d = ctx.d.borrow_mut();
     let grace = d.cfg.stop_grace_s;
     let Some(a) = d.agents.get_mut(name) else {
         return;
     };
     a.stop_requested = true;
+    a.hold_after_stop = hold;
     let Some(inst) = &a.instance else {
-        if a.state == State::Starting {
+        if a.state == State::Starting || (hold && a.state == State::Stopped) {
             a.state = State::Stopped;
+            a.held |= hold;
+            persist_agent(&mut d, name);
         }
         return;
     };
@@ -565,7 +586,7 @@ pub fn reload(ctx: &CtxRef) -> Result<String, String> {
                 for e in errs {
                     let t = e.to_string();
                     d.audit(
-                        "",
+                        &e.agent_hint(),
                         AuditKind::SandboxError,
                         &format!("bundle not installed: {t}"),
                         true,
@@ -597,7 +618,7 @@ pub fn reload(ctx: &CtxRef) -> Result<String, String> {
         }
     }
     for n in &refused {
-        stop(ctx, n, "policy reload no longer admits this agent");
+        stop(ctx, n, "policy reload no longer admits this agent", false);
     }
     // Agents that were waiting for a grant (or are newly installed) start now.
     {
@@ -614,6 +635,19 @@ pub fn reload(ctx: &CtxRef) -> Result<String, String> {
     }
     start_all(ctx);
     Ok(format!("policy version {version} loaded"))
+}
+
+/// Saves the agent's restart history and hold (see `agents::persist`).
+pub fn persist_agent(d: &mut Daemon, name: &str) {
+    let dir = d.agents_state_dir();
+    if let Some(a) = d.agents.get(name)
+        && let Err(e) = persist::save(&dir, name, &a.record())
+    {
+        eprintln!(
+            "nanoclaw: {name}: saving agent state in {}: {e}",
+            dir.display()
+        );
+    }
 }
 
 fn write_atomic(path: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {

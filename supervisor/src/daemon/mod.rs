@@ -122,6 +122,11 @@ impl Daemon {
     pub fn run_dir(&self) -> PathBuf {
         self.cfg.state_dir.join("run")
     }
+
+    /// Persisted per-agent history and holds (`agents::persist`).
+    pub fn agents_state_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("agents")
+    }
 }
 
 pub fn kind_name(kind: AuditKind) -> String {
@@ -289,7 +294,7 @@ async fn shutdown(ctx: &CtxRef) -> u8 {
         d.agents.keys().cloned().collect()
     };
     for n in &names {
-        lifecycle::stop(ctx, n, "supervisor shutting down");
+        lifecycle::stop(ctx, n, "supervisor shutting down", false);
     }
     let grace = ctx.d.borrow().cfg.stop_grace_s;
     let deadline = std::time::Instant::now() + Duration::from_secs(u64::from(grace) + 3);
