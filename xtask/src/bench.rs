@@ -425,6 +425,18 @@ fn kib(bytes: f64) -> String {
 fn bench_size(ctx: &Ctx, build: &dyn Fn(&str) -> Result<Binaries>) -> Result<Section> {
     let mut body = String::new();
     let mut targets = Vec::new();
+    let deps = direct_dependencies(&ctx.root.join("supervisor/Cargo.toml"));
+    let _ = writeln!(
+        body,
+        "`nanoclaw` at this commit depends directly on: {}. The size target is for the finished \
+         binary (eBPF loading, bundle signatures, TLS to the fleet): what is not in this list yet \
+         will add to it.\n",
+        if deps.is_empty() {
+            "(could not read supervisor/Cargo.toml)".to_owned()
+        } else {
+            deps.join(", ")
+        }
+    );
     let _ = writeln!(
         body,
         "Release profile: LTO, `codegen-units = 1`, `panic = \"abort\"`, `opt-level = \"s\"`, stripped; \
@@ -485,6 +497,21 @@ fn bench_size(ctx: &Ctx, build: &dyn Fn(&str) -> Result<Binaries>) -> Result<Sec
         targets,
         busy: None,
     })
+}
+
+/// Names in the `[dependencies]` table of a Cargo.toml.
+fn direct_dependencies(manifest: &Path) -> Vec<String> {
+    let text = fs::read_to_string(manifest).unwrap_or_default();
+    text.lines()
+        .skip_while(|l| l.trim() != "[dependencies]")
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .filter_map(|l| {
+            let key = l.split('=').next()?.trim();
+            let name = key.strip_suffix(".workspace").unwrap_or(key);
+            (!name.is_empty() && !name.starts_with('#')).then(|| format!("`{name}`"))
+        })
+        .collect()
 }
 
 /// Whether an ELF file has no program interpreter (i.e. is statically linked).
@@ -645,7 +672,9 @@ fn bench_start(ctx: &Ctx, runs: usize) -> Result<Section> {
                 exec: Vec::new(),
             }),
             Ok(o) => notes.push(format!(
-                "`{bin}` refuses to run here ({}): `{}`",
+                "`{bin}` refuses to run here: `{bin} --root target/bench/{bin}-state run --bundle {} ID` \
+                 fails ({}) with `{}`",
+                ctx.rel(&bundle),
                 o.status,
                 String::from_utf8_lossy(&o.stderr)
                     .trim()
@@ -1389,8 +1418,9 @@ fn bench_memory(ctx: &Ctx) -> Result<Section> {
     }
     let _ = writeln!(
         body,
-        "\nSupervisor state per agent: (VmRSS₃₂ − VmRSS₁) / 31 = **{}** (by Pss: {}). The sandbox \
-         init (PID 1 of each agent's PID namespace, a separate process running the same binary) is \
+        "\nSupervisor state per agent: (VmRSS₃₂ − VmRSS₁) / 31 = **{}** (by Pss: {}; the \
+         daemon's Pss shrinks as more sandbox inits share its binary's pages). The sandbox init \
+         (PID 1 of each agent's PID namespace, a separate process running the same binary) is \
          charged to the agent's cgroup, not to the supervisor: {} RSS per agent, of which most \
          is the shared binary (its Pss with 32 agents is {}).\n",
         kib(per_agent),
