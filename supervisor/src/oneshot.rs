@@ -132,11 +132,7 @@ fn run_in(o: &RunOpts, cg: &dyn cgroup::Cgroups, name: &str) -> Result<u8, Strin
         name: name.to_owned(),
         rootfs: o.rootfs.clone(),
         exec: o.exec.clone(),
-        env: vec![
-            "PATH=/bin:/usr/bin:/sbin:/usr/sbin".into(),
-            "HOME=/tmp".into(),
-            "TMPDIR=/tmp".into(),
-        ],
+        env: sandbox::base_env(),
         uid: o.uid,
         gid: o.uid,
         scratch_bytes: o.scratch,

@@ -444,3 +444,36 @@ pub fn page_size() -> usize {
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if v <= 0 { 4096 } else { v as usize }
 }
+
+/// Raw syscalls for the tests that exercise seccomp and Landlock against the real kernel.
+#[cfg(test)]
+pub mod testing {
+    /// `syscall(nr, args…)` with integer arguments; returns `(ret, errno)`.
+    pub fn syscall6(nr: i64, args: [i64; 6]) -> (i64, i32) {
+        // SAFETY: callers pass integers only (0 or -1 where the kernel expects a pointer, which
+        // it rejects with EFAULT/EINVAL/EBADF without touching our memory), or the call is
+        // denied by a seccomp filter before the kernel looks at the arguments.
+        let ret =
+            unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5]) };
+        (
+            ret,
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        )
+    }
+
+    /// The kernel's Landlock ABI version (`landlock_create_ruleset(NULL, 0, VERSION)`), or a
+    /// negative value when Landlock is unavailable.
+    pub fn landlock_abi() -> i64 {
+        const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+        // SAFETY: the documented ABI-version query: no ruleset pointer, size 0; it creates
+        // nothing.
+        unsafe {
+            libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+                LANDLOCK_CREATE_RULESET_VERSION,
+            )
+        }
+    }
+}

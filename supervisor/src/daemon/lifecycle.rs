@@ -39,6 +39,13 @@ pub fn proc_start_ticks(pid: i32) -> Option<u64> {
 /// Agents refused by admission stay listed (state `failed`) so `why` can explain them.
 pub fn install_all(ctx: &CtxRef) -> Result<(), DaemonError> {
     let mut d = ctx.d.borrow_mut();
+    scan_and_register(&mut d)?;
+    Ok(())
+}
+
+/// Scans `agents_dir`, audits every bundle that cannot be installed (under the name of its
+/// directory) and registers + admits the valid ones.
+fn scan_and_register(d: &mut Daemon) -> Result<(), install::InstallError> {
     let (bundles, errors) = install::scan(&d.cfg.agents_dir)?;
     for e in errors {
         let text = e.to_string();
@@ -50,7 +57,7 @@ pub fn install_all(ctx: &CtxRef) -> Result<(), DaemonError> {
         );
     }
     for b in bundles {
-        register(&mut d, b);
+        register(d, b);
     }
     Ok(())
 }
@@ -186,12 +193,8 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     a.state = State::Starting;
     let generation = a.generation;
     let uid = d.cfg.uid_base + a.slot;
-    let mut env = vec![
-        "PATH=/bin:/usr/bin:/sbin:/usr/sbin".to_owned(),
-        "HOME=/tmp".to_owned(),
-        "TMPDIR=/tmp".to_owned(),
-        format!("NANOCLAW_AGENT={name}"),
-    ];
+    let mut env = sandbox::base_env();
+    env.push(format!("NANOCLAW_AGENT={name}"));
     env.extend(a.manifest.env.iter().map(|(k, v)| format!("{k}={v}")));
     let spec = sandbox::Spec {
         name: name.to_owned(),
@@ -581,25 +584,9 @@ pub fn reload(ctx: &CtxRef) -> Result<String, String> {
             &format!("policy version {version} loaded from {}", path.display()),
             true,
         );
-        match install::scan(&d.cfg.agents_dir) {
-            Ok((bundles, errs)) => {
-                for e in errs {
-                    let t = e.to_string();
-                    d.audit(
-                        &e.agent_hint(),
-                        AuditKind::SandboxError,
-                        &format!("bundle not installed: {t}"),
-                        true,
-                    );
-                }
-                for b in bundles {
-                    register(&mut d, b);
-                }
-            }
-            Err(e) => {
-                let t = e.to_string();
-                d.audit("", AuditKind::SandboxError, &t, true);
-            }
+        if let Err(e) = scan_and_register(&mut d) {
+            let t = e.to_string();
+            d.audit("", AuditKind::SandboxError, &t, true);
         }
         let names: Vec<String> = d.agents.keys().cloned().collect();
         for n in names {

@@ -166,8 +166,6 @@ pub fn restrict_self(rules: &FsRules) -> Result<LandlockStatus, LandlockError> {
 }
 
 #[cfg(test)]
-// One raw syscall cross-checks `probe`; its unsafe block says why it is sound.
-#[allow(unsafe_code)]
 mod tests {
     use super::*;
     use std::io::ErrorKind;
@@ -188,17 +186,7 @@ mod tests {
 
     #[test]
     fn probe_agrees_with_the_kernel() {
-        const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
-        // SAFETY: the documented ABI-version query: no ruleset pointer, size 0, and it
-        // creates nothing.
-        let raw = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_create_ruleset,
-                std::ptr::null::<libc::c_void>(),
-                0usize,
-                LANDLOCK_CREATE_RULESET_VERSION,
-            )
-        };
+        let raw = crate::sys::testing::landlock_abi();
         let status = probe();
         println!("landlock: kernel ABI query {raw}, probe {status}");
         match status {

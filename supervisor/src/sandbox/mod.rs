@@ -56,6 +56,17 @@ pub struct Spec {
     pub devices: Vec<String>,
 }
 
+/// The environment every agent starts with (the manifest's `env` is added to it).
+pub fn base_env() -> Vec<String> {
+    [
+        "PATH=/bin:/usr/bin:/sbin:/usr/sbin",
+        "HOME=/tmp",
+        "TMPDIR=/tmp",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// What the init reported after setting up the sandbox and exec'ing the agent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -474,12 +474,10 @@ mod table {
 
 #[cfg(test)]
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-// Raw syscalls are the point of these tests; each unsafe block says why it is sound.
-#[allow(unsafe_code)]
+// Raw syscalls are the point of these tests; they go through `crate::sys` like all unsafe.
 mod tests {
     use super::*;
     use std::collections::HashSet;
-    use std::io;
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     use std::process::{Command, Output};
 
@@ -641,31 +639,15 @@ mod tests {
     /// no_new_privs (as the sandbox does), no core dumps, then `profile`'s filter.
     fn sandbox_self(profile: Profile) -> Result<(), String> {
         let prog = compile(profile).map_err(|e| e.to_string())?;
-        let no_core = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: plain prctl/setrlimit calls with valid arguments; `no_core` outlives the call.
-        let (nnp, rl) = unsafe {
-            (
-                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-                libc::setrlimit(libc::RLIMIT_CORE, &no_core),
-            )
-        };
-        if nnp != 0 || rl != 0 {
-            return Err(format!("prctl/setrlimit: {}", io::Error::last_os_error()));
-        }
+        crate::sys::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+        crate::sys::set_rlimit(libc::RLIMIT_CORE as libc::c_int, 0)
+            .map_err(|e| format!("setrlimit: {e}"))?;
         install(&prog).map_err(|e| e.to_string())
     }
 
     /// `ret` and errno of a raw syscall with six integer arguments.
     fn raw(nr: i64, args: [i64; 6]) -> (i64, i32) {
-        // SAFETY: every caller passes integers (0 or -1 where the kernel expects a pointer,
-        // which it rejects with EFAULT/EINVAL/EBADF without touching memory) or is denied by
-        // the filter before the kernel looks at the arguments.
-        let ret =
-            unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5]) };
-        (ret, io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        crate::sys::testing::syscall6(nr, args)
     }
 
     fn expect_errno(what: &str, (ret, errno): (i64, i32), want: i32) -> Result<(), String> {
@@ -692,21 +674,18 @@ mod tests {
         if answer != 42 {
             return Err("thread".into());
         }
-        // SAFETY: fork in a child that only calls the async-signal-safe _exit.
-        let child = unsafe { libc::fork() };
+        // This test child is single-threaded here (the thread above was joined).
+        let child = crate::sys::fork().map_err(|e| format!("fork: {e}"))?;
         if child == 0 {
-            // SAFETY: leaves the forked child at once.
-            unsafe { libc::_exit(7) };
+            crate::sys::exit_now(7);
         }
-        let mut status = 0;
-        // SAFETY: waits for the child just forked; `status` is a valid out pointer.
-        let waited = unsafe { libc::waitpid(child, &mut status, 0) };
-        if child < 0
-            || waited != child
-            || !libc::WIFEXITED(status)
-            || libc::WEXITSTATUS(status) != 7
-        {
-            return Err(format!("fork: pid {child}, status {status:#x}"));
+        let waited = rustix::process::waitpid(
+            rustix::process::Pid::from_raw(child),
+            rustix::process::WaitOptions::empty(),
+        );
+        match waited {
+            Ok(Some((_, st))) if st.exit_status() == Some(7) => {}
+            other => return Err(format!("fork: pid {child}, wait {other:?}")),
         }
         let out = Command::new("/bin/sh")
             .args(["-c", "echo hi | cat"])
@@ -730,19 +709,20 @@ mod tests {
         // Denied with EPERM; without the filter each of these fails differently or succeeds.
         let eperm = libc::EPERM;
         expect_errno("clone3", raw(nr::SYS_clone3, [0; 6]), libc::ENOSYS)?;
-        // SAFETY: valid NUL-terminated strings; the mount point does not exist, so without
-        // the filter this fails with ENOENT.
-        let mounted = unsafe {
-            libc::mount(
-                c"none".as_ptr(),
-                c"/nonexistent-nanoclaw-seccomp-test".as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        let mount_errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-        expect_errno("mount", (mounted.into(), mount_errno), eperm)?;
+        // The mount point does not exist, so without the filter this fails with ENOENT.
+        let mounted = crate::sys::mount(
+            Some(c"none"),
+            c"/nonexistent-nanoclaw-seccomp-test",
+            Some(c"tmpfs"),
+            0,
+            None,
+        );
+        let mount_errno = mounted.err().and_then(|e| e.raw_os_error()).unwrap_or(0);
+        expect_errno(
+            "mount",
+            (if mount_errno == 0 { 0 } else { -1 }, mount_errno),
+            eperm,
+        )?;
         expect_errno(
             "unshare(CLONE_NEWNS)",
             raw(nr::SYS_unshare, [libc::CLONE_NEWNS.into(), 0, 0, 0, 0, 0]),
@@ -751,8 +731,8 @@ mod tests {
         let flags = i64::from(libc::CLONE_NEWUSER | libc::SIGCHLD);
         let cloned = raw(nr::SYS_clone, [flags, 0, 0, 0, 0, 0]);
         if cloned.0 == 0 {
-            // SAFETY: we are an unexpected fork-like child: leave at once.
-            unsafe { libc::_exit(0) };
+            // We are an unexpected fork-like child: leave at once.
+            crate::sys::exit_now(0);
         }
         expect_errno("clone(CLONE_NEWUSER)", cloned, eperm)?;
         expect_errno(
