@@ -26,6 +26,8 @@ commands:
   run --rootfs DIR [--memory SIZE] [--pids N] [--cpus F] [--scratch SIZE]
       [--syscalls default|strict] [--uid N] [--timing] -- CMD [ARGS]
                                 run one command in a full agent sandbox (no daemon)
+  favordynmods [on|off]         show or set the host's cgroup2 favordynmods option
+                                (fast sandbox starts on cgroup v1/hybrid hosts)
   --version                     print the version
 
 exit codes: 0 ok, 1 failed, 2 usage, 3 daemon unreachable, 4 no such agent, 5 not root,
@@ -46,12 +48,36 @@ pub enum Command {
         json: bool,
     },
     Run(crate::oneshot::RunOpts),
+    /// `favordynmods [on|off] [--cgroup-root DIR]`: show or set the host's cgroup2 option.
+    Favordynmods {
+        set: Option<bool>,
+        root: PathBuf,
+    },
 }
 
 /// Parses argv (without argv[0]).
 pub fn parse(args: &[String]) -> Result<Command, String> {
     if args.first().map(String::as_str) == Some("run") {
         return crate::oneshot::parse(&args[1..]).map(Command::Run);
+    }
+    if args.first().map(String::as_str) == Some("favordynmods") {
+        let mut set = None;
+        let mut root = PathBuf::from(crate::cgroup::DEFAULT_ROOT);
+        let mut it = args[1..].iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "on" => set = Some(true),
+                "off" => set = Some(false),
+                "--cgroup-root" => {
+                    root = it
+                        .next()
+                        .map(PathBuf::from)
+                        .ok_or("--cgroup-root needs a value")?
+                }
+                other => return Err(format!("favordynmods: unexpected {other:?}")),
+            }
+        }
+        return Ok(Command::Favordynmods { set, root });
     }
     let mut socket = std::env::var_os("NANOCLAW_SOCKET")
         .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);

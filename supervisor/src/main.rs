@@ -42,9 +42,35 @@ fn main() -> ExitCode {
                 ExitCode::from(control::exit::FAILED)
             }
         },
+        Ok(cli::Command::Favordynmods { set, root }) => match favordynmods(set, &root) {
+            Ok(state) => {
+                println!("{state}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nanoclaw favordynmods: {e}");
+                ExitCode::from(control::exit::FAILED)
+            }
+        },
         Err(e) => {
             eprintln!("nanoclaw: {e}\n\n{}", cli::USAGE);
             ExitCode::from(control::exit::USAGE)
         }
     }
+}
+
+/// Shows (and with `set`, changes) the cgroup2 `favordynmods` option; prints the new state.
+fn favordynmods(set: Option<bool>, root: &std::path::Path) -> Result<&'static str, String> {
+    use nanoclaw::cgroup::{detect, dynmods};
+    let layout = detect(root).map_err(|e| e.to_string())?;
+    if let Some(on) = set {
+        dynmods::set_favordynmods(&layout, on).map_err(|e| e.to_string())?;
+    }
+    Ok(
+        match dynmods::favordynmods(&layout).map_err(|e| e.to_string())? {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "no cgroup2 mount",
+        },
+    )
 }

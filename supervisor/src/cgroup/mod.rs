@@ -22,6 +22,7 @@
 //! Operations that wait (remove, kill, freeze) are bounded to about one second.
 #![forbid(unsafe_code)]
 
+pub mod dynmods;
 mod v1;
 mod v2;
 

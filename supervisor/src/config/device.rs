@@ -39,6 +39,10 @@ pub struct DeviceConfig {
     /// Relative to `cgroup_root`; must contain `nanoclaw` so nothing else is touched.
     #[serde(default = "default_cgroup_subtree")]
     pub cgroup_subtree: String,
+    /// Turn on the host-wide cgroup2 `favordynmods` mount option while the daemon runs: fast
+    /// process migrations (sandbox starts) at a small fork/exit cost. See `cgroup::dynmods`.
+    #[serde(default)]
+    pub cgroup_favordynmods: bool,
     /// Agent `i` runs as uid/gid `uid_base + i`.
     #[serde(default = "default_uid_base")]
     pub uid_base: u32,

@@ -206,7 +206,25 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         scratch_bytes: eff.scratch_bytes,
         nproc: u64::from(eff.pids_max),
         syscalls: eff.syscalls.to_string(),
+        seccomp_filter: Vec::new(),
         devices: eff.devices.clone(),
+    };
+    let spec = match sandbox::filter_for(&spec.syscalls) {
+        Ok(f) => sandbox::Spec {
+            seccomp_filter: f,
+            ..spec
+        },
+        Err(e) => {
+            a.state = State::Failed;
+            a.reason = format!("sandbox setup failed: seccomp: {e}");
+            d.audit(
+                name,
+                AuditKind::SandboxError,
+                &format!("seccomp: {e}"),
+                true,
+            );
+            return None;
+        }
     };
     // A fresh cgroup per start: clean peak/OOM counters and no leftovers of the last run.
     let _ = d.cgroups.kill_all(name);

@@ -81,6 +81,8 @@ pub struct Daemon {
     pub started_ms: u64,
     pub device_memory: u64,
     pub shutting_down: bool,
+    /// `Some(prev)` when the daemon changed `favordynmods` and restores `prev` at shutdown.
+    pub dynmods_restore: Option<bool>,
 }
 
 /// Shared by every task.
@@ -195,6 +197,16 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         source: e,
     })?;
     let layout = cgroup::detect(&cfg.cgroup_root)?;
+    // Previous favordynmods state to restore on a clean shutdown (only if we changed it).
+    let dynmods_restore = if cfg.cgroup_favordynmods {
+        match cgroup::dynmods::set_favordynmods(&layout, true)? {
+            Some(false) => Some(false),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let favordynmods = cgroup::dynmods::favordynmods(&layout).ok().flatten();
     let cgroups = cgroup::open(layout, &cfg.cgroup_subtree)?;
     cgroups.enter_supervisor()?;
     for dir in [&cfg.state_dir, &cfg.state_dir.join("run")] {
@@ -210,7 +222,8 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
             max_segments: cfg.audit_segments as usize,
         },
     )?;
-    let posture = posture::probe(cgroups.as_ref(), &cfg);
+    let mut posture = posture::probe(cgroups.as_ref(), &cfg);
+    posture.favordynmods = favordynmods;
     let daemon = Daemon {
         cfg,
         cgroups,
@@ -222,6 +235,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         started_ms: now_ms(),
         device_memory,
         shutting_down: false,
+        dynmods_restore,
     };
     let ctx: CtxRef = Rc::new(Ctx {
         ex: LocalExecutor::new(),
@@ -312,6 +326,11 @@ async fn shutdown(ctx: &CtxRef) -> u8 {
             eprintln!("nanoclaw: removing cgroup of {n}: {e}");
         }
         let _ = std::fs::remove_file(d.run_dir().join(format!("{n}.json")));
+    }
+    if let Some(prev) = d.dynmods_restore
+        && let Err(e) = cgroup::dynmods::set_favordynmods(d.cgroups.layout(), prev)
+    {
+        eprintln!("nanoclaw: restoring the cgroup2 favordynmods option: {e}");
     }
     d.audit("", AuditKind::DaemonStop, "stopped on signal", true);
     let _ = std::fs::remove_file(&d.cfg.socket);

@@ -19,6 +19,8 @@ pub struct Posture {
     /// Network: until eBPF egress control lands, agents get an empty network namespace.
     pub network: &'static str,
     pub unsigned_bundles_allowed: bool,
+    /// The cgroup2 `favordynmods` option (fast migrations), if there is a cgroup2 mount.
+    pub favordynmods: Option<bool>,
 }
 
 impl Posture {
@@ -27,6 +29,9 @@ impl Posture {
             "cgroup {}, seccomp {}, landlock {}, namespaces {}, network {}",
             self.cgroup, self.seccomp, self.landlock, self.namespaces, self.network
         );
+        if self.favordynmods == Some(true) {
+            s += ", cgroup2 favordynmods on";
+        }
         if !self.missing_controllers.is_empty() {
             s += &format!(
                 "; MISSING controllers: {}",
@@ -67,5 +72,6 @@ pub fn probe(cg: &dyn Cgroups, cfg: &DeviceConfig) -> Posture {
         namespaces: "mnt,pid,ipc,uts,net,cgroup",
         network: "none (empty network namespace)",
         unsigned_bundles_allowed: cfg.allow_unsigned,
+        favordynmods: None,
     }
 }

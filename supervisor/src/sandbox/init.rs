@@ -42,20 +42,21 @@ pub fn main() -> ! {
         let _ = report.write_all(line.as_bytes());
         sys::exit_now(126)
     };
-    let spec = match sys::inherited_fd(3)
-        .map_err(|e| format!("fd 3: {e}"))
-        .and_then(|fd| read_spec(File::from(fd)))
-    {
+    let mut control = match sys::inherited_fd(3) {
+        Ok(fd) => std::io::BufReader::new(File::from(fd)),
+        Err(e) => fail(&mut report, format!("fd 3: {e}")),
+    };
+    let spec = match read_spec(&mut control) {
         Ok(s) => s,
         Err(e) => fail(&mut report, e),
     };
-    match run(&spec, &mut report) {
+    match run(&spec, &mut control, &mut report) {
         Ok(code) => sys::exit_now(code),
         Err(e) => fail(&mut report, e),
     }
 }
 
-fn run(spec: &Spec, report: &mut File) -> Result<i32, String> {
+fn run(spec: &Spec, control: &mut impl Read, report: &mut File) -> Result<i32, String> {
     let profile: seccomp::Profile = spec
         .syscalls
         .parse()
@@ -88,11 +89,14 @@ fn run(spec: &Spec, report: &mut File) -> Result<i32, String> {
     let (out_r, out_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
 
+    // The filesystem is ready; the agent may only run once we are in all our cgroups.
+    super::wait_go(control)?;
+    let prog = seccomp::unpack(&spec.seccomp_filter)?;
     let pid = sys::fork().map_err(|e| format!("fork: {e}"))?;
     if pid == 0 {
         drop((out_r, status_r, sigfd));
         let mut status_w = File::from(status_w);
-        let err = exec_agent(spec, profile, &argv, &envp, &devnull, &out_w, &mut status_w);
+        let err = exec_agent(spec, &prog, &argv, &envp, &devnull, &out_w, &mut status_w);
         let line = serde_json::to_string(&AgentStatus::Err(err)).unwrap_or_default();
         let _ = status_w.write_all(line.as_bytes());
         sys::exit_now(127);
@@ -128,8 +132,9 @@ fn run(spec: &Spec, report: &mut File) -> Result<i32, String> {
     // Close fd 4 so the supervisor sees EOF.
     drop(std::mem::replace(report, devnull));
 
-    // Drop our own privileges too: we only relay, reap and forward from now on.
-    sys::drop_bounding_caps().map_err(|e| format!("init: dropping bounding set: {e}"))?;
+    // Drop our own privileges too: we only relay, reap and forward from now on. Switching
+    // every uid to non-root clears all capabilities; the init never execs, so its bounding
+    // set does not matter.
     sys::set_ids(spec.uid, spec.gid).map_err(|e| format!("init: setuid: {e}"))?;
     let _ = sys::set_not_dumpable();
     let _ = sys::set_no_new_privs();
@@ -154,14 +159,14 @@ fn cstrings(v: &[String]) -> Result<Vec<CString>, String> {
 /// Runs in the forked agent; returns only on error.
 fn exec_agent(
     spec: &Spec,
-    profile: seccomp::Profile,
+    prog: &seccompiler::BpfProgram,
     argv: &[CString],
     envp: &[CString],
     devnull: &File,
     out: &OwnedFd,
     status: &mut File,
 ) -> String {
-    let step = || -> Result<seccompiler::BpfProgram, String> {
+    let step = || -> Result<(), String> {
         sys::setsid().map_err(|e| format!("setsid: {e}"))?;
         sys::dup2(devnull.as_fd(), 0).map_err(|e| format!("stdin: {e}"))?;
         sys::dup2(out.as_fd(), 1).map_err(|e| format!("stdout: {e}"))?;
@@ -180,14 +185,11 @@ fn exec_agent(
         sys::set_ids(spec.uid, spec.gid)
             .map_err(|e| format!("switching to uid {}: {e}", spec.uid))?;
         sys::clear_caps().map_err(|e| format!("clearing capabilities: {e}"))?;
-        sys::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
-        // Compile before Landlock/seccomp so failures are reported, not trapped.
-        seccomp::compile(profile).map_err(|e| e.to_string())
+        sys::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))
     };
-    let prog = match step() {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
+    if let Err(e) = step() {
+        return e;
+    }
     let mut rw = vec!["/tmp".into()];
     rw.extend(
         mount::BASE_DEVICES
@@ -207,7 +209,7 @@ fn exec_agent(
     if let Ok(line) = serde_json::to_string(&AgentStatus::Landlock(level)) {
         let _ = status.write_all(format!("{line}\n").as_bytes());
     }
-    if let Err(e) = seccomp::install(&prog) {
+    if let Err(e) = seccomp::install(prog) {
         return format!("installing seccomp: {e}");
     }
     let path = &argv[0];

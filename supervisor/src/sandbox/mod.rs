@@ -10,7 +10,10 @@
 //! supervisor without ever blocking or killing the agent if the supervisor is gone.
 //!
 //! Protocol over inherited fds: 0 = /dev/null, 1 and 2 = log pipe (write end), 3 = the
-//! [`Spec`] as JSON (read to EOF), 4 = the setup report (one line, then closed).
+//! [`Spec`] as one JSON line followed by a single go byte, 4 = the setup report (one line,
+//! then closed). The go byte is written once the init is in all its cgroups: the init builds
+//! the agent's filesystem meanwhile (overlapping the slow cgroup v1 migration) but forks the
+//! agent only after it.
 
 pub mod init;
 pub mod landlock;
@@ -18,7 +21,7 @@ mod mount;
 pub mod seccomp;
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,10 +53,22 @@ pub struct Spec {
     pub scratch_bytes: u64,
     /// RLIMIT_NPROC for the agent's uid (each agent has its own uid).
     pub nproc: u64,
-    /// Seccomp profile name (`default`, `strict`).
+    /// Seccomp profile name (`default`, `strict`), for the report.
     pub syscalls: String,
+    /// The compiled filter, packed by [`seccomp::pack`] (compiled once by the supervisor).
+    pub seccomp_filter: Vec<u64>,
     /// Extra device nodes bind-mounted into `/dev` (beyond null, zero, full, random, urandom).
     pub devices: Vec<String>,
+}
+
+/// The packed seccomp filter for a profile name (`default`, `strict`), compiled once.
+pub fn filter_for(profile: &str) -> Result<Vec<u64>, String> {
+    let p: seccomp::Profile = profile
+        .parse()
+        .map_err(|e| format!("syscalls profile {profile:?}: {e}"))?;
+    seccomp::packed(p)
+        .map(<[u64]>::to_vec)
+        .map_err(|e| e.to_string())
 }
 
 /// The environment every agent starts with (the manifest's `env` is added to it).
@@ -177,6 +192,19 @@ pub fn spawn(
             rustix::process::WaitIdOptions::EXITED,
         );
     };
+    let mut json = serde_json::to_vec(spec).map_err(|e| SandboxError::SendSpec {
+        agent: agent(),
+        source: e.into(),
+    })?;
+    json.push(b'\n');
+    let mut spec_w = File::from(spec_w);
+    if let Err(e) = spec_w.write_all(&json) {
+        kill_child(&child);
+        return Err(SandboxError::SendSpec {
+            agent: agent(),
+            source: e,
+        });
+    }
     if let Err(e) = place(child.pid) {
         kill_child(&child);
         return Err(SandboxError::Cgroup {
@@ -185,17 +213,14 @@ pub fn spawn(
             source: e,
         });
     }
-    let json = serde_json::to_vec(spec).map_err(|e| SandboxError::SendSpec {
-        agent: agent(),
-        source: e.into(),
-    })?;
-    if let Err(e) = File::from(spec_w).write_all(&json) {
+    if let Err(e) = spec_w.write_all(GO) {
         kill_child(&child);
         return Err(SandboxError::SendSpec {
             agent: agent(),
             source: e,
         });
     }
+    drop(spec_w);
     match read_report(&report_r) {
         Ok(Ok(report)) => Ok(Started {
             pid: child.pid,
@@ -270,15 +295,33 @@ pub(crate) enum InitReport {
     Err(String),
 }
 
-/// Reads the spec from the init's fd 3 (size-capped).
-pub(crate) fn read_spec(mut r: impl Read) -> Result<Spec, String> {
+/// The byte that tells the init it is in all its cgroups and may fork the agent.
+const GO: &[u8] = b"G";
+
+/// Reads the spec line from the init's fd 3 (size-capped). The reader is left positioned at
+/// the go byte (see [`wait_go`]).
+pub(crate) fn read_spec(r: &mut impl std::io::BufRead) -> Result<Spec, String> {
     let mut buf = Vec::new();
-    r.by_ref()
-        .take(SPEC_MAX as u64 + 1)
-        .read_to_end(&mut buf)
+    r.take(SPEC_MAX as u64 + 1)
+        .read_until(b'\n', &mut buf)
         .map_err(|e| format!("reading the sandbox spec: {e}"))?;
     if buf.len() > SPEC_MAX {
         return Err(format!("sandbox spec is larger than {SPEC_MAX} bytes"));
     }
     serde_json::from_slice(&buf).map_err(|e| format!("invalid sandbox spec: {e}"))
+}
+
+/// Blocks until the supervisor's go byte arrives; EOF or anything else means "do not start".
+pub(crate) fn wait_go(r: &mut impl Read) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    match r.read_exact(&mut b) {
+        Ok(()) if b == GO => Ok(()),
+        Ok(()) => Err(format!(
+            "unexpected byte {:#x} instead of the go byte",
+            b[0]
+        )),
+        Err(e) => Err(format!(
+            "the supervisor did not confirm cgroup placement ({e}); not starting the agent"
+        )),
+    }
 }

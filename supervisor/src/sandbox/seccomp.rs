@@ -139,6 +139,49 @@ pub fn compile(profile: Profile) -> Result<BpfProgram, SeccompError> {
     Ok(program)
 }
 
+/// `compile(profile)`, computed once per process and packed for the sandbox spec: the
+/// supervisor compiles each profile once instead of every sandbox init compiling it per start.
+pub fn packed(profile: Profile) -> Result<&'static [u64], SeccompError> {
+    static DEFAULT: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    static STRICT: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    let cell = match profile {
+        Profile::Default => &DEFAULT,
+        Profile::Strict => &STRICT,
+    };
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let v = pack(&compile(profile)?);
+    Ok(cell.get_or_init(|| v))
+}
+
+/// One BPF instruction per u64: `code | jt << 16 | jf << 24 | k << 32`.
+pub fn pack(prog: &BpfProgram) -> Vec<u64> {
+    prog.iter()
+        .map(|i| {
+            u64::from(i.code) | u64::from(i.jt) << 16 | u64::from(i.jf) << 24 | u64::from(i.k) << 32
+        })
+        .collect()
+}
+
+/// The inverse of [`pack`]; refuses an empty or oversized program.
+pub fn unpack(v: &[u64]) -> Result<BpfProgram, String> {
+    if v.is_empty() || v.len() > 4096 {
+        return Err(format!(
+            "seccomp program of {} instructions (1..=4096 allowed)",
+            v.len()
+        ));
+    }
+    Ok(v.iter()
+        .map(|&w| seccompiler::sock_filter {
+            code: (w & 0xffff) as u16,
+            jt: (w >> 16 & 0xff) as u8,
+            jf: (w >> 24 & 0xff) as u8,
+            k: (w >> 32) as u32,
+        })
+        .collect())
+}
+
 /// Installs `prog` on the calling thread (not the other threads of the process); it is
 /// inherited across `fork`/`clone` and `execve` and can never be removed.
 ///
@@ -469,6 +512,31 @@ mod table {
     }
     pub(super) fn clone3_enosys_prelude(_: TargetArch) -> Vec<sock_filter> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod pack_tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trips_and_caches() {
+        for p in Profile::ALL {
+            let prog = compile(p).unwrap();
+            let packed = packed(p).unwrap();
+            let back = unpack(packed).unwrap();
+            assert_eq!(back.len(), prog.len());
+            for (a, b) in back.iter().zip(&prog) {
+                assert_eq!((a.code, a.jt, a.jf, a.k), (b.code, b.jt, b.jf, b.k));
+            }
+            assert!(std::ptr::eq(packed, packed_again(p)));
+        }
+        assert!(unpack(&[]).is_err());
+        assert!(unpack(&vec![0; 4097]).is_err());
+    }
+
+    fn packed_again(p: Profile) -> &'static [u64] {
+        packed(p).unwrap()
     }
 }
 
