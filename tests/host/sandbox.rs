@@ -236,3 +236,39 @@ fn seccomp_default_denies_mount_and_strict_kills_on_socket() {
         "{started}"
     );
 }
+
+/// A device the policy grants (and the manifest requests) by path appears in the agent's
+/// `/dev`; one it does not request stays absent.
+#[test]
+fn granted_device_is_bound_into_dev() {
+    let mut dev = Device::new();
+    let mut m = manifest("with-tty", "task", &["probe", "/dev/tty"], "16MiB");
+    m["requests"]["devices"] = serde_json::json!(["/dev/tty"]);
+    let mut g = grant("16MiB");
+    g["devices"] = serde_json::json!(["/dev/tty"]);
+    dev.add_agent("with-tty", m, Some(g));
+    dev.add_agent(
+        "without-tty",
+        manifest("without-tty", "task", &["probe", "/dev/tty"], "16MiB"),
+        Some(grant("16MiB")),
+    );
+    dev.start();
+    dev.wait_state("with-tty", "exited");
+    dev.wait_state("without-tty", "exited");
+    let with = probe_of(&dev, "with-tty");
+    let without = probe_of(&dev, "without-tty");
+    assert!(
+        with["dev"].as_array().unwrap().iter().any(|d| d == "tty"),
+        "{with}"
+    );
+    assert_eq!(with["checks"]["/dev/tty"], "ok", "{with}");
+    assert!(
+        !without["dev"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "tty"),
+        "{without}"
+    );
+    assert_ne!(without["checks"]["/dev/tty"], "ok", "{without}");
+}

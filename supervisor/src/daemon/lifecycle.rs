@@ -207,7 +207,12 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         nproc: u64::from(eff.pids_max),
         syscalls: eff.syscalls.to_string(),
         seccomp_filter: Vec::new(),
-        devices: eff.devices.clone(),
+        // Manifests name devices by path (`/dev/ttyS0`); the sandbox binds /dev/<name>.
+        devices: eff
+            .devices
+            .iter()
+            .map(|d| d.trim_start_matches("/dev/").to_owned())
+            .collect(),
     };
     let spec = match sandbox::filter_for(&spec.syscalls) {
         Ok(f) => sandbox::Spec {

@@ -105,27 +105,37 @@ pub fn compile(profile: Profile) -> Result<BpfProgram, SeccompError> {
         other => return Err(SeccompError::UnsupportedArch(other)),
     };
 
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = table::plain(profile)
+    // Argument-filtered syscalls go through seccompiler; everything allowed whatever its
+    // arguments goes through a binary search in front of it (see `fast_path`).
+    let filtered = table::filtered(profile)?;
+    let mut plain: Vec<u32> = table::plain(profile)
         .into_iter()
-        .map(|(_, nr)| (nr, Vec::new()))
+        .filter(|(_, nr)| !filtered.iter().any(|((_, f), _)| f == nr))
+        .map(|(_, nr)| nr as u32)
         .collect();
-    for ((_, nr), chain) in table::filtered(profile)? {
-        rules.insert(nr, chain);
-    }
+    plain.sort_unstable();
+    plain.dedup();
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = filtered
+        .into_iter()
+        .map(|((_, nr), chain)| (nr, chain))
+        .collect();
 
-    let (mismatch, mut program) = match profile {
-        Profile::Strict => (SeccompAction::KillProcess, Vec::new()),
-        Profile::Default => (
-            SeccompAction::Errno(libc::EPERM as u32),
-            table::clone3_enosys_prelude(arch),
-        ),
+    let mismatch = match profile {
+        Profile::Strict => SeccompAction::KillProcess,
+        Profile::Default => SeccompAction::Errno(libc::EPERM as u32),
     };
-    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
-        .map_err(|source| SeccompError::Compile { profile, source })?;
-    let body: BpfProgram = filter
-        .try_into()
-        .map_err(|source| SeccompError::Compile { profile, source })?;
-    program.extend(body);
+    let clone3 = (profile == Profile::Default).then_some(table::CLONE3_NR);
+    let mut program = fast_path(audit_arch(arch), clone3, &plain);
+    if rules.is_empty() {
+        program.push(insn(RET_K, 0, 0, u32::from(mismatch.clone())));
+    } else {
+        let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
+            .map_err(|source| SeccompError::Compile { profile, source })?;
+        let body: BpfProgram = filter
+            .try_into()
+            .map_err(|source| SeccompError::Compile { profile, source })?;
+        program.extend(body);
+    }
 
     // BPF_MAXINSNS in the kernel.
     const MAX_INSNS: usize = 4096;
@@ -137,6 +147,81 @@ pub fn compile(profile: Profile) -> Result<BpfProgram, SeccompError> {
         });
     }
     Ok(program)
+}
+
+// Classic BPF opcodes (linux/filter.h) and the seccomp_data layout (linux/seccomp.h).
+const LD_W_ABS: u16 = 0x20;
+const JEQ_K: u16 = 0x15;
+const JGE_K: u16 = 0x35;
+const JA: u16 = 0x05;
+const RET_K: u16 = 0x06;
+const NR_OFFSET: u32 = 0;
+const ARCH_OFFSET: u32 = 4;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+
+fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+fn audit_arch(arch: TargetArch) -> u32 {
+    match arch {
+        TargetArch::x86_64 => 0xc000_003e,
+        _ => 0xc000_00b7,
+    }
+}
+
+/// The front of every filter: on the native architecture, `clone3` (if given) returns
+/// `ENOSYS`, and every syscall in `plain` (sorted) is allowed after a binary search (about
+/// log2(n) comparisons instead of a linear chain). Anything else — a foreign architecture,
+/// an argument-filtered or a denied syscall — falls through to the instructions that follow.
+///
+/// Besides checking fewer instructions per syscall, the tree matters at install time: the
+/// kernel emulates the whole filter once per syscall number to build its allow-cache, which
+/// with a ~1,450-instruction linear chain cost ~1.3 ms of every sandbox start.
+fn fast_path(audit_arch: u32, clone3: Option<u32>, plain: &[u32]) -> Vec<sock_filter> {
+    let mut rest = vec![insn(LD_W_ABS, 0, 0, NR_OFFSET)];
+    if let Some(nr) = clone3 {
+        rest.push(insn(JEQ_K, 0, 1, nr));
+        rest.push(insn(RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
+    }
+    rest.extend(search(plain));
+    let mut out = vec![
+        insn(LD_W_ABS, 0, 0, ARCH_OFFSET),
+        insn(JEQ_K, 1, 0, audit_arch),
+        // Foreign architecture: straight to what follows (seccompiler's program kills it).
+        insn(JA, 0, 0, rest.len() as u32),
+    ];
+    out.extend(rest);
+    out
+}
+
+/// Code that returns ALLOW when the accumulator (the syscall number) is one of `vals`
+/// (sorted) and otherwise runs off its end.
+fn search(vals: &[u32]) -> Vec<sock_filter> {
+    if vals.len() <= 4 {
+        let n = vals.len();
+        let mut out: Vec<sock_filter> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| insn(JEQ_K, (n - i) as u8, 0, v))
+            .collect();
+        out.push(insn(JA, 0, 0, 1));
+        out.push(insn(RET_K, 0, 0, SECCOMP_RET_ALLOW));
+        return out;
+    }
+    let mid = vals.len() / 2;
+    let left = search(&vals[..mid]);
+    let right = search(&vals[mid..]);
+    let mut out = vec![
+        // nr >= vals[mid]: the right half; else the left half.
+        insn(JGE_K, 0, 1, vals[mid]),
+        insn(JA, 0, 0, left.len() as u32 + 1),
+    ];
+    out.extend(left);
+    out.push(insn(JA, 0, 0, right.len() as u32));
+    out.extend(right);
+    out
 }
 
 /// `compile(profile)`, computed once per process and packed for the sandbox spec: the
@@ -467,33 +552,8 @@ mod table {
         Ok(out)
     }
 
-    /// Instructions placed before seccompiler's program: on the native architecture,
-    /// `clone3` returns `ENOSYS` (seccompiler has one match action per filter).
-    pub(super) fn clone3_enosys_prelude(arch: TargetArch) -> Vec<sock_filter> {
-        // Classic BPF opcodes (linux/filter.h) and the seccomp_data layout (linux/seccomp.h).
-        const LD_W_ABS: u16 = 0x20;
-        const JEQ_K: u16 = 0x15;
-        const RET_K: u16 = 0x06;
-        const NR_OFFSET: u32 = 0;
-        const ARCH_OFFSET: u32 = 4;
-        const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
-        const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-        const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
-
-        let audit_arch = match arch {
-            TargetArch::x86_64 => AUDIT_ARCH_X86_64,
-            _ => AUDIT_ARCH_AARCH64,
-        };
-        let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
-        vec![
-            insn(LD_W_ABS, 0, 0, ARCH_OFFSET),
-            // Foreign architecture: skip to seccompiler's program, which kills it.
-            insn(JEQ_K, 0, 3, audit_arch),
-            insn(LD_W_ABS, 0, 0, NR_OFFSET),
-            insn(JEQ_K, 0, 1, nr::SYS_clone3 as u32),
-            insn(RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
-        ]
-    }
+    /// `clone3`, which returns `ENOSYS` under the default profile.
+    pub(super) const CLONE3_NR: u32 = nr::SYS_clone3 as u32;
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -510,14 +570,61 @@ mod table {
     pub(super) fn filtered(_: Profile) -> Result<Vec<(Sys, Vec<SeccompRule>)>, SeccompError> {
         Ok(Vec::new())
     }
-    pub(super) fn clone3_enosys_prelude(_: TargetArch) -> Vec<sock_filter> {
-        Vec::new()
-    }
+    pub(super) const CLONE3_NR: u32 = 0;
 }
 
 #[cfg(test)]
 mod pack_tests {
     use super::*;
+
+    /// Runs the subset of classic BPF that `fast_path` emits; `None` = ran off the end.
+    fn eval(prog: &[sock_filter], arch: u32, nr: u32) -> Option<u32> {
+        let (mut pc, mut acc) = (0usize, 0u32);
+        while pc < prog.len() {
+            let i = &prog[pc];
+            pc += 1;
+            match i.code {
+                LD_W_ABS => acc = if i.k == ARCH_OFFSET { arch } else { nr },
+                JEQ_K => pc += usize::from(if acc == i.k { i.jt } else { i.jf }),
+                JGE_K => pc += usize::from(if acc >= i.k { i.jt } else { i.jf }),
+                JA => pc += i.k as usize,
+                RET_K => return Some(i.k),
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn fast_path_allows_exactly_the_plain_set() {
+        const ARCH: u32 = 0xc000_003e;
+        for n in [0usize, 1, 4, 5, 9, 64, 300] {
+            // Sparse, sorted syscall numbers.
+            let plain: Vec<u32> = (0..n as u32).map(|i| i * 3 + 1).collect();
+            let prog = fast_path(ARCH, Some(435), &plain);
+            for nr in 0..1200u32 {
+                let want = if nr == 435 {
+                    Some(SECCOMP_RET_ERRNO | libc::ENOSYS as u32)
+                } else if plain.binary_search(&nr).is_ok() {
+                    Some(SECCOMP_RET_ALLOW)
+                } else {
+                    None
+                };
+                assert_eq!(eval(&prog, ARCH, nr), want, "n={n} nr={nr}");
+                // A foreign architecture never matches anything here.
+                assert_eq!(eval(&prog, 0x4000_0003, nr), None, "n={n} nr={nr}");
+            }
+        }
+    }
+
+    #[test]
+    fn filters_are_small_enough_for_a_fast_install() {
+        // The linear chain was ~1,450 instructions; the tree keeps each profile well below.
+        for p in Profile::ALL {
+            let len = compile(p).unwrap().len();
+            assert!(len < 900, "{p}: {len} instructions");
+        }
+    }
 
     #[test]
     fn pack_round_trips_and_caches() {
