@@ -1148,7 +1148,7 @@ fn migration_probe(ctx: &Ctx) -> Result<Option<String>> {
          the rwsem, so on a pure cgroup v2 host (the VM tier) a start has no migration at all. \
          Hosts that must migrate can trade this wait for slightly slower fork/exit with the \
          `favordynmods` cgroup2 mount option or `cgroup_favordynmods=1` on the kernel command \
-         line (6.7+, also covers v1); this benchmark leaves the host as it is. \
+         line (6.7+, also covers v1); the first series above leaves the host as it is, the second turns `favordynmods` on and restores it. \
          Reproduce one write: `mkdir /sys/fs/cgroup/memory/nanoclaw-probe; sleep 60 & \
          time sh -c \"echo $! > /sys/fs/cgroup/memory/nanoclaw-probe/cgroup.procs\"` \
          (then `kill $!; rmdir /sys/fs/cgroup/memory/nanoclaw-probe`).\n",
