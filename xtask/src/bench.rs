@@ -1286,7 +1286,7 @@ impl Daemon {
     }
 
     fn json(&self, args: &[&str]) -> Result<Json> {
-        Json::parse(&self.cli(args)?)
+        parse_json(&self.cli(args)?)
     }
 
     fn log_tail(&self) -> String {
@@ -1315,7 +1315,7 @@ impl Daemon {
         while Instant::now() < deadline {
             self.alive()?;
             match self.json(&["agents", "--json"]) {
-                Ok(Json::Arr(v)) => {
+                Ok(Json::Array(v)) => {
                     let running = v
                         .iter()
                         .filter(|a| a.str("state") == Some("running") && a.num("pid").is_some())
@@ -1583,7 +1583,7 @@ fn bench_oom(ctx: &Ctx, cycles: usize) -> Result<Section> {
     d.wait_running(1, Duration::from_secs(30))?;
     let audit = |d: &Daemon| -> Result<Vec<Json>> {
         match d.json(&["audit", "--agent", "memhog", "-n", "10000", "--json"])? {
-            Json::Arr(mut v) => {
+            Json::Array(mut v) => {
                 v.sort_by(|a, b| {
                     a.num("seq")
                         .unwrap_or(0.0)
@@ -1804,21 +1804,7 @@ fn write(path: &Path, text: &str) -> Result {
 
 /// A JSON string literal.
 fn jstr(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
+    Json::from(s).to_string()
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -1916,200 +1902,26 @@ fn remove_cgroups(prefix: &str) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A small JSON reader for the CLI's `--json` output (xtask stays std-only).
+// The CLI's `--json` output, read with serde_json.
 
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
+type Json = serde_json::Value;
+
+fn parse_json(s: &str) -> Result<Json> {
+    serde_json::from_str(s).map_err(|e| format!("invalid JSON from the CLI: {e}"))
 }
 
-impl Json {
-    fn parse(s: &str) -> Result<Json> {
-        let mut p = JsonParser {
-            b: s.as_bytes(),
-            i: 0,
-        };
-        let v = p.value(0)?;
-        p.ws();
-        if p.i != p.b.len() {
-            return Err(format!("trailing characters in JSON at byte {}", p.i));
-        }
-        Ok(v)
-    }
+/// Field accessors for the records the CLI prints.
+trait JsonExt {
+    fn str(&self, key: &str) -> Option<&str>;
+    fn num(&self, key: &str) -> Option<f64>;
+}
 
-    fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
+impl JsonExt for Json {
     fn str(&self, key: &str) -> Option<&str> {
-        match self.get(key)? {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
+        self.get(key)?.as_str()
     }
-
     fn num(&self, key: &str) -> Option<f64> {
-        match self.get(key)? {
-            Json::Num(n) => Some(*n),
-            _ => None,
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.b.get(self.i).is_some_and(u8::is_ascii_whitespace) {
-            self.i += 1;
-        }
-    }
-
-    fn err<T>(&self, what: &str) -> Result<T> {
-        Err(format!("invalid JSON at byte {}: {what}", self.i))
-    }
-
-    fn lit(&mut self, word: &str, v: Json) -> Result<Json> {
-        if self.b[self.i..].starts_with(word.as_bytes()) {
-            self.i += word.len();
-            Ok(v)
-        } else {
-            self.err("unknown literal")
-        }
-    }
-
-    fn value(&mut self, depth: usize) -> Result<Json> {
-        if depth > 64 {
-            return self.err("nested too deeply");
-        }
-        self.ws();
-        match self.b.get(self.i) {
-            Some(b'{') => {
-                self.i += 1;
-                let mut m = Vec::new();
-                self.ws();
-                if self.b.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(m));
-                }
-                loop {
-                    self.ws();
-                    let k = self.string()?;
-                    self.ws();
-                    if self.b.get(self.i) != Some(&b':') {
-                        return self.err("expected ':'");
-                    }
-                    self.i += 1;
-                    let v = self.value(depth + 1)?;
-                    m.push((k, v));
-                    self.ws();
-                    match self.b.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(m));
-                        }
-                        _ => return self.err("expected ',' or '}'"),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut v = Vec::new();
-                self.ws();
-                if self.b.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(v));
-                }
-                loop {
-                    v.push(self.value(depth + 1)?);
-                    self.ws();
-                    match self.b.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(v));
-                        }
-                        _ => return self.err("expected ',' or ']'"),
-                    }
-                }
-            }
-            Some(b'"') => self.string().map(Json::Str),
-            Some(b't') => self.lit("true", Json::Bool(true)),
-            Some(b'f') => self.lit("false", Json::Bool(false)),
-            Some(b'n') => self.lit("null", Json::Null),
-            Some(c) if *c == b'-' || c.is_ascii_digit() => {
-                let start = self.i;
-                while self
-                    .b
-                    .get(self.i)
-                    .is_some_and(|c| c.is_ascii_digit() || b"+-.eE".contains(c))
-                {
-                    self.i += 1;
-                }
-                std::str::from_utf8(&self.b[start..self.i])
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .map(Json::Num)
-                    .ok_or_else(|| format!("invalid JSON number at byte {start}"))
-            }
-            _ => self.err("expected a value"),
-        }
-    }
-
-    fn string(&mut self) -> Result<String> {
-        if self.b.get(self.i) != Some(&b'"') {
-            return self.err("expected a string");
-        }
-        self.i += 1;
-        let mut out: Vec<u8> = Vec::new();
-        loop {
-            let Some(&c) = self.b.get(self.i) else {
-                return self.err("unterminated string");
-            };
-            self.i += 1;
-            match c {
-                b'"' => break,
-                b'\\' => {
-                    let Some(&e) = self.b.get(self.i) else {
-                        return self.err("unterminated escape");
-                    };
-                    self.i += 1;
-                    let ch = match e {
-                        b'n' => '\n',
-                        b't' => '\t',
-                        b'r' => '\r',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'u' => {
-                            let hex = self
-                                .b
-                                .get(self.i..self.i + 4)
-                                .and_then(|h| std::str::from_utf8(h).ok())
-                                .and_then(|h| u32::from_str_radix(h, 16).ok());
-                            self.i += 4;
-                            hex.and_then(char::from_u32).unwrap_or('\u{fffd}')
-                        }
-                        other => other as char,
-                    };
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                }
-                c => out.push(c),
-            }
-        }
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        self.get(key)?.as_f64()
     }
 }
 
@@ -2119,28 +1931,22 @@ mod tests {
 
     #[test]
     fn json_reads_cli_output() {
-        let v = Json::parse(
+        let v = parse_json(
             r#"[ { "seq": 3, "time": 1732800000123, "kind": "oom_kill", "reason": "a \"q\" {x}", "pid": null } ]"#,
         );
-        let Ok(Json::Arr(v)) = v else {
+        let Ok(Json::Array(v)) = v else {
             panic!("not an array: {v:?}")
         };
         assert_eq!(v[0].num("time"), Some(1_732_800_000_123.0));
         assert_eq!(v[0].str("reason"), Some("a \"q\" {x}"));
         assert_eq!(v[0].get("pid"), Some(&Json::Null));
-        assert!(Json::parse("[1,").is_err());
+        assert!(parse_json("[1,").is_err());
+        assert_eq!(jstr("a\"b\n"), r#""a\"b\n""#);
     }
 
     #[test]
     fn pairs_oom_kills_with_restarts() {
-        let rec = |seq: u32, time: u64, kind: &str, reason: &str| {
-            Json::Obj(vec![
-                ("seq".into(), Json::Num(f64::from(seq))),
-                ("time".into(), Json::Num(time as f64)),
-                ("kind".into(), Json::Str(kind.into())),
-                ("reason".into(), Json::Str(reason.into())),
-            ])
-        };
+        let rec = |seq: u32, time: u64, kind: &str, reason: &str| serde_json::json!({ "seq": seq, "time": time, "kind": kind, "reason": reason });
         let recs = [
             rec(1, 1000, "oom_kill", "1 process(es) OOM-killed"),
             rec(2, 1001, "exit", "killed by the kernel OOM killer"),

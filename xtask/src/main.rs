@@ -1,4 +1,4 @@
-//! `cargo xtask`: the project's task runner (std only, so it builds in seconds).
+//! `cargo xtask`: the project's task runner (std plus serde_json, so it builds in seconds).
 //!
 //! - `setup`            install the Debian packages the demo and tests need (or print the command)
 //! - `build [--target T]` static musl release binaries (`x86_64-unknown-linux-musl` default)
