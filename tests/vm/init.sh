@@ -4,8 +4,10 @@
 # Stage 1 (PID 1 on the initramfs): copy everything onto a tmpfs and switch_root into it,
 # because pivot_root(2) refuses to move the initramfs (rootfs) and every agent sandbox pivots.
 # Stage 2: mount the pseudo filesystems with a pure cgroup v2 hierarchy, run the daemon, wait
-# until memhog has been OOM-killed at its memory.max and started again, check the posture,
-# stop the daemon with SIGTERM, then print one `NANOCLAW-VM-RESULT:` line and power off.
+# until memhog has been OOM-killed at its memory.max and started again, check that the escape
+# artist was contained and the fork bomb held at pids.max (this kernel's seccomp and namespaces
+# for real, on both architectures), check the posture, stop the daemon with SIGTERM, then print
+# one `NANOCLAW-VM-RESULT:` line and power off.
 # NC_TIMEOUT (seconds, kernel command line) bounds the wait.
 
 export PATH=/bin
@@ -103,6 +105,19 @@ cat "$AGENT/memory.events"
 nanoclaw status --json | grep -q '"cgroup": "v2"' || fail "status posture does not report cgroup v2"
 max=$(cat "$AGENT/memory.max")
 [ "$max" = 33554432 ] || fail "memhog memory.max is '$max', expected 33554432 (32MiB)"
+
+echo "--- nanoclaw logs escape"
+nanoclaw logs escape
+nanoclaw logs escape | grep -q "every attempt was contained" || fail "escape was not contained"
+nanoclaw logs escape | grep -q "SUCCEEDED" && fail "an escape attempt succeeded"
+
+FORK=/sys/fs/cgroup/nanoclaw/agents/forkbomb
+echo "--- nanoclaw logs forkbomb; $FORK/pids.max, pids.current, pids.events"
+nanoclaw logs forkbomb
+cat "$FORK/pids.max" "$FORK/pids.current" "$FORK/pids.events"
+nanoclaw logs forkbomb | grep -q "the kernel refused child" || fail "the fork bomb was never refused"
+[ "$(cat "$FORK/pids.max")" = 16 ] || fail "forkbomb pids.max is not 16"
+[ "$(cat "$FORK/pids.current")" -le 16 ] || fail "forkbomb exceeds pids.max"
 
 echo "--- SIGTERM to the daemon"
 kill -TERM "$daemon_pid"

@@ -4,7 +4,7 @@
 //! - `build [--target T]` static musl release binaries (`x86_64-unknown-linux-musl` default)
 //! - `demo`             run the demo agents on the simulated board and show what happened
 //! - `test`             every tier CI runs: fmt, clippy, unit, aarch64 under qemu-user, host
-//!   (root, real kernel), VM (qemu, pure cgroup v2)
+//!   (root, real kernel), VM (qemu, pure cgroup v2, x86_64 and aarch64 kernels)
 //! - `bench`            benchmarks → docs/BENCHMARKS.md
 //! - `vm [ARCH]`        only the VM tier
 
@@ -95,7 +95,7 @@ fn test(args: &[String]) -> Result {
             "unit",
             run(cargo().args(["test", "--workspace", "--exclude", "nanoclaw-tests"])),
         );
-        stage("aarch64", arm.and_then(|b| aarch64(&b)));
+        stage("aarch64", arm.clone().and_then(|b| aarch64(&b)));
         match host {
             Ok(b) => {
                 stage(
@@ -107,6 +107,8 @@ fn test(args: &[String]) -> Result {
                 );
                 if !quick {
                     stage("vm-x86_64", vm::smoke("x86_64", &b));
+                    // arm64 kernel, pure cgroup v2, the aarch64 seccomp table for real.
+                    stage("vm-aarch64", arm.and_then(|a| vm::smoke("aarch64", &a)));
                 }
             }
             Err(e) => {

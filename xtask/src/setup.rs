@@ -22,8 +22,6 @@ pub const VM: &[Pkg] = &[
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("qemu-system-arm", "/usr/bin/qemu-system-aarch64"),
 ];
-/// The VM tier inside `cargo xtask test` boots only the x86_64 kernel.
-pub const VM_X86: &[Pkg] = &[("qemu-system-x86", "/usr/bin/qemu-system-x86_64")];
 /// Benchmark peers.
 pub const BENCH: &[Pkg] = &[
     ("bubblewrap", "/usr/bin/bwrap"),
@@ -33,7 +31,7 @@ pub const BENCH: &[Pkg] = &[
 /// Everything (`cargo xtask setup`).
 pub const ALL: &[&[Pkg]] = &[TEST, VM, BENCH];
 /// What `cargo xtask test` needs.
-pub const TIERS: &[&[Pkg]] = &[TEST, VM_X86];
+pub const TIERS: &[&[Pkg]] = &[TEST, VM];
 
 pub trait PkgSet {
     fn pkgs(&self) -> Vec<Pkg>;

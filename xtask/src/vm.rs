@@ -3,9 +3,11 @@
 //! The host runs a cgroup v1 hybrid, so pure cgroup v2 (and, on x86_64, BPF LSM) can only be
 //! tested in a VM. This boots Debian's 6.1 cloud kernel under `qemu-system-* -accel tcg` (KVM
 //! is unusable here) with an initramfs built here — busybox, the static `nanoclaw` and demo
-//! agent, a device config and a policy granting `memhog` 32MiB — whose `/init`
+//! agents (memhog, forkbomb, escape), a device config and their grants — whose `/init`
 //! (`tests/vm/init.sh`) checks that memhog is OOM-killed at its `memory.max` and restarted,
-//! that `nanoclaw status` reports cgroup v2 and that SIGTERM stops the daemon cleanly, and
+//! that escape is contained and forkbomb held at `pids.max` (the arch's seccomp table and the
+//! sandbox on this kernel), that `nanoclaw status` reports cgroup v2 and that SIGTERM stops
+//! the daemon cleanly, and
 //! prints one `NANOCLAW-VM-RESULT:` line that this side parses from the serial log.
 //!
 //! Kernel and busybox come from Debian packages fetched with `apt-get download` and unpacked
@@ -49,16 +51,22 @@ const DEVICE_JSON: &str = r#"{
 }
 "#;
 
-/// The memhog grant of `configs/demo/policy.json`; `init.sh` checks memory.max against it.
+/// The grants of `configs/demo/policy.json` for the agents in the VM; `init.sh` checks
+/// memory.max and pids.max against them.
 const POLICY_JSON: &str = r#"{
   "version": 1,
   "signers": [],
   "device": { "memory_reserve": "64MiB" },
   "agents": {
-    "memhog": { "memory": "32MiB", "cpus": 0.5, "pids": 8, "scratch": "1MiB", "syscalls": "default" }
+    "memhog":   { "memory": "32MiB", "cpus": 0.5,  "pids": 8,  "scratch": "1MiB", "syscalls": "default" },
+    "forkbomb": { "memory": "32MiB", "cpus": 0.25, "pids": 16, "scratch": "1MiB", "syscalls": "default" },
+    "escape":   { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "1MiB", "syscalls": "default" }
   }
 }
 "#;
+
+/// The demo agents the VM runs (their manifests come from configs/demo/agents/).
+const AGENTS: [&str; 3] = ["memhog", "forkbomb", "escape"];
 
 /// How to boot one architecture.
 struct Arch {
@@ -335,10 +343,9 @@ fn kernel_package(meta: &str) -> Result<String> {
         .ok_or_else(|| format!("apt-cache depends {meta} names no linux-image package:\n{text}"))
 }
 
-/// Writes the initramfs: busybox, `/init`, `nanoclaw`, the config and the memhog bundle.
+/// Writes the initramfs: busybox, `/init`, `nanoclaw`, the config and the demo bundles.
 fn write_initramfs(path: &Path, busybox: &Path, bins: &Binaries) -> Result {
     let read = |p: &Path| fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
-    let manifest = util::root().join("configs/demo/agents/memhog/manifest.json");
     let mut c = Cpio::default();
     for d in [
         "bin",
@@ -360,16 +367,20 @@ fn write_initramfs(path: &Path, busybox: &Path, bins: &Binaries) -> Result {
     c.file("init", 0o755, INIT.as_bytes());
     c.file("etc/nanoclaw/device.json", 0o644, DEVICE_JSON.as_bytes());
     c.file("etc/nanoclaw/policy.json", 0o644, POLICY_JSON.as_bytes());
-    let bundle = "var/lib/nanoclaw/agents/memhog";
-    for d in ["bin", "proc", "dev", "tmp"] {
-        c.dir_all(&format!("{bundle}/rootfs/{d}"));
+    let agent_bin = read(&bins.demo_agent)?;
+    for agent in AGENTS {
+        let manifest = util::root().join(format!("configs/demo/agents/{agent}/manifest.json"));
+        let bundle = format!("var/lib/nanoclaw/agents/{agent}");
+        for d in ["bin", "proc", "dev", "tmp"] {
+            c.dir_all(&format!("{bundle}/rootfs/{d}"));
+        }
+        c.file(&format!("{bundle}/manifest.json"), 0o644, &read(&manifest)?);
+        c.file(
+            &format!("{bundle}/rootfs/bin/demo-agent"),
+            0o755,
+            &agent_bin,
+        );
     }
-    c.file(&format!("{bundle}/manifest.json"), 0o644, &read(&manifest)?);
-    c.file(
-        &format!("{bundle}/rootfs/bin/demo-agent"),
-        0o755,
-        &read(&bins.demo_agent)?,
-    );
     let bytes = c.finish();
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
