@@ -245,12 +245,12 @@ fn check_range(field: &str, v: ByteSize, min: ByteSize, max: ByteSize) -> Result
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::tests::temp_file;
 
     /// DESIGN.md §1, verbatim.
-    const EXAMPLE: &str = r#"{ "state_dir": "/var/lib/nanoclaw", "socket": "/run/nanoclaw/ctl.sock", "board": "sim",
+    pub(crate) const EXAMPLE: &str = r#"{ "state_dir": "/var/lib/nanoclaw", "socket": "/run/nanoclaw/ctl.sock", "board": "sim",
   "agents_dir": "/var/lib/nanoclaw/agents", "policy": "/etc/nanoclaw/policy.json",
   "allow_local_policy": true, "allow_unsigned": false, "trusted_root": "/etc/nanoclaw/trusted_root.json" }"#;
 

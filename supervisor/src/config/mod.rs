@@ -287,3 +287,93 @@ pub(crate) mod tests {
         );
     }
 }
+
+/// Mutation robustness: thousands of corrupted variants of each example document must all be
+/// answered with a value or an error naming the file — never a panic.
+#[cfg(test)]
+mod mutation_tests {
+    use std::path::Path;
+
+    use super::{DeviceConfig, Manifest, Policy};
+
+    /// xorshift64*: deterministic, so a failure names a reproducible case.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    const TOKENS: &[&[u8]] = &[
+        b"\"",
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b",",
+        b":",
+        b"null",
+        b"-1",
+        b"1e999",
+        b"\"\\u0000\"",
+        b"\"../x\"",
+        b"\"18446744073709551616MiB\"",
+        b"\"unknown_key\": 1,",
+        b"\xff",
+    ];
+
+    fn mutate(rng: &mut Rng, doc: &[u8]) -> Vec<u8> {
+        let mut v = doc.to_vec();
+        for _ in 0..1 + rng.below(3) {
+            let at = rng.below(v.len() + 1);
+            match rng.below(4) {
+                0 if !v.is_empty() => {
+                    let i = rng.below(v.len());
+                    v[i] = rng.next() as u8;
+                }
+                1 => v.truncate(at),
+                2 => {
+                    let t = TOKENS[rng.below(TOKENS.len())];
+                    v.splice(at..at, t.iter().copied());
+                }
+                _ => {
+                    let end = (at + rng.below(16)).min(v.len());
+                    v.drain(at..end);
+                }
+            }
+        }
+        v
+    }
+
+    fn check<T>(
+        name: &str,
+        doc: &str,
+        parse: impl Fn(&[u8], &Path) -> Result<T, super::ConfigError>,
+    ) {
+        let origin = Path::new("/etc/nanoclaw/under-test.json");
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ name.len() as u64);
+        for case in 0..3000 {
+            let bytes = mutate(&mut rng, doc.as_bytes());
+            if let Err(e) = parse(&bytes, origin) {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("under-test.json"),
+                    "{name} case {case}: error does not name the file: {msg}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_documents_never_panic_and_errors_name_the_file() {
+        check("manifest", super::manifest::tests::EXAMPLE, Manifest::parse);
+        check("policy", super::policy::tests::EXAMPLE, Policy::parse);
+        check("device", super::device::tests::EXAMPLE, DeviceConfig::parse);
+    }
+}

@@ -193,6 +193,20 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     a.state = State::Starting;
     let generation = a.generation;
     let uid = d.cfg.uid_base + a.slot;
+    let seccomp_filter = match sandbox::filter_for(&eff.syscalls.to_string()) {
+        Ok(f) => f,
+        Err(e) => {
+            a.state = State::Failed;
+            a.reason = format!("sandbox setup failed: seccomp: {e}");
+            d.audit(
+                name,
+                AuditKind::SandboxError,
+                &format!("seccomp: {e}"),
+                true,
+            );
+            return None;
+        }
+    };
     let mut env = sandbox::base_env();
     env.push(format!("NANOCLAW_AGENT={name}"));
     env.extend(a.manifest.env.iter().map(|(k, v)| format!("{k}={v}")));
@@ -206,30 +220,13 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         scratch_bytes: eff.scratch_bytes,
         nproc: u64::from(eff.pids_max),
         syscalls: eff.syscalls.to_string(),
-        seccomp_filter: Vec::new(),
+        seccomp_filter,
         // Manifests name devices by path (`/dev/ttyS0`); the sandbox binds /dev/<name>.
         devices: eff
             .devices
             .iter()
             .map(|d| d.trim_start_matches("/dev/").to_owned())
             .collect(),
-    };
-    let spec = match sandbox::filter_for(&spec.syscalls) {
-        Ok(f) => sandbox::Spec {
-            seccomp_filter: f,
-            ..spec
-        },
-        Err(e) => {
-            a.state = State::Failed;
-            a.reason = format!("sandbox setup failed: seccomp: {e}");
-            d.audit(
-                name,
-                AuditKind::SandboxError,
-                &format!("seccomp: {e}"),
-                true,
-            );
-            return None;
-        }
     };
     // A fresh cgroup per start: clean peak/OOM counters and no leftovers of the last run.
     let _ = d.cgroups.kill_all(name);
