@@ -134,7 +134,15 @@ fn kill9_leaves_agents_running_and_a_new_daemon_readopts_them() {
     let s = dev.agent("sensor");
     assert_eq!(s["state"], "running");
     assert_eq!(pid_of(&s), pids["sensor"]);
-    // An adopted agent's output is not captured; after an operator restart it is again.
+    // The adopted sensor's output is captured again without a restart: the new supervisor
+    // took the log pipe back from its sandbox init (pidfd_getfd).
+    dev.wait(LONG, "output of the adopted sensor", || {
+        dev.logs("sensor")
+            .iter()
+            .any(|l| l.starts_with("reading "))
+            .then_some(())
+    });
+    // After an operator restart, output comes from the new instance.
     let readings = |dev: &Device| {
         dev.logs("sensor")
             .iter()

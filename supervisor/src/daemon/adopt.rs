@@ -53,7 +53,15 @@ fn try_adopt(ctx: &CtxRef, name: &str) -> bool {
     };
     match adopted {
         Some((generation, pidfd)) => {
-            watch(ctx, name, generation, pidfd, None);
+            // Take the log pipe back from the init, which keeps its read end for exactly this.
+            let log = rustix::process::pidfd_getfd(
+                pidfd.get_ref(),
+                crate::sandbox::LOG_READ_FD,
+                rustix::process::PidfdGetfdFlags::empty(),
+            )
+            .map_err(|e| eprintln!("nanoclaw: {name}: recovering the output pipe: {e}"))
+            .ok();
+            watch(ctx, name, generation, pidfd, log);
             true
         }
         None => false,
@@ -103,7 +111,7 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
         name,
         AuditKind::Adopt,
         &format!(
-            "re-adopted running {} (pid {}); its output is not captured until its next start",
+            "re-adopted running {} (pid {}); output written while no supervisor ran is kept up to the pipe's capacity",
             rec.version, rec.pid
         ),
         true,

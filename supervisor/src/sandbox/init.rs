@@ -32,7 +32,10 @@ const FORWARDED: [libc::c_int; 6] = [
 /// Entry point; never returns.
 pub fn main() -> ! {
     // Whatever the supervisor's own parent leaked to it without close-on-exec ends here.
-    sys::close_from(5);
+    sys::close_from(super::LOG_READ_FD as u32 + 1);
+    // Held, never read: it keeps the log pipe alive for a supervisor that re-adopts us
+    // (`pidfd_getfd`). Close-on-exec, so the agent does not get it.
+    let _log_keep = sys::inherited_fd(super::LOG_READ_FD);
     let Ok(report) = sys::inherited_fd(4) else {
         sys::exit_now(125)
     };

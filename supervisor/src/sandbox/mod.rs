@@ -11,7 +11,8 @@
 //!
 //! Protocol over inherited fds: 0 = /dev/null, 1 and 2 = log pipe (write end), 3 = the
 //! [`Spec`] as one JSON line followed by a single go byte, 4 = the setup report (one line,
-//! then closed). The go byte is written once the init is in all its cgroups: the init builds
+//! then closed), [`LOG_READ_FD`] = the log pipe's read end, which the init keeps (and never
+//! reads) so a supervisor that re-adopts the agent can take it back with `pidfd_getfd`. The go byte is written once the init is in all its cgroups: the init builds
 //! the agent's filesystem meanwhile (overlapping the slow cgroup v1 migration) but forks the
 //! agent only after it.
 
@@ -30,6 +31,9 @@ use rustix::event::{PollFd, PollFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::sys;
+
+/// The fd number under which the init holds the read end of its log pipe.
+pub const LOG_READ_FD: i32 = 5;
 
 /// Largest spec the init accepts on fd 3.
 pub const SPEC_MAX: usize = 64 * 1024;
@@ -158,6 +162,7 @@ pub fn spawn(
             p.fd(log_w.as_fd(), 2)?;
             p.fd(spec_r.as_fd(), 3)?;
             p.fd(report_w.as_fd(), 4)?;
+            p.fd(log_r.as_fd(), LOG_READ_FD)?;
             Ok(p)
         })
         .map_err(|e| SandboxError::Pipe {
