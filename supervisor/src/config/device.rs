@@ -259,15 +259,11 @@ pub(crate) mod tests {
     }
 
     fn with(from: &str, to: &str) -> String {
-        assert_eq!(EXAMPLE.matches(from).count(), 1, "{from}");
-        EXAMPLE.replace(from, to)
+        super::super::testing::replace_once(EXAMPLE, from, to)
     }
 
     fn invalid_field(s: &str) -> String {
-        match parse(s) {
-            Err(ConfigError::Invalid { source, .. }) => source.field,
-            other => panic!("expected a validation error, got {other:?}"),
-        }
+        super::super::testing::invalid_field(parse(s))
     }
 
     #[test]

@@ -288,6 +288,24 @@ pub(crate) mod tests {
     }
 }
 
+/// Helpers shared by the parsers' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// `doc` with one substring replaced (it must occur exactly once).
+    pub fn replace_once(doc: &str, from: &str, to: &str) -> String {
+        assert_eq!(doc.matches(from).count(), 1, "{from}");
+        doc.replace(from, to)
+    }
+
+    /// The field a semantic validation error names (panics on any other outcome).
+    pub fn invalid_field<T: std::fmt::Debug>(r: Result<T, super::ConfigError>) -> String {
+        match r {
+            Err(super::ConfigError::Invalid { source, .. }) => source.field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+}
+
 /// Mutation robustness: thousands of corrupted variants of each example document must all be
 /// answered with a value or an error naming the file — never a panic.
 #[cfg(test)]
