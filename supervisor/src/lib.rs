@@ -8,6 +8,7 @@ pub mod admission;
 pub mod agents;
 pub mod audit;
 pub mod board;
+pub mod bpf;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

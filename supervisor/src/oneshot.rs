@@ -139,6 +139,7 @@ fn run_in(o: &RunOpts, cg: &dyn cgroup::Cgroups, name: &str) -> Result<u8, Strin
         nproc: u64::from(o.pids),
         syscalls: o.syscalls.clone(),
         seccomp_filter: sandbox::filter_for(&o.syscalls)?,
+        host_network: false,
         devices: Vec::new(),
     };
     let t0 = Instant::now();

@@ -712,6 +712,9 @@ impl Drop for Device {
         }
         self.kill_leftovers();
         self.remove_subtree();
+        // Pinned eBPF maps and links of this device (a clean daemon stop removes them; a
+        // killed one leaves them, by design, for the next daemon).
+        let _ = fs::remove_dir_all(Path::new("/sys/fs/bpf").join(&self.subtree));
     }
 }
 

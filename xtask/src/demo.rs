@@ -27,7 +27,7 @@ pub fn main(args: &[String]) -> Result {
             "the demo creates cgroups and namespaces: run `sudo -E cargo xtask demo`".into(),
         );
     }
-    crate::setup::ensure(crate::setup::TEST)?;
+    crate::setup::ensure(&[crate::setup::BUILD, crate::setup::TEST][..])?;
     let b = util::build_static(util::host_target())?;
     let root = util::root();
     let demo = root.join("configs/demo");

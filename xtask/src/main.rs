@@ -26,8 +26,10 @@ fn main() -> ExitCode {
         Some("build") => build(rest),
         Some("demo") => demo::main(rest),
         Some("test") => test(rest),
-        Some("bench") => setup::ensure(setup::BENCH).and_then(|()| bench::main(rest)),
-        Some("vm") => setup::ensure(setup::VM).and_then(|()| vm::main(rest)),
+        Some("bench") => {
+            setup::ensure(&[setup::BUILD, setup::BENCH][..]).and_then(|()| bench::main(rest))
+        }
+        Some("vm") => setup::ensure(&[setup::BUILD, setup::VM][..]).and_then(|()| vm::main(rest)),
         _ => {
             eprintln!(
                 "usage: cargo xtask setup|build [--target T]|demo|test [--quick]|bench|vm [x86_64|aarch64|all]"
@@ -50,6 +52,7 @@ fn build(args: &[String]) -> Result {
         [flag, t] if flag == "--target" => t.clone(),
         _ => return Err("usage: cargo xtask build [--target TRIPLE]".into()),
     };
+    setup::ensure(setup::BUILD)?;
     let b = util::build_static(&target)?;
     println!("{}\n{}", b.nanoclaw.display(), b.demo_agent.display());
     Ok(())

@@ -11,6 +11,12 @@ use crate::util::{Result, is_root, output, run};
 /// Package → a file it provides (to check presence without dpkg races).
 type Pkg = (&'static str, &'static str);
 
+/// Building the supervisor: its build.rs compiles the eBPF programs in bpf/ with clang
+/// against libbpf's headers.
+pub const BUILD: &[Pkg] = &[
+    ("clang", "/usr/bin/clang"),
+    ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h"),
+];
 /// Host tier and aarch64 unit tests.
 pub const TEST: &[Pkg] = &[
     ("qemu-user-static", "/usr/bin/qemu-aarch64-static"),
@@ -29,9 +35,9 @@ pub const BENCH: &[Pkg] = &[
     ("strace", "/usr/bin/strace"),
 ];
 /// Everything (`cargo xtask setup`).
-pub const ALL: &[&[Pkg]] = &[TEST, VM, BENCH];
+pub const ALL: &[&[Pkg]] = &[BUILD, TEST, VM, BENCH];
 /// What `cargo xtask test` needs.
-pub const TIERS: &[&[Pkg]] = &[TEST, VM];
+pub const TIERS: &[&[Pkg]] = &[BUILD, TEST, VM];
 
 pub trait PkgSet {
     fn pkgs(&self) -> Vec<Pkg>;

@@ -41,6 +41,7 @@ fn run(args: &[String]) -> ExitCode {
         Some("try-mount") => try_mount(),
         Some("syscall-socket") => syscall_socket(),
         Some("scratch") => scratch(),
+        Some("connect") => connect(&args[1..]),
         Some("wait-file") if args.len() >= 3 => {
             while std::fs::symlink_metadata(&args[1]).is_err() {
                 std::thread::sleep(Duration::from_millis(50));
@@ -50,7 +51,7 @@ fn run(args: &[String]) -> ExitCode {
         _ => {
             eprintln!(
                 "usage: demo-agent sensor|memhog|forkbomb|escape|probe|sleep|exit N|ignore-term|\
-                 try-mount|syscall-socket|scratch|wait-file PATH ROLE [ARGS]"
+                 try-mount|syscall-socket|scratch|connect [udp:]ADDR...|wait-file PATH ROLE [ARGS]"
             );
             ExitCode::from(2)
         }
@@ -338,4 +339,38 @@ mod sys {
             Err(std::io::Error::last_os_error())
         }
     }
+}
+
+/// Tries each destination (`ip:port` → TCP connect, `udp:ip:port` → UDP sendto) and prints
+/// `connect DEST: ok` or `connect DEST: denied (error)`; exits 0 either way.
+fn connect(dests: &[String]) -> ExitCode {
+    for d in dests {
+        let result = match d.strip_prefix("udp:") {
+            Some(addr) => addr
+                .parse::<std::net::SocketAddr>()
+                .map_err(std::io::Error::other)
+                .and_then(|a| {
+                    let any: std::net::SocketAddr = if a.is_ipv4() {
+                        "0.0.0.0:0".parse().map_err(std::io::Error::other)?
+                    } else {
+                        "[::]:0".parse().map_err(std::io::Error::other)?
+                    };
+                    std::net::UdpSocket::bind(any)?
+                        .send_to(b"hello", a)
+                        .map(drop)
+                }),
+            None => d
+                .parse::<std::net::SocketAddr>()
+                .map_err(std::io::Error::other)
+                .and_then(|a| {
+                    std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).map(drop)
+                }),
+        };
+        match result {
+            Ok(()) => println!("connect {d}: ok"),
+            Err(e) => println!("connect {d}: denied ({e})"),
+        }
+    }
+    let _ = std::io::stdout().flush();
+    ExitCode::SUCCESS
 }

@@ -55,6 +55,8 @@ pub struct Instance {
     pub report: Option<Report>,
     /// True when a previous supervisor started it and this one took it over.
     pub adopted: bool,
+    /// The cgroup id the egress programs hold, when the agent has network access.
+    pub egress_cgid: Option<u64>,
 }
 
 pub struct Agent {

@@ -91,6 +91,17 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
         eprintln!("nanoclaw: {name}: re-applying limits: {e}");
     }
     let oom = d.cgroups.memory(name).map(|m| m.oom_kills).unwrap_or(0);
+    // Its egress programs are still attached (pinned links) and its rules still in the
+    // pinned maps; bring the rules up to the current policy.
+    let egress_cgid = match (&d.egress, d.cgroups.unified_dir(name)) {
+        (Some(e), Some(dir)) if e.is_attached(name) => crate::bpf::egress::cgroup_id(&dir).ok(),
+        _ => None,
+    };
+    if let Some(cgid) = egress_cgid
+        && let Err(e) = super::egress::update(d, cgid, &eff)
+    {
+        eprintln!("nanoclaw: {name}: updating egress rules: {e}");
+    }
     let a = d.agents.get_mut(name)?;
     let pidfd = Rc::new(pidfd);
     a.generation += 1;
@@ -105,6 +116,7 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
         started_ms: rec.started_ms,
         report: rec.report,
         adopted: true,
+        egress_cgid,
     });
     let generation = a.generation;
     d.audit(

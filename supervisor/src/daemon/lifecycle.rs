@@ -221,6 +221,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         nproc: u64::from(eff.pids_max),
         syscalls: eff.syscalls.to_string(),
         seccomp_filter,
+        host_network: false,
         // Manifests name devices by path (`/dev/ttyS0`); the sandbox binds /dev/<name>.
         devices: eff
             .devices
@@ -231,16 +232,29 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     // A fresh cgroup per start: clean peak/OOM counters and no leftovers of the last run.
     let _ = d.cgroups.kill_all(name);
     let _ = d.cgroups.remove(name);
+    // Egress programs are attached before the agent exists, so it never runs unheld.
+    let mut net: Option<super::egress::Plan> = None;
     let started = d
         .cgroups
         .create(name, &limits_for(&eff))
         .map_err(|e| e.to_string())
-        .and_then(|()| {
+        .and_then(|()| super::egress::prepare(d, name, &eff))
+        .and_then(|plan| {
+            let spec = sandbox::Spec {
+                host_network: plan.host_network,
+                ..spec
+            };
+            net = Some(plan);
             let v2 = d.cgroups.unified_dir(name);
             let cg = &d.cgroups;
             sandbox::spawn(&spec, v2.as_deref(), |pid| cg.add_process(name, pid))
                 .map_err(|e| e.to_string())
         });
+    let egress_cgid = net.as_ref().and_then(|p| p.cgid);
+    let net_posture = net.map_or_else(String::new, |p| p.posture);
+    if started.is_err() {
+        super::egress::release(d, name, egress_cgid);
+    }
     let now = now_ms();
     let a = d.agents.get_mut(name)?;
     a.tracker.record_start(now);
@@ -278,6 +292,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         started_ms: now,
         report: Some(report.clone()),
         adopted: false,
+        egress_cgid,
     });
     let rec = RunRecord {
         pid: started.pid,
@@ -300,7 +315,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         name,
         AuditKind::Start,
         &format!(
-            "started {version} pid {} uid {uid}: memory {} pids {} cpus {} seccomp {} landlock {}; network none{unsigned}",
+            "started {version} pid {} uid {uid}: memory {} pids {} cpus {} seccomp {} landlock {}; network {net_posture}{unsigned}",
             started.pid,
             eff.memory_max,
             eff.pids_max,
@@ -448,6 +463,7 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
     } else {
         exit
     };
+    let egress_cgid = a.instance.as_ref().and_then(|i| i.egress_cgid);
     a.instance = None;
     a.last_exit = Some(exit);
     let stop_requested = a.stop_requested;
@@ -455,6 +471,7 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
     let decision = a.tracker.decide(now_ms(), policy, exit, random_u64());
     // Anything the agent left behind (v1 has no memory.oom.group) dies with it.
     let _ = d.cgroups.kill_all(name);
+    super::egress::release(d, name, egress_cgid);
     let _ = std::fs::remove_file(d.run_dir().join(format!("{name}.json")));
     d.audit(
         name,
@@ -614,9 +631,16 @@ pub fn reload(ctx: &CtxRef) -> Result<String, String> {
             let d = &mut *d;
             let Some(a) = d.agents.get(&n) else { continue };
             match (&a.admission, &a.instance) {
-                (Ok(eff), Some(_)) => {
+                (Ok(eff), Some(inst)) => {
                     if let Err(e) = d.cgroups.set_limits(&n, &limits_for(eff)) {
                         eprintln!("nanoclaw: {n}: applying new limits: {e}");
+                    }
+                    // Egress rules change live: the next connect sees them.
+                    if let Some(cgid) = inst.egress_cgid {
+                        let eff = eff.clone();
+                        if let Err(e) = super::egress::update(d, cgid, &eff) {
+                            eprintln!("nanoclaw: {n}: applying new egress rules: {e}");
+                        }
                     }
                 }
                 (Err(_), Some(_)) => refused.push(n.clone()),

@@ -10,6 +10,7 @@
 //! running → start the rest → serve the control socket.
 
 mod adopt;
+pub mod egress;
 pub mod lifecycle;
 pub mod posture;
 
@@ -83,6 +84,8 @@ pub struct Daemon {
     pub shutting_down: bool,
     /// `Some(prev)` when the daemon changed `favordynmods` and restores `prev` at shutdown.
     pub dynmods_restore: Option<bool>,
+    /// eBPF egress control, when this kernel loads and attaches it.
+    pub egress: Option<crate::bpf::Egress>,
 }
 
 /// Shared by every task.
@@ -224,6 +227,8 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     )?;
     let mut posture = posture::probe(cgroups.as_ref(), &cfg);
     posture.favordynmods = favordynmods;
+    let (egress, egress_posture) = egress::init(cgroups.layout(), &cfg.cgroup_subtree);
+    posture.egress = egress_posture;
     let daemon = Daemon {
         cfg,
         cgroups,
@@ -236,6 +241,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         device_memory,
         shutting_down: false,
         dynmods_restore,
+        egress,
     };
     let ctx: CtxRef = Rc::new(Ctx {
         ex: LocalExecutor::new(),
@@ -260,6 +266,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
             true,
         );
     }
+    egress::spawn_denial_reader(&ctx);
     lifecycle::install_all(&ctx)?;
     adopt::adopt_or_clean(&ctx);
     lifecycle::start_all(&ctx);
@@ -331,6 +338,9 @@ async fn shutdown(ctx: &CtxRef) -> u8 {
         && let Err(e) = cgroup::dynmods::set_favordynmods(d.cgroups.layout(), prev)
     {
         eprintln!("nanoclaw: restoring the cgroup2 favordynmods option: {e}");
+    }
+    if let Some(e) = d.egress.as_ref() {
+        e.unpin_all();
     }
     d.audit("", AuditKind::DaemonStop, "stopped on signal", true);
     let _ = std::fs::remove_file(&d.cfg.socket);

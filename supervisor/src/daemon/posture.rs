@@ -16,8 +16,10 @@ pub struct Posture {
     pub landlock: String,
     /// Namespaces every agent gets.
     pub namespaces: &'static str,
-    /// Network: until eBPF egress control lands, agents get an empty network namespace.
+    /// Agents without a network grant: an empty network namespace.
     pub network: &'static str,
+    /// eBPF egress control for agents with a network grant, or why it is unavailable.
+    pub egress: String,
     pub unsigned_bundles_allowed: bool,
     /// The cgroup2 `favordynmods` option (fast migrations), if there is a cgroup2 mount.
     pub favordynmods: Option<bool>,
@@ -26,8 +28,8 @@ pub struct Posture {
 impl Posture {
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "cgroup {}, seccomp {}, landlock {}, namespaces {}, network {}",
-            self.cgroup, self.seccomp, self.landlock, self.namespaces, self.network
+            "cgroup {}, seccomp {}, landlock {}, namespaces {}, network {}, egress {}",
+            self.cgroup, self.seccomp, self.landlock, self.namespaces, self.network, self.egress
         );
         if self.favordynmods == Some(true) {
             s += ", cgroup2 favordynmods on";
@@ -70,7 +72,8 @@ pub fn probe(cg: &dyn Cgroups, cfg: &DeviceConfig) -> Posture {
         seccomp,
         landlock: landlock::probe().to_string(),
         namespaces: "mnt,pid,ipc,uts,net,cgroup",
-        network: "none (empty network namespace)",
+        network: "none (empty network namespace) unless granted",
+        egress: String::new(),
         unsigned_bundles_allowed: cfg.allow_unsigned,
         favordynmods: None,
     }

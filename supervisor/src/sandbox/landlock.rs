@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use landlock::{
     ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, PathFdError,
-    RestrictSelf, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus,
+    RestrictSelf, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
 };
 
 /// Paths an agent may use; everything else is denied.
@@ -130,6 +130,11 @@ pub fn restrict_self(rules: &FsRules) -> Result<LandlockStatus, LandlockError> {
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(abi))
+        .map_err(LandlockError::CreateRuleset)?
+        // ABI 6+: no connecting to abstract UNIX sockets or signalling processes outside the
+        // sandbox (agents with network grants share the host's network namespace, whose
+        // abstract socket namespace would otherwise be reachable).
+        .scope(Scope::AbstractUnixSocket | Scope::Signal)
         .map_err(LandlockError::CreateRuleset)?
         .create()
         .map_err(LandlockError::CreateRuleset)?;

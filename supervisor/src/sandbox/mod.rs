@@ -61,6 +61,10 @@ pub struct Spec {
     pub syscalls: String,
     /// The compiled filter, packed by [`seccomp::pack`] (compiled once by the supervisor).
     pub seccomp_filter: Vec<u64>,
+    /// Share the host's network namespace (the agent's egress is held by eBPF instead);
+    /// otherwise the agent gets a new, empty one.
+    #[serde(default)]
+    pub host_network: bool,
     /// Extra device nodes bind-mounted into `/dev` (beyond null, zero, full, random, urandom).
     pub devices: Vec<String>,
 }
@@ -178,7 +182,11 @@ pub fn spawn(
         })
         .transpose()?;
     let child = sys::clone3_exec(
-        sys::SANDBOX_NAMESPACES,
+        if spec.host_network {
+            sys::SANDBOX_NAMESPACES & !(libc::CLONE_NEWNET as u64)
+        } else {
+            sys::SANDBOX_NAMESPACES
+        },
         cg_dir.as_ref().map(|f| f.as_fd()),
         &plan,
     )

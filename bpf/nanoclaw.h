@@ -1,0 +1,50 @@
+/* Shared between the eBPF programs (C) and the supervisor (Rust, supervisor/src/bpf/). Every
+ * struct here is mirrored by a #[repr(C)] Rust struct with the same layout; the Rust side
+ * asserts the sizes in its unit tests. */
+#ifndef NANOCLAW_H
+#define NANOCLAW_H
+
+#include <linux/types.h>
+
+/* Upper bounds; maps are created with BPF_F_NO_PREALLOC where the kernel allows it, so memory
+ * follows the number of agents and rules actually present, not these numbers. */
+#define NC_MAX_AGENTS 256
+#define NC_MAX_RULES 4096
+
+/* Prefix bits before the address in the LPM keys: cgroup id (64) + port (16) + proto (8) +
+ * pad (8). A rule for a.b.c.d/24 has prefixlen NC_KEY_FIXED_BITS + 24. */
+#define NC_KEY_FIXED_BITS 96
+
+/* Allow-rule keys. port and addr are in network byte order; port 0 means any port. */
+struct nc_key4 {
+	__u32 prefixlen;
+	__u64 cgid;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+	__u8 addr[4];
+} __attribute__((packed));
+
+struct nc_key6 {
+	__u32 prefixlen;
+	__u64 cgid;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+	__u8 addr[16];
+} __attribute__((packed));
+
+/* One denied connect/sendmsg, sent to the supervisor through the nc_denials ring buffer. */
+struct nc_denial {
+	__u64 cgid;
+	__u32 family; /* AF_INET or AF_INET6 */
+	__u16 port;   /* network byte order */
+	__u8 proto;   /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 op;      /* NC_OP_* */
+	__u8 addr[16];
+};
+
+#define NC_OP_CONNECT 1
+#define NC_OP_SENDMSG 2
+
+#endif

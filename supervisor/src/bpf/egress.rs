@@ -1,0 +1,371 @@
+//! The egress allowlist: loading `bpf/egress.c`, attaching it to agent cgroups, and keeping
+//! its maps in step with each agent's granted endpoints.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use aya::Ebpf;
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap, MapData, RingBuf};
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+
+use super::BpfError;
+use crate::config::manifest::{Endpoint, Proto};
+
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/egress.o"));
+const NAME: &str = "egress";
+const PROGRAMS: [&str; 4] = ["nc_connect4", "nc_connect6", "nc_sendmsg4", "nc_sendmsg6"];
+/// `NC_KEY_FIXED_BITS` in bpf/nanoclaw.h: cgroup id, port, proto, pad.
+const FIXED_BITS: u32 = 96;
+/// Key data after `prefixlen` (bpf/nanoclaw.h `struct nc_key4` / `nc_key6`).
+type Key4 = [u8; 16];
+type Key6 = [u8; 28];
+
+/// One denied connect/sendmsg (bpf/nanoclaw.h `struct nc_denial`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub cgid: u64,
+    pub dest: SocketAddr,
+    pub proto: &'static str,
+    pub op: &'static str,
+}
+
+impl Denial {
+    /// Decodes a ring-buffer record (32 bytes, native endian except port and address).
+    pub fn parse(b: &[u8]) -> Option<Denial> {
+        if b.len() < 32 {
+            return None;
+        }
+        let cgid = u64::from_ne_bytes(b[0..8].try_into().ok()?);
+        let family = u32::from_ne_bytes(b[8..12].try_into().ok()?);
+        let port = u16::from_be_bytes([b[12], b[13]]);
+        let proto = match b[14] {
+            6 => "tcp",
+            17 => "udp",
+            _ => "other",
+        };
+        let op = if b[15] == 2 { "sendmsg" } else { "connect" };
+        let ip: IpAddr = match family {
+            2 => IpAddr::from(<[u8; 4]>::try_from(&b[16..20]).ok()?),
+            10 => IpAddr::from(<[u8; 16]>::try_from(&b[16..32]).ok()?),
+            _ => return None,
+        };
+        Some(Denial {
+            cgid,
+            dest: SocketAddr::new(ip, port),
+            proto,
+            op,
+        })
+    }
+}
+
+/// Loaded egress programs plus their (pinned) maps.
+pub struct Egress {
+    bpf: Ebpf,
+    /// `/sys/fs/bpf/<cgroup_subtree>`: maps, and `links/<agent>/` per agent.
+    pin_dir: PathBuf,
+}
+
+fn prog_err(program: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> BpfError {
+    move |e| BpfError::Program {
+        program,
+        source: Box::new(e),
+    }
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
+    move |e| BpfError::Map {
+        map,
+        source: Box::new(e),
+    }
+}
+
+/// The cgroup id the kernel reports for tasks in `dir` (its cgroup2 inode number).
+pub fn cgroup_id(dir: &Path) -> Result<u64, BpfError> {
+    std::fs::metadata(dir)
+        .map(|m| m.ino())
+        .map_err(|e| BpfError::Cgroup {
+            path: dir.to_path_buf(),
+            source: e,
+        })
+}
+
+fn key4(cgid: u64, port: u16, proto: u8, addr: [u8; 4]) -> Key<Key4> {
+    let mut d = [0u8; 16];
+    d[0..8].copy_from_slice(&cgid.to_ne_bytes());
+    d[8..10].copy_from_slice(&port.to_be_bytes());
+    d[10] = proto;
+    d[12..16].copy_from_slice(&addr);
+    Key::new(FIXED_BITS + 32, d)
+}
+
+fn key6(cgid: u64, port: u16, proto: u8, addr: [u8; 16]) -> Key<Key6> {
+    let mut d = [0u8; 28];
+    d[0..8].copy_from_slice(&cgid.to_ne_bytes());
+    d[8..10].copy_from_slice(&port.to_be_bytes());
+    d[10] = proto;
+    d[12..28].copy_from_slice(&addr);
+    Key::new(FIXED_BITS + 128, d)
+}
+
+fn proto_number(p: Proto) -> u8 {
+    match p {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
+    }
+}
+
+impl Egress {
+    /// Loads and verifies the programs, with maps pinned under `/sys/fs/bpf/<subtree>`.
+    pub fn load(subtree: &str) -> Result<Egress, BpfError> {
+        super::ensure_bpffs()?;
+        let pin_dir = Path::new("/sys/fs/bpf").join(subtree.replace('/', "_"));
+        std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| BpfError::PinDir {
+            path: pin_dir.clone(),
+            source: e,
+        })?;
+        let mut bpf = aya::EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .load(OBJECT)
+            .map_err(|e| BpfError::Load {
+                object: NAME,
+                source: Box::new(e),
+            })?;
+        for p in PROGRAMS {
+            let prog: &mut CgroupSockAddr = bpf
+                .program_mut(p)
+                .ok_or(BpfError::MissingProgram {
+                    object: NAME,
+                    program: p,
+                })?
+                .try_into()
+                .map_err(prog_err(p))?;
+            prog.load().map_err(prog_err(p))?;
+        }
+        Ok(Egress { bpf, pin_dir })
+    }
+
+    fn links_dir(&self, agent: &str) -> PathBuf {
+        self.pin_dir.join("links").join(agent)
+    }
+
+    /// Whether `agent`'s programs are attached (pinned links exist), e.g. after re-adoption.
+    pub fn is_attached(&self, agent: &str) -> bool {
+        PROGRAMS
+            .iter()
+            .all(|p| self.links_dir(agent).join(p).exists())
+    }
+
+    /// Attaches all four programs to the cgroup v2 directory `dir` and pins the links, so they
+    /// outlive this process. Returns the cgroup id the programs see.
+    pub fn attach(&mut self, agent: &str, dir: &Path) -> Result<u64, BpfError> {
+        let cgid = cgroup_id(dir)?;
+        let links = self.links_dir(agent);
+        // Stale links of an earlier instance (a removed and recreated cgroup) go first.
+        let _ = std::fs::remove_dir_all(&links);
+        std::fs::create_dir_all(&links).map_err(|e| BpfError::PinDir {
+            path: links.clone(),
+            source: e,
+        })?;
+        let cg = std::fs::File::open(dir).map_err(|e| BpfError::Cgroup {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        for p in PROGRAMS {
+            let prog: &mut CgroupSockAddr = self
+                .bpf
+                .program_mut(p)
+                .ok_or(BpfError::MissingProgram {
+                    object: NAME,
+                    program: p,
+                })?
+                .try_into()
+                .map_err(prog_err(p))?;
+            let id = prog
+                .attach(cg.as_fd(), CgroupAttachMode::Single)
+                .map_err(prog_err(p))?;
+            let link = prog.take_link(id).map_err(prog_err(p))?;
+            let fd_link: FdLink =
+                link.try_into()
+                    .map_err(|e: aya::programs::links::LinkError| BpfError::Pin {
+                        path: links.join(p),
+                        reason: e.to_string(),
+                    })?;
+            fd_link.pin(links.join(p)).map_err(|e| BpfError::Pin {
+                path: links.join(p),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(cgid)
+    }
+
+    /// Replaces the allow rules of cgroup `cgid` with `endpoints` and marks it managed. A
+    /// rule takes effect on the agent's next connect/sendmsg.
+    pub fn set_rules(&mut self, cgid: u64, endpoints: &[Endpoint]) -> Result<(), BpfError> {
+        self.clear_rules(cgid)?;
+        {
+            let mut t4: LpmTrie<&mut MapData, Key4, u32> = self
+                .bpf
+                .map_mut("nc_allow4")
+                .ok_or(BpfError::MissingMap {
+                    object: NAME,
+                    map: "nc_allow4",
+                })?
+                .try_into()
+                .map_err(map_err("nc_allow4"))?;
+            for e in endpoints {
+                if let IpAddr::V4(a) = e.addr.ip() {
+                    let k = key4(cgid, e.addr.port(), proto_number(e.proto), a.octets());
+                    t4.insert(&k, &1, 0).map_err(map_err("nc_allow4"))?;
+                }
+            }
+        }
+        {
+            let mut t6: LpmTrie<&mut MapData, Key6, u32> = self
+                .bpf
+                .map_mut("nc_allow6")
+                .ok_or(BpfError::MissingMap {
+                    object: NAME,
+                    map: "nc_allow6",
+                })?
+                .try_into()
+                .map_err(map_err("nc_allow6"))?;
+            for e in endpoints {
+                if let IpAddr::V6(a) = e.addr.ip() {
+                    let k = key6(cgid, e.addr.port(), proto_number(e.proto), a.octets());
+                    t6.insert(&k, &1, 0).map_err(map_err("nc_allow6"))?;
+                }
+            }
+        }
+        let mut agents: HashMap<&mut MapData, u64, u32> = self
+            .bpf
+            .map_mut("nc_agents")
+            .ok_or(BpfError::MissingMap {
+                object: NAME,
+                map: "nc_agents",
+            })?
+            .try_into()
+            .map_err(map_err("nc_agents"))?;
+        agents.insert(&cgid, &0, 0).map_err(map_err("nc_agents"))
+    }
+
+    /// Removes every allow rule of `cgid` (the cgroup stays managed: deny all).
+    pub fn clear_rules(&mut self, cgid: u64) -> Result<(), BpfError> {
+        let mut t4: LpmTrie<&mut MapData, Key4, u32> = self
+            .bpf
+            .map_mut("nc_allow4")
+            .ok_or(BpfError::MissingMap {
+                object: NAME,
+                map: "nc_allow4",
+            })?
+            .try_into()
+            .map_err(map_err("nc_allow4"))?;
+        let stale: Vec<Key<Key4>> = t4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data()[0..8] == cgid.to_ne_bytes())
+            .collect();
+        for k in stale {
+            let _ = t4.remove(&k);
+        }
+        let mut t6: LpmTrie<&mut MapData, Key6, u32> = self
+            .bpf
+            .map_mut("nc_allow6")
+            .ok_or(BpfError::MissingMap {
+                object: NAME,
+                map: "nc_allow6",
+            })?
+            .try_into()
+            .map_err(map_err("nc_allow6"))?;
+        let stale: Vec<Key<Key6>> = t6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data()[0..8] == cgid.to_ne_bytes())
+            .collect();
+        for k in stale {
+            let _ = t6.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Detaches `agent` (unpins its links) and forgets `cgid`'s rules.
+    pub fn detach(&mut self, agent: &str, cgid: Option<u64>) {
+        let _ = std::fs::remove_dir_all(self.links_dir(agent));
+        if let Some(cgid) = cgid {
+            let _ = self.clear_rules(cgid);
+            if let Some(m) = self.bpf.map_mut("nc_agents")
+                && let Ok(mut agents) = HashMap::<&mut MapData, u64, u32>::try_from(m)
+            {
+                let _ = agents.remove(&cgid);
+            }
+        }
+    }
+
+    /// Removes every pinned object of this supervisor (clean shutdown: no agent runs any more).
+    pub fn unpin_all(&self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+
+    /// The denial ring buffer and a duplicate of its fd to wait on (taken once).
+    pub fn take_denials(&mut self) -> Result<(RingBuf<MapData>, OwnedFd), BpfError> {
+        let map = self
+            .bpf
+            .take_map("nc_denials")
+            .ok_or(BpfError::MissingMap {
+                object: NAME,
+                map: "nc_denials",
+            })?;
+        let rb = RingBuf::try_from(map).map_err(map_err("nc_denials"))?;
+        let fd = rb.as_fd().try_clone_to_owned().map_err(|e| BpfError::Map {
+            map: "nc_denials",
+            source: Box::new(aya::maps::MapError::from(e)),
+        })?;
+        Ok((rb, fd))
+    }
+
+    /// Probes the kernel: attaches the programs to the scratch cgroup `dir` and detaches them.
+    pub fn probe(&mut self, dir: &Path) -> Result<(), BpfError> {
+        let r = self.attach("probe", dir);
+        self.detach("probe", r.as_ref().ok().copied());
+        r.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_the_c_layout() {
+        // struct nc_key4: u32 prefixlen + u64 cgid + u16 port + u8 proto + u8 pad + 4 addr.
+        assert_eq!(std::mem::size_of::<Key<Key4>>(), 4 + 16);
+        assert_eq!(std::mem::size_of::<Key<Key6>>(), 4 + 28);
+        let k = key4(7, 443, 6, [10, 0, 0, 5]);
+        assert_eq!(k.prefix_len(), 128);
+        let d = k.data();
+        assert_eq!(&d[8..10], &[1, 187]);
+        assert_eq!(d[10], 6);
+        assert_eq!(&d[12..16], &[10, 0, 0, 5]);
+    }
+
+    #[test]
+    fn denials_decode() {
+        let mut b = [0u8; 32];
+        b[0..8].copy_from_slice(&42u64.to_ne_bytes());
+        b[8..12].copy_from_slice(&2u32.to_ne_bytes());
+        b[12..14].copy_from_slice(&80u16.to_be_bytes());
+        b[14] = 6;
+        b[15] = 1;
+        b[16..20].copy_from_slice(&[1, 2, 3, 4]);
+        let d = Denial::parse(&b).unwrap();
+        assert_eq!(d.cgid, 42);
+        assert_eq!(d.dest, "1.2.3.4:80".parse().unwrap());
+        assert_eq!((d.proto, d.op), ("tcp", "connect"));
+        assert!(Denial::parse(&b[..31]).is_none());
+        b[8..12].copy_from_slice(&99u32.to_ne_bytes());
+        assert!(Denial::parse(&b).is_none());
+    }
+}

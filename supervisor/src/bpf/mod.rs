@@ -1,0 +1,92 @@
+//! eBPF enforcement, loaded with aya from the C programs in `bpf/` (built by `build.rs`).
+//!
+//! Today: the per-agent egress allowlist (`bpf/egress.c`). An agent whose policy grants
+//! network endpoints shares the host's network namespace and is held by `cgroup/connect4`,
+//! `connect6`, `sendmsg4` and `sendmsg6` programs attached to its cgroup v2 directory: only
+//! the granted `address:port/proto` destinations are reachable, everything else fails with
+//! EPERM and comes back on a ring buffer as an audit record. Agents without a network grant
+//! keep an empty network namespace. If the programs cannot be loaded and attached here,
+//! networked agents also get an empty namespace (fail closed) and the posture says why.
+//!
+//! Maps and the agents' links are pinned under `/sys/fs/bpf/<cgroup_subtree>/`, so enforcement
+//! stays in force when the supervisor is killed, and a new supervisor reuses the same maps.
+
+pub mod egress;
+
+pub use egress::{Denial, Egress};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("mounting bpffs on /sys/fs/bpf: {0}")]
+    MountBpffs(std::io::Error),
+    #[error("creating the pin directory {path}: {source}")]
+    PinDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading the {object} eBPF object: {}", chain(source.as_ref()))]
+    Load {
+        object: &'static str,
+        source: Box<aya::EbpfError>,
+    },
+    #[error("the {object} object has no program {program}")]
+    MissingProgram {
+        object: &'static str,
+        program: &'static str,
+    },
+    #[error("the {object} object has no map {map}")]
+    MissingMap {
+        object: &'static str,
+        map: &'static str,
+    },
+    #[error("eBPF program {program}: {}", chain(source.as_ref()))]
+    Program {
+        program: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("eBPF map {map}: {}", chain(source.as_ref()))]
+    Map {
+        map: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pinning link {path}: {reason}")]
+    Pin {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+/// An error with its sources (aya's errors keep the errno in `source()`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
+}
+
+/// Makes sure a bpf filesystem is mounted at /sys/fs/bpf (mounting one if not).
+pub fn ensure_bpffs() -> Result<(), BpfError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(BpfError::MountBpffs)?;
+    if mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.split(' ').nth(2) == Some("bpf"))
+    {
+        return Ok(());
+    }
+    crate::sys::mount(
+        Some(c"bpf"),
+        c"/sys/fs/bpf",
+        Some(c"bpf"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(c"mode=0700"),
+    )
+    .map_err(BpfError::MountBpffs)
+}

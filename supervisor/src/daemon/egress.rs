@@ -1,0 +1,230 @@
+//! The daemon's side of eBPF egress control: probing at start-up, attaching before an agent
+//! starts, live rule updates, and turning ring-buffer denials into audit records.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nanoclaw_proto::audit::AuditKind;
+
+use super::{CtxRef, Daemon, now_ms};
+use crate::admission::Effective;
+use crate::bpf::{Denial, Egress};
+use crate::cgroup::Layout;
+
+/// Denials audited per agent per second; the rest are counted into one summary record.
+const DENIALS_PER_SECOND: u32 = 10;
+
+/// The cgroup2 mount of `layout` (where BPF cgroup programs attach).
+fn cgroup2_root(layout: &Layout) -> Option<&Path> {
+    match layout {
+        Layout::V2 { root } => Some(root),
+        Layout::V1 { unified, .. } => unified.as_deref(),
+    }
+}
+
+/// Loads the egress programs and proves they attach, on a scratch cgroup of our subtree.
+/// Returns them (or `None`) and the posture line.
+pub fn init(layout: &Layout, subtree: &str) -> (Option<Egress>, String) {
+    let Some(root) = cgroup2_root(layout) else {
+        return (
+            None,
+            "unavailable: no cgroup2 hierarchy to attach to".into(),
+        );
+    };
+    let probe_dir: PathBuf = root.join(subtree).join("egress-probe");
+    let result = Egress::load(subtree).and_then(|mut e| {
+        std::fs::create_dir_all(&probe_dir).map_err(|source| crate::bpf::BpfError::Cgroup {
+            path: probe_dir.clone(),
+            source,
+        })?;
+        let r = e.probe(&probe_dir);
+        let _ = std::fs::remove_dir(&probe_dir);
+        if r.is_err() {
+            // Nothing of ours may stay pinned when egress control is not used.
+            e.unpin_all();
+        }
+        r.map(|()| e)
+    });
+    match result {
+        Ok(e) => (
+            Some(e),
+            "bpf allowlist (cgroup/connect4, connect6, sendmsg4, sendmsg6)".into(),
+        ),
+        Err(err) => (None, format!("unavailable: {err}")),
+    }
+}
+
+/// What an agent's network looks like for one start.
+pub struct Plan {
+    pub host_network: bool,
+    pub cgid: Option<u64>,
+    pub posture: String,
+}
+
+/// Before an agent starts: with a network grant and working egress control, attach the
+/// programs to its cgroup and load its rules (it then shares the host network namespace);
+/// otherwise it gets an empty network namespace. An attach failure is an error: the agent
+/// must not start with less than the posture says.
+pub fn prepare(d: &mut Daemon, name: &str, eff: &Effective) -> Result<Plan, String> {
+    if eff.network.is_empty() {
+        return Ok(Plan {
+            host_network: false,
+            cgid: None,
+            posture: "none (empty network namespace)".into(),
+        });
+    }
+    let dir = d.cgroups.unified_dir(name);
+    let Some(egress) = d.egress.as_mut() else {
+        return Ok(Plan {
+            host_network: false,
+            cgid: None,
+            posture: format!(
+                "none: {} endpoint(s) granted but egress control is {}; the agent runs without network",
+                eff.network.len(),
+                d.posture.egress
+            ),
+        });
+    };
+    let dir = dir.ok_or("the agent has no cgroup2 directory to attach egress control to")?;
+    let cgid = egress
+        .attach(name, &dir)
+        .and_then(|cgid| egress.set_rules(cgid, &eff.network).map(|()| cgid))
+        .map_err(|e| format!("egress control: {e}"))?;
+    Ok(Plan {
+        host_network: true,
+        cgid: Some(cgid),
+        posture: format!(
+            "egress allowlist (bpf): {}",
+            eff.network
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// After an agent's instance is gone: detach its programs and forget its rules.
+pub fn release(d: &mut Daemon, name: &str, cgid: Option<u64>) {
+    if let Some(e) = d.egress.as_mut() {
+        e.detach(name, cgid);
+    }
+}
+
+/// Applies new rules to a running agent (policy reload): effective on its next connect.
+pub fn update(d: &mut Daemon, cgid: u64, eff: &Effective) -> Result<(), String> {
+    match d.egress.as_mut() {
+        Some(e) => e.set_rules(cgid, &eff.network).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
+/// Reads denials from the ring buffer and audits them, at most `DENIALS_PER_SECOND` per
+/// agent per second plus one summary of the rest.
+pub fn spawn_denial_reader(ctx: &CtxRef) {
+    let taken = ctx.d.borrow_mut().egress.as_mut().map(Egress::take_denials);
+    let (mut rb, fd) = match taken {
+        Some(Ok(x)) => x,
+        Some(Err(e)) => {
+            eprintln!("nanoclaw: egress denials will not be audited: {e}");
+            return;
+        }
+        None => return,
+    };
+    let Ok(fd) = smol::Async::new(fd) else {
+        eprintln!("nanoclaw: egress denials will not be audited: cannot watch the ring buffer");
+        return;
+    };
+    let c = ctx.clone();
+    ctx.ex
+        .spawn(async move {
+            let mut window: std::collections::HashMap<u64, (u64, u32, u32)> = Default::default();
+            loop {
+                // Wake at least once a second so rate-limit summaries are written promptly.
+                let tick = async {
+                    smol::Timer::after(Duration::from_secs(1)).await;
+                    Ok(())
+                };
+                if smol::future::or(fd.readable(), tick).await.is_err() {
+                    smol::Timer::after(Duration::from_millis(100)).await;
+                }
+                while let Some(item) = rb.next() {
+                    if let Some(den) = Denial::parse(&item) {
+                        record(&c, &den, &mut window);
+                    }
+                }
+                flush_summaries(&c, &mut window);
+            }
+        })
+        .detach();
+}
+
+fn agent_of(d: &Daemon, cgid: u64) -> Option<String> {
+    d.agents
+        .iter()
+        .find(|(_, a)| {
+            a.instance
+                .as_ref()
+                .is_some_and(|i| i.egress_cgid == Some(cgid))
+        })
+        .map(|(n, _)| n.clone())
+}
+
+/// `window`: cgid → (window start ms, audited in window, suppressed in window).
+fn record(
+    ctx: &CtxRef,
+    den: &Denial,
+    window: &mut std::collections::HashMap<u64, (u64, u32, u32)>,
+) {
+    let mut d = ctx.d.borrow_mut();
+    let agent = agent_of(&d, den.cgid).unwrap_or_default();
+    let now = now_ms();
+    let w = window.entry(den.cgid).or_insert((now, 0, 0));
+    if now.saturating_sub(w.0) >= 1000 {
+        if w.2 > 0 {
+            let n = w.2;
+            d.audit(
+                &agent,
+                AuditKind::DeniedConnect,
+                &format!("{n} more denied connections in the last second (rate-limited)"),
+                true,
+            );
+        }
+        *w = (now, 0, 0);
+    }
+    if w.1 >= DENIALS_PER_SECOND {
+        w.2 += 1;
+        return;
+    }
+    w.1 += 1;
+    d.audit(
+        &agent,
+        AuditKind::DeniedConnect,
+        &format!(
+            "{} to {}/{} denied by the egress allowlist: not in requests.network (granted by agents.{agent}.network)",
+            den.op, den.dest, den.proto
+        ),
+        true,
+    );
+}
+
+fn flush_summaries(ctx: &CtxRef, window: &mut std::collections::HashMap<u64, (u64, u32, u32)>) {
+    let now = now_ms();
+    let mut d = ctx.d.borrow_mut();
+    window.retain(|cgid, w| {
+        if now.saturating_sub(w.0) < 1000 {
+            return true;
+        }
+        if w.2 > 0 {
+            let agent = agent_of(&d, *cgid).unwrap_or_default();
+            let n = w.2;
+            d.audit(
+                &agent,
+                AuditKind::DeniedConnect,
+                &format!("{n} more denied connections in the last second (rate-limited)"),
+                true,
+            );
+        }
+        false
+    });
+}

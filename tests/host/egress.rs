@@ -1,0 +1,105 @@
+//! eBPF egress allowlist on the real kernel: an agent with a network grant reaches exactly
+//! its granted destinations; everything else fails with EPERM and is audited.
+// Test support code: panicking on a broken fixture is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{TcpListener, UdpSocket};
+use std::time::Duration;
+
+use nanoclaw_tests::{Device, grant, manifest};
+use serde_json::json;
+
+#[test]
+fn egress_allows_only_granted_destinations() {
+    let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (pa, po, pu) = (
+        allowed.local_addr().unwrap().port(),
+        other.local_addr().unwrap().port(),
+        udp.local_addr().unwrap().port(),
+    );
+    let dests = [
+        format!("127.0.0.1:{pa}"),
+        format!("127.0.0.1:{po}"),
+        format!("[::ffff:127.0.0.1]:{po}"),
+        format!("[::1]:{po}"),
+        format!("udp:127.0.0.1:{pu}"),
+    ];
+    let mut args = vec!["connect"];
+    args.extend(dests.iter().map(String::as_str));
+    let endpoint = format!("127.0.0.1:{pa}/tcp");
+
+    let mut dev = Device::new();
+    let mut m = manifest("netter", "task", &args, "16MiB");
+    m["requests"]["network"] = json!([endpoint]);
+    let mut g = grant("16MiB");
+    g["network"] = json!([endpoint]);
+    dev.add_agent("netter", m, Some(g));
+    // Without a grant the agent has no network at all (empty namespace).
+    dev.add_agent(
+        "offline",
+        manifest("offline", "task", &["connect", &dests[0]], "16MiB"),
+        Some(grant("16MiB")),
+    );
+    dev.start();
+    let status = dev.json(&["status"]);
+    let egress = status["posture"]["egress"].as_str().unwrap_or_default();
+    assert!(egress.starts_with("bpf allowlist"), "posture: {status}");
+
+    dev.wait_state("netter", "exited");
+    dev.wait_state("offline", "exited");
+    let logs = dev.logs("netter");
+    let line = |d: &str| {
+        logs.iter()
+            .find(|l| l.starts_with(&format!("connect {d}: ")))
+            .cloned()
+            .unwrap_or_else(|| panic!("no result for {d}: {logs:?}"))
+    };
+    assert!(line(&dests[0]).ends_with(": ok"), "{logs:?}");
+    for d in &dests[1..] {
+        let l = line(d);
+        assert!(
+            l.contains("denied") && l.contains("Operation not permitted"),
+            "{d} was not refused with EPERM: {l}"
+        );
+    }
+    let offline = dev.logs("offline");
+    assert!(
+        offline
+            .iter()
+            .any(|l| l.contains("denied") && !l.contains("Operation not permitted")),
+        "an agent without a grant must have no network at all: {offline:?}"
+    );
+
+    // Every refusal is audited with its destination.
+    let denied = dev.wait(Duration::from_secs(10), "4 denied_connect records", || {
+        let d: Vec<_> = dev
+            .audit_of("denied_connect")
+            .into_iter()
+            .filter(|r| r["agent"] == "netter")
+            .collect();
+        (d.len() >= 4).then_some(d)
+    });
+    let reasons: Vec<String> = denied
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for want in [
+        format!("connect to 127.0.0.1:{po}/tcp"),
+        format!("connect to [::1]:{po}/tcp"),
+        format!("sendmsg to 127.0.0.1:{pu}/udp"),
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(&want)),
+            "no audit record for {want}: {reasons:?}"
+        );
+    }
+    // The allowed listener really got the connection.
+    allowed.set_nonblocking(true).unwrap();
+    assert!(
+        allowed.accept().is_ok(),
+        "the granted connection never arrived"
+    );
+    drop(other);
+}
