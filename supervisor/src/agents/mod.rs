@@ -82,6 +82,9 @@ pub struct Agent {
     /// persisted so a restarted supervisor honours it.
     pub held: bool,
     pub oom_seen: u64,
+    /// The cgroup id of the latest instance with egress control, kept after it exits so that
+    /// denials still in the ring buffer are attributed to this agent.
+    pub last_egress_cgid: Option<u64>,
     /// When the last `oom_kill` record of this instance was written (coalescing).
     pub oom_audited_ms: u64,
     pub logs: LogRing,
@@ -106,6 +109,7 @@ impl Agent {
             hold_after_stop: false,
             held: false,
             oom_seen: 0,
+            last_egress_cgid: None,
             oom_audited_ms: 0,
             logs: LogRing::new(log_bytes),
         }

@@ -108,6 +108,9 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
     a.state = State::Running;
     a.restarts = rec.restarts;
     a.oom_seen = oom;
+    if egress_cgid.is_some() {
+        a.last_egress_cgid = egress_cgid;
+    }
     a.reason = format!("re-adopted (pid {}) from a previous supervisor", rec.pid);
     a.tracker.record_start(rec.started_ms);
     a.instance = Some(Instance {

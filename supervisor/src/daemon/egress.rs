@@ -162,11 +162,7 @@ pub fn spawn_denial_reader(ctx: &CtxRef) {
 fn agent_of(d: &Daemon, cgid: u64) -> Option<String> {
     d.agents
         .iter()
-        .find(|(_, a)| {
-            a.instance
-                .as_ref()
-                .is_some_and(|i| i.egress_cgid == Some(cgid))
-        })
+        .find(|(_, a)| a.last_egress_cgid == Some(cgid))
         .map(|(n, _)| n.clone())
 }
 

@@ -284,6 +284,9 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     a.reason = "running".into();
     a.oom_seen = 0;
     a.oom_audited_ms = 0;
+    if egress_cgid.is_some() {
+        a.last_egress_cgid = egress_cgid;
+    }
     let version = a.manifest.version.clone();
     let report = started.report.clone();
     a.instance = Some(Instance {
