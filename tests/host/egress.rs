@@ -103,3 +103,50 @@ fn egress_allows_only_granted_destinations() {
     );
     drop(other);
 }
+
+/// The egress programs stay attached while no supervisor runs: an agent that connects only
+/// after `kill -9` of the daemon is still held, and the next daemon adopts it with its rules.
+#[test]
+fn egress_holds_while_the_supervisor_is_down() {
+    // Port 1 on loopback: allowed but closed (ECONNREFUSED); port 2: not granted (EPERM).
+    let mut dev = Device::new();
+    let ok = "127.0.0.1:1";
+    let bad = "127.0.0.1:2";
+    let mut m = manifest(
+        "late",
+        "service",
+        &["wait-file", "/go", "connect", "--stay", ok, bad],
+        "16MiB",
+    );
+    m["requests"]["network"] = json!([format!("{ok}/tcp")]);
+    m["restart"] = json!({ "policy": "never" });
+    let mut g = grant("16MiB");
+    g["network"] = json!([format!("{ok}/tcp")]);
+    dev.add_agent("late", m, Some(g));
+    dev.start();
+    dev.wait_state("late", "running");
+    dev.kill9();
+    // No supervisor now: the agent connects.
+    std::fs::write(dev.bundle("late").join("rootfs/go"), b"go").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    dev.start();
+    let logs = dev.wait(Duration::from_secs(10), "the late agent's results", || {
+        let l = dev.logs("late");
+        (l.iter().filter(|l| l.starts_with("connect ")).count() == 2).then_some(l)
+    });
+    let find = |d: &str| {
+        logs.iter()
+            .find(|l| l.starts_with(&format!("connect {d}: ")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        find(ok).contains("Connection refused"),
+        "granted port must reach the kernel's TCP stack: {logs:?}"
+    );
+    assert!(
+        find(bad).contains("Operation not permitted"),
+        "non-granted port must be refused by the still-attached program: {logs:?}"
+    );
+    assert!(!dev.audit_of("adopt").is_empty(), "not re-adopted");
+}

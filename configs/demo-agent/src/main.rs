@@ -342,8 +342,13 @@ mod sys {
 }
 
 /// Tries each destination (`ip:port` → TCP connect, `udp:ip:port` → UDP sendto) and prints
-/// `connect DEST: ok` or `connect DEST: denied (error)`; exits 0 either way.
+/// `connect DEST: ok` or `connect DEST: denied (error)`; exits 0 either way, or with a leading
+/// `--stay` keeps running afterwards.
 fn connect(dests: &[String]) -> ExitCode {
+    let (stay, dests) = match dests.split_first() {
+        Some((first, rest)) if first == "--stay" => (true, rest),
+        _ => (false, dests),
+    };
     for d in dests {
         let result = match d.strip_prefix("udp:") {
             Some(addr) => addr
@@ -372,5 +377,8 @@ fn connect(dests: &[String]) -> ExitCode {
         }
     }
     let _ = std::io::stdout().flush();
+    while stay {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
     ExitCode::SUCCESS
 }
