@@ -377,8 +377,10 @@ fn connect(dests: &[String]) -> ExitCode {
         }
     }
     let _ = std::io::stdout().flush();
-    while stay {
-        std::thread::sleep(Duration::from_secs(3600));
+    if stay {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
     }
     ExitCode::SUCCESS
 }
