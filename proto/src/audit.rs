@@ -52,6 +52,8 @@ pub enum AuditKind {
     /// Enforcement weaker than the policy's primary mechanism (allowed fallback), or a warning
     /// that must be seen, such as running unsigned bundles.
     Posture,
+    /// A policy `on_violation` rule fired (the action and the count are in the reason).
+    Violation,
 }
 
 /// One audit record. `seq` is assigned by the log and is strictly increasing per device.

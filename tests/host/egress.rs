@@ -150,3 +150,43 @@ fn egress_holds_while_the_supervisor_is_down() {
     );
     assert!(!dev.audit_of("adopt").is_empty(), "not re-adopted");
 }
+
+/// A policy `on_violation` rule revokes the network of an agent that keeps knocking: after the
+/// third denied connection even its granted destination is refused, and the audit says why.
+#[test]
+fn repeated_denials_revoke_the_network() {
+    let ok = "127.0.0.1:1";
+    let bad = "127.0.0.1:2";
+    let mut dev = Device::new();
+    let mut m = manifest(
+        "knocker",
+        "task",
+        &["connect", ok, bad, bad, bad, "sleep:1500", ok],
+        "16MiB",
+    );
+    m["requests"]["network"] = json!([format!("{ok}/tcp")]);
+    let mut g = grant("16MiB");
+    g["network"] = json!([format!("{ok}/tcp")]);
+    g["on_violation"] =
+        json!([{ "denied_connects": 3, "within_s": 60, "action": "revoke_network" }]);
+    dev.add_agent("knocker", m, Some(g));
+    dev.start();
+    dev.wait_state("knocker", "exited");
+    let logs = dev.logs("knocker");
+    let results: Vec<&String> = logs.iter().filter(|l| l.starts_with("connect ")).collect();
+    assert_eq!(results.len(), 5, "{logs:?}");
+    assert!(results[0].contains("Connection refused"), "{logs:?}");
+    assert!(
+        results[4].contains("Operation not permitted"),
+        "the granted destination must be refused after the revocation: {logs:?}"
+    );
+    let v = dev.audit_of("violation");
+    assert!(
+        v.iter().any(|r| r["agent"] == "knocker"
+            && r["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("network revoked")),
+        "{v:?}"
+    );
+}

@@ -342,14 +342,18 @@ mod sys {
 }
 
 /// Tries each destination (`ip:port` → TCP connect, `udp:ip:port` → UDP sendto) and prints
-/// `connect DEST: ok` or `connect DEST: denied (error)`; exits 0 either way, or with a leading
-/// `--stay` keeps running afterwards.
+/// `connect DEST: ok` or `connect DEST: denied (error)` (`sleep:MS` pauses between them);
+/// exits 0 either way, or with a leading `--stay` keeps running afterwards.
 fn connect(dests: &[String]) -> ExitCode {
     let (stay, dests) = match dests.split_first() {
         Some((first, rest)) if first == "--stay" => (true, rest),
         _ => (false, dests),
     };
     for d in dests {
+        if let Some(ms) = d.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
+            continue;
+        }
         let result = match d.strip_prefix("udp:") {
             Some(addr) => addr
                 .parse::<std::net::SocketAddr>()

@@ -85,6 +85,8 @@ pub struct Agent {
     /// The cgroup id of the latest instance with egress control, kept after it exits so that
     /// denials still in the ring buffer are attributed to this agent.
     pub last_egress_cgid: Option<u64>,
+    /// Times of recent denied connections (bounded), for `on_violation` rules.
+    pub recent_denials: std::collections::VecDeque<u64>,
     /// When the last `oom_kill` record of this instance was written (coalescing).
     pub oom_audited_ms: u64,
     pub logs: LogRing,
@@ -110,6 +112,7 @@ impl Agent {
             held: false,
             oom_seen: 0,
             last_egress_cgid: None,
+            recent_denials: std::collections::VecDeque::new(),
             oom_audited_ms: 0,
             logs: LogRing::new(log_bytes),
         }

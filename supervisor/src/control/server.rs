@@ -347,6 +347,7 @@ fn why(d: &Daemon, name: &str, a: &Agent) -> Value {
                     | K::SandboxError
                     | K::StopTimeout
                     | K::DeniedConnect
+                    | K::Violation
                     | K::DeniedExec
                     | K::Exit
             )
