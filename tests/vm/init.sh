@@ -28,6 +28,8 @@ mount -t devtmpfs devtmpfs /dev
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tmpfs -o mode=0755 run /run
 mount -t tmpfs -o mode=1777 tmp /tmp
+mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+ifconfig lo 127.0.0.1 up
 
 uptime_s() {
 	read -r up _ </proc/uptime
@@ -110,6 +112,15 @@ echo "--- nanoclaw logs escape"
 nanoclaw logs escape
 nanoclaw logs escape | grep -q "every attempt was contained" || fail "escape was not contained"
 nanoclaw logs escape | grep -q "SUCCEEDED" && fail "an escape attempt succeeded"
+
+echo "--- nanoclaw logs netcheck (eBPF egress on this kernel)"
+nanoclaw logs netcheck
+nanoclaw status --json | grep -q '"egress": "bpf allowlist' || fail "egress control unavailable on this kernel"
+nanoclaw logs netcheck | grep "connect 127.0.0.1:1:" | grep -q "Operation not permitted" &&
+	fail "the granted endpoint was refused"
+nanoclaw logs netcheck | grep "connect 127.0.0.1:2:" | grep -q "Operation not permitted" ||
+	fail "the endpoint that is not granted was not refused with EPERM"
+nanoclaw audit --agent netcheck --json | grep -q denied_connect || fail "no denied_connect audit record"
 
 FORK=/sys/fs/cgroup/nanoclaw/agents/forkbomb
 echo "--- nanoclaw logs forkbomb; $FORK/pids.max, pids.current, pids.events"

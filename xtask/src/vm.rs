@@ -60,13 +60,23 @@ const POLICY_JSON: &str = r#"{
   "agents": {
     "memhog":   { "memory": "32MiB", "cpus": 0.5,  "pids": 8,  "scratch": "1MiB", "syscalls": "default" },
     "forkbomb": { "memory": "32MiB", "cpus": 0.25, "pids": 16, "scratch": "1MiB", "syscalls": "default" },
-    "escape":   { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "1MiB", "syscalls": "default" }
+    "escape":   { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "1MiB", "syscalls": "default" },
+    "netcheck": { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "1MiB", "syscalls": "default",
+                  "network": ["127.0.0.1:1/tcp"] }
   }
 }
 "#;
 
 /// The demo agents the VM runs (their manifests come from configs/demo/agents/).
 const AGENTS: [&str; 3] = ["memhog", "forkbomb", "escape"];
+
+/// An agent with one granted endpoint: eBPF egress control on this kernel lets 127.0.0.1:1
+/// through (closed port: "Connection refused") and refuses 127.0.0.1:2 with EPERM.
+const NETCHECK_MANIFEST: &str = r#"{ "name": "netcheck", "version": "1.0.0", "mode": "task",
+  "exec": ["/bin/demo-agent", "connect", "127.0.0.1:1", "127.0.0.1:2"],
+  "requests": { "memory": "16MiB", "scratch": "1MiB", "network": ["127.0.0.1:1/tcp"] },
+  "restart": { "policy": "never" } }
+"#;
 
 /// How to boot one architecture.
 struct Arch {
@@ -381,6 +391,20 @@ fn write_initramfs(path: &Path, busybox: &Path, bins: &Binaries) -> Result {
             &agent_bin,
         );
     }
+    let bundle = "var/lib/nanoclaw/agents/netcheck";
+    for d in ["bin", "proc", "dev", "tmp"] {
+        c.dir_all(&format!("{bundle}/rootfs/{d}"));
+    }
+    c.file(
+        &format!("{bundle}/manifest.json"),
+        0o644,
+        NETCHECK_MANIFEST.as_bytes(),
+    );
+    c.file(
+        &format!("{bundle}/rootfs/bin/demo-agent"),
+        0o755,
+        &agent_bin,
+    );
     let bytes = c.finish();
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
