@@ -46,6 +46,8 @@ pub struct Effective {
     pub network: Vec<Endpoint>,
     pub devices: Vec<String>,
     pub syscalls: SyscallProfile,
+    /// Mechanisms the policy requires (`agents.X.require`).
+    pub require: Vec<crate::config::policy::Mechanism>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -223,6 +225,7 @@ pub fn admit(m: &Manifest, p: &Policy) -> Result<Effective, AdmissionError> {
         network: r.network.clone(),
         devices: r.devices.clone(),
         syscalls: r.syscalls,
+        require: grant.require.clone(),
     })
 }
 
@@ -276,6 +279,7 @@ mod tests {
                 network: vec!["10.0.0.5:6379/tcp".parse().unwrap()],
                 devices: vec![],
                 syscalls: SyscallProfile::Strict,
+                require: vec![],
             }
         );
     }

@@ -251,12 +251,13 @@ fn human(req: &Request, v: &Value) -> String {
                 s(v, "policy_version")
             );
             out += &format!(
-                "cgroups     {}\nseccomp     {}\nlandlock    {}\nnamespaces  {}\nnetwork     {}\n",
+                "cgroups     {}\nseccomp     {}\nlandlock    {}\nnamespaces  {}\nnetwork     {}\negress      {}\n",
                 s(p, "cgroup"),
                 s(p, "seccomp"),
                 s(p, "landlock"),
                 s(p, "namespaces"),
-                s(p, "network")
+                s(p, "network"),
+                s(p, "egress")
             );
             if let Some(m) = p["missing_controllers"]
                 .as_array()
@@ -270,7 +271,7 @@ fn human(req: &Request, v: &Value) -> String {
             out += &format!("agents      {}\n", v["agents"]);
             for e in v["enforcement"].as_array().into_iter().flatten() {
                 out += &format!(
-                    "  {:<16} {:<9} uid {} mem {} pids {} cpus {} seccomp {} landlock {}\n",
+                    "  {:<16} {:<9} uid {} mem {} pids {} cpus {} seccomp {} landlock {}\n  {:<16} network {}\n",
                     s(e, "agent"),
                     s(e, "state"),
                     s(e, "uid"),
@@ -279,6 +280,8 @@ fn human(req: &Request, v: &Value) -> String {
                     s(e, "cpus"),
                     s(e, "seccomp"),
                     s(e, "landlock"),
+                    "",
+                    s(e, "network"),
                 );
             }
         }

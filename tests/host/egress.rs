@@ -190,3 +190,40 @@ fn repeated_denials_revoke_the_network() {
         "{v:?}"
     );
 }
+
+/// `require` in the policy: an agent whose required mechanism is missing does not start and
+/// says why; one whose requirement is met starts.
+#[test]
+fn required_mechanisms_are_enforced_at_start() {
+    let mut dev = Device::new();
+    let mut g = grant("16MiB");
+    g["require"] = json!(["bpf-lsm"]);
+    dev.add_agent(
+        "needs-lsm",
+        manifest("needs-lsm", "task", &["exit", "0"], "16MiB"),
+        Some(g),
+    );
+    let mut g = grant("16MiB");
+    g["require"] = json!(["bpf-egress", "landlock"]);
+    dev.add_agent(
+        "needs-egress",
+        manifest("needs-egress", "task", &["exit", "0"], "16MiB"),
+        Some(g),
+    );
+    dev.start();
+    let a = dev.wait_state("needs-lsm", "failed");
+    let reason = a["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("requires bpf-lsm") && reason.contains("agents.needs-lsm.require"),
+        "{a}"
+    );
+    let why = dev.cli(&["why", "needs-lsm"]);
+    assert!(why.stdout.contains("requires bpf-lsm"), "{why:?}");
+    dev.wait_state("needs-egress", "exited");
+    assert!(
+        dev.audit_of("start")
+            .iter()
+            .all(|r| r["agent"] != "needs-lsm"),
+        "an agent whose requirement is unmet was started"
+    );
+}

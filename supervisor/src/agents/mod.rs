@@ -57,6 +57,8 @@ pub struct Instance {
     pub adopted: bool,
     /// The cgroup id the egress programs hold, when the agent has network access.
     pub egress_cgid: Option<u64>,
+    /// How this instance's network is held (for `status`).
+    pub network: String,
 }
 
 pub struct Agent {

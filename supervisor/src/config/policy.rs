@@ -122,6 +122,31 @@ pub struct Grant {
     pub grantable: Vec<String>,
     #[serde(default)]
     pub on_violation: Vec<ViolationRule>,
+    /// Mechanisms without which the agent must not start (no silent fallback).
+    #[serde(default)]
+    pub require: Vec<Mechanism>,
+}
+
+/// An enforcement mechanism a policy can require (`"require": ["bpf-egress"]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mechanism {
+    /// eBPF egress allowlist (otherwise: no network at all).
+    BpfEgress,
+    /// BPF LSM exec/file/mount/ptrace/socket policy (otherwise: Landlock + seccomp + mounts).
+    BpfLsm,
+    /// Landlock filesystem rules (otherwise: read-only mounts + seccomp).
+    Landlock,
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mechanism::BpfEgress => "bpf-egress",
+            Mechanism::BpfLsm => "bpf-lsm",
+            Mechanism::Landlock => "landlock",
+        })
+    }
 }
 
 fn default_grant_syscalls() -> SyscallProfile {

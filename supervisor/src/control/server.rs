@@ -309,7 +309,7 @@ fn status(d: &Daemon) -> Value {
                 "seccomp": rep.map(|r| r.seccomp.clone()),
                 "landlock": rep.map(|r| r.landlock.clone()),
                 "namespaces": d.posture.namespaces,
-                "network": d.posture.network,
+                "network": a.instance.as_ref().map(|i| i.network.clone()),
                 "adopted": a.instance.as_ref().map(|i| i.adopted),
             })
         })

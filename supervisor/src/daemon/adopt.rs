@@ -120,6 +120,17 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
         report: rec.report,
         adopted: true,
         egress_cgid,
+        network: match egress_cgid {
+            Some(_) => format!(
+                "egress allowlist (bpf): {}",
+                eff.network
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "none (empty network namespace)".into(),
+        },
     });
     let generation = a.generation;
     d.audit(

@@ -193,6 +193,16 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     a.state = State::Starting;
     let generation = a.generation;
     let uid = d.cfg.uid_base + a.slot;
+    // A mechanism the policy requires and this kernel lacks: no silent fallback.
+    if let Some(reason) = missing_requirement(d, &eff) {
+        let a = d.agents.get_mut(name)?;
+        a.state = State::Failed;
+        a.held = true;
+        a.reason = reason.clone();
+        d.audit(name, AuditKind::SandboxError, &reason, true);
+        return None;
+    }
+    let a = d.agents.get_mut(name)?;
     let seccomp_filter = match sandbox::filter_for(&eff.syscalls.to_string()) {
         Ok(f) => f,
         Err(e) => {
@@ -296,6 +306,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         report: Some(report.clone()),
         adopted: false,
         egress_cgid,
+        network: net_posture.clone(),
     });
     let rec = RunRecord {
         pid: started.pid,
@@ -329,6 +340,26 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         true,
     );
     Some((generation, pidfd, started.log))
+}
+
+/// The first mechanism `agents.X.require` names that this kernel does not provide, as the
+/// reason the agent does not start.
+fn missing_requirement(d: &Daemon, eff: &admission::Effective) -> Option<String> {
+    use crate::config::policy::Mechanism;
+    eff.require.iter().find_map(|m| {
+        let why = match m {
+            Mechanism::BpfEgress if d.egress.is_none() => d.posture.egress.clone(),
+            Mechanism::Landlock if d.posture.landlock == "unsupported" => {
+                "Landlock is not supported by this kernel".into()
+            }
+            Mechanism::BpfLsm => "BPF LSM enforcement is not available in this build".into(),
+            _ => return None,
+        };
+        Some(format!(
+            "the policy requires {m} (agents.{}.require) and it is unavailable: {why}",
+            eff.name
+        ))
+    })
 }
 
 /// Spawns the exit, OOM and log tasks of one instance.
