@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Per-agent network egress allowlist: cgroup/connect4, connect6, sendmsg4, sendmsg6.
+/* Per-agent network egress allowlist (cgroup/connect4, connect6, sendmsg4, sendmsg6) and
+ * traffic accounting (cgroup_skb ingress/egress).
  *
  * Attached to each networked agent's cgroup v2 directory. A connect()/sendmsg() from a cgroup
  * that nanoclaw manages (nc_agents) is allowed only if (cgroup, proto, port, address) matches
@@ -48,6 +49,15 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nc_allow6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NC_MAX_AGENTS);
+	__type(key, __u64); /* cgroup id */
+	__type(value, struct nc_traffic);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nc_traffic SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -158,4 +168,29 @@ SEC("cgroup/sendmsg6")
 int nc_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return check6(ctx, NC_OP_SENDMSG);
+}
+
+/* Accounting only: never drops a packet. The supervisor creates each agent's entry. */
+SEC("cgroup_skb/ingress")
+int nc_rx(struct __sk_buff *skb)
+{
+	__u64 cg = bpf_skb_cgroup_id(skb);
+	struct nc_traffic *t = bpf_map_lookup_elem(&nc_traffic, &cg);
+	if (t) {
+		__sync_fetch_and_add(&t->rx_bytes, skb->len);
+		__sync_fetch_and_add(&t->rx_packets, 1);
+	}
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int nc_tx(struct __sk_buff *skb)
+{
+	__u64 cg = bpf_skb_cgroup_id(skb);
+	struct nc_traffic *t = bpf_map_lookup_elem(&nc_traffic, &cg);
+	if (t) {
+		__sync_fetch_and_add(&t->tx_bytes, skb->len);
+		__sync_fetch_and_add(&t->tx_packets, 1);
+	}
+	return 1;
 }

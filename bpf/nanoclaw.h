@@ -44,6 +44,14 @@ struct nc_denial {
 	__u8 addr[16];
 };
 
+/* Traffic of one agent (nc_traffic, keyed by cgroup id), updated atomically. */
+struct nc_traffic {
+	__u64 rx_bytes;
+	__u64 rx_packets;
+	__u64 tx_bytes;
+	__u64 tx_packets;
+};
+
 #define NC_OP_CONNECT 1
 #define NC_OP_SENDMSG 2
 

@@ -281,7 +281,17 @@ fn human(req: &Request, v: &Value) -> String {
                     s(e, "seccomp"),
                     s(e, "landlock"),
                     "",
-                    s(e, "network"),
+                    match e["traffic"].as_object() {
+                        Some(t) => format!(
+                            "{} (rx {} in {} packets, tx {} in {} packets)",
+                            s(e, "network"),
+                            size(t["rx_bytes"].as_u64().unwrap_or(0)),
+                            t["rx_packets"],
+                            size(t["tx_bytes"].as_u64().unwrap_or(0)),
+                            t["tx_packets"],
+                        ),
+                        None => s(e, "network"),
+                    },
                 );
             }
         }

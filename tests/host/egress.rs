@@ -149,6 +149,18 @@ fn egress_holds_while_the_supervisor_is_down() {
         "non-granted port must be refused by the still-attached program: {logs:?}"
     );
     assert!(!dev.audit_of("adopt").is_empty(), "not re-adopted");
+    // Accounting (cgroup_skb) counted the SYN out and the RST back, also while no
+    // supervisor ran.
+    let status = dev.json(&["status"]);
+    let e = status["enforcement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["agent"] == "late")
+        .cloned()
+        .unwrap();
+    assert!(e["traffic"]["tx_packets"].as_u64() >= Some(1), "{e}");
+    assert!(e["traffic"]["rx_packets"].as_u64() >= Some(1), "{e}");
 }
 
 /// A policy `on_violation` rule revokes the network of an agent that keeps knocking: after the

@@ -10,7 +10,7 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, RingBuf};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr};
 
 use super::BpfError;
 use crate::config::manifest::{Endpoint, Proto};
@@ -18,6 +18,20 @@ use crate::config::manifest::{Endpoint, Proto};
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/egress.o"));
 const NAME: &str = "egress";
 const PROGRAMS: [&str; 4] = ["nc_connect4", "nc_connect6", "nc_sendmsg4", "nc_sendmsg6"];
+/// Accounting programs (cgroup_skb) and where they attach.
+const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    ("nc_rx", CgroupSkbAttachType::Ingress),
+    ("nc_tx", CgroupSkbAttachType::Egress),
+];
+
+/// Bytes and packets an agent received and sent (bpf/nanoclaw.h `struct nc_traffic`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
 /// `NC_KEY_FIXED_BITS` in bpf/nanoclaw.h: cgroup id, port, proto, pad.
 const FIXED_BITS: u32 = 96;
 /// Key data after `prefixlen` (bpf/nanoclaw.h `struct nc_key4` / `nc_key6`).
@@ -145,6 +159,17 @@ impl Egress {
                 .map_err(prog_err(p))?;
             prog.load().map_err(prog_err(p))?;
         }
+        for (p, _) in SKB_PROGRAMS {
+            let prog: &mut CgroupSkb = bpf
+                .program_mut(p)
+                .ok_or(BpfError::MissingProgram {
+                    object: NAME,
+                    program: p,
+                })?
+                .try_into()
+                .map_err(prog_err(p))?;
+            prog.load().map_err(prog_err(p))?;
+        }
         Ok(Egress { bpf, pin_dir })
     }
 
@@ -156,6 +181,7 @@ impl Egress {
     pub fn is_attached(&self, agent: &str) -> bool {
         PROGRAMS
             .iter()
+            .chain(SKB_PROGRAMS.iter().map(|(p, _)| p))
             .all(|p| self.links_dir(agent).join(p).exists())
     }
 
@@ -199,6 +225,44 @@ impl Egress {
                 reason: e.to_string(),
             })?;
         }
+        for (p, at) in SKB_PROGRAMS {
+            let prog: &mut CgroupSkb = self
+                .bpf
+                .program_mut(p)
+                .ok_or(BpfError::MissingProgram {
+                    object: NAME,
+                    program: p,
+                })?
+                .try_into()
+                .map_err(prog_err(p))?;
+            let id = prog
+                .attach(cg.as_fd(), at, CgroupAttachMode::Single)
+                .map_err(prog_err(p))?;
+            let link = prog.take_link(id).map_err(prog_err(p))?;
+            let fd_link: FdLink =
+                link.try_into()
+                    .map_err(|e: aya::programs::links::LinkError| BpfError::Pin {
+                        path: links.join(p),
+                        reason: e.to_string(),
+                    })?;
+            fd_link.pin(links.join(p)).map_err(|e| BpfError::Pin {
+                path: links.join(p),
+                reason: e.to_string(),
+            })?;
+        }
+        // A fresh counter for this cgroup (a new instance has a new cgroup id).
+        let mut traffic: HashMap<&mut MapData, u64, [u64; 4]> = self
+            .bpf
+            .map_mut("nc_traffic")
+            .ok_or(BpfError::MissingMap {
+                object: NAME,
+                map: "nc_traffic",
+            })?
+            .try_into()
+            .map_err(map_err("nc_traffic"))?;
+        traffic
+            .insert(&cgid, &[0u64; 4], 0)
+            .map_err(map_err("nc_traffic"))?;
         Ok(cgid)
     }
 
@@ -301,7 +365,25 @@ impl Egress {
             {
                 let _ = agents.remove(&cgid);
             }
+            if let Some(m) = self.bpf.map_mut("nc_traffic")
+                && let Ok(mut t) = HashMap::<&mut MapData, u64, [u64; 4]>::try_from(m)
+            {
+                let _ = t.remove(&cgid);
+            }
         }
+    }
+
+    /// Bytes and packets of cgroup `cgid` so far.
+    pub fn traffic(&self, cgid: u64) -> Option<Traffic> {
+        let m = self.bpf.map("nc_traffic")?;
+        let t = HashMap::<&MapData, u64, [u64; 4]>::try_from(m).ok()?;
+        let [rx_bytes, rx_packets, tx_bytes, tx_packets] = t.get(&cgid, 0).ok()?;
+        Some(Traffic {
+            rx_bytes,
+            rx_packets,
+            tx_bytes,
+            tx_packets,
+        })
     }
 
     /// Removes every pinned object of this supervisor (clean shutdown: no agent runs any more).

@@ -310,6 +310,11 @@ fn status(d: &Daemon) -> Value {
                 "landlock": rep.map(|r| r.landlock.clone()),
                 "namespaces": d.posture.namespaces,
                 "network": a.instance.as_ref().map(|i| i.network.clone()),
+                "traffic": a
+                    .instance
+                    .as_ref()
+                    .and_then(|i| i.egress_cgid)
+                    .and_then(|cgid| d.egress.as_ref().and_then(|e| e.traffic(cgid))),
                 "adopted": a.instance.as_ref().map(|i| i.adopted),
             })
         })
