@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Per-agent network egress allowlist (cgroup/connect4, connect6, sendmsg4, sendmsg6) and
- * traffic accounting (cgroup_skb ingress/egress).
+/* Per-agent network egress allowlist (cgroup/connect4, connect6, sendmsg4, sendmsg6),
+ * traffic accounting (cgroup_skb ingress/egress) and syscall counting (raw_syscalls/sys_enter,
+ * only for the cgroups in nc_monitored).
  *
  * Attached to each networked agent's cgroup v2 directory. A connect()/sendmsg() from a cgroup
  * that nanoclaw manages (nc_agents) is allowed only if (cgroup, proto, port, address) matches
@@ -193,4 +194,40 @@ int nc_tx(struct __sk_buff *skb)
 		__sync_fetch_and_add(&t->tx_packets, 1);
 	}
 	return 1;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NC_MAX_AGENTS);
+	__type(key, __u64); /* cgroup id */
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nc_monitored SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NC_MAX_SYSCALL_KEYS);
+	__type(key, struct nc_sys_key);
+	__type(value, __u64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nc_syscalls SEC(".maps");
+
+/* Runs for every syscall on the machine: one hash lookup decides it is not ours. */
+SEC("tracepoint/raw_syscalls/sys_enter")
+int nc_sys_enter(struct nc_sys_enter *ctx)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	if (!bpf_map_lookup_elem(&nc_monitored, &cg))
+		return 0;
+	struct nc_sys_key k = { .cgid = cg, .nr = (__u32)ctx->id };
+	__u64 *v = bpf_map_lookup_elem(&nc_syscalls, &k);
+	if (v) {
+		__sync_fetch_and_add(v, 1);
+	} else {
+		__u64 one = 1;
+		bpf_map_update_elem(&nc_syscalls, &k, &one, BPF_NOEXIST);
+	}
+	return 0;
 }

@@ -52,6 +52,22 @@ struct nc_traffic {
 	__u64 tx_packets;
 };
 
+/* Syscall counts of one agent (nc_syscalls). */
+struct nc_sys_key {
+	__u64 cgid;
+	__u32 nr;
+	__u32 pad;
+};
+
+/* The fields of the raw_syscalls/sys_enter tracepoint record (its format file). */
+struct nc_sys_enter {
+	__u64 common;
+	__s64 id;
+	__u64 args[6];
+};
+
+#define NC_MAX_SYSCALL_KEYS (NC_MAX_AGENTS * 128)
+
 #define NC_OP_CONNECT 1
 #define NC_OP_SENDMSG 2
 

@@ -54,6 +54,8 @@ pub enum AuditKind {
     Posture,
     /// A policy `on_violation` rule fired (the action and the count are in the reason).
     Violation,
+    /// A syscall outside the agent's learned baseline, or a jump in a syscall's rate.
+    SyscallAnomaly,
 }
 
 /// One audit record. `seq` is assigned by the log and is strictly increasing per device.

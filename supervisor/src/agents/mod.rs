@@ -59,6 +59,8 @@ pub struct Instance {
     pub egress_cgid: Option<u64>,
     /// How this instance's network is held (for `status`).
     pub network: String,
+    /// The cgroup id whose syscalls the monitor counts, when it runs.
+    pub monitor_cgid: Option<u64>,
 }
 
 pub struct Agent {
@@ -87,6 +89,8 @@ pub struct Agent {
     /// The cgroup id of the latest instance with egress control, kept after it exits so that
     /// denials still in the ring buffer are attributed to this agent.
     pub last_egress_cgid: Option<u64>,
+    /// Syscall baseline and monitoring state (`daemon::monitor`).
+    pub syscalls: crate::daemon::monitor::Watch,
     /// Times of recent denied connections (bounded), for `on_violation` rules.
     pub recent_denials: std::collections::VecDeque<u64>,
     /// When the last `oom_kill` record of this instance was written (coalescing).
@@ -115,6 +119,7 @@ impl Agent {
             oom_seen: 0,
             last_egress_cgid: None,
             recent_denials: std::collections::VecDeque::new(),
+            syscalls: Default::default(),
             oom_audited_ms: 0,
             logs: LogRing::new(log_bytes),
         }

@@ -10,7 +10,7 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, RingBuf};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint};
 
 use super::BpfError;
 use crate::config::manifest::{Endpoint, Proto};
@@ -81,6 +81,19 @@ pub struct Egress {
     bpf: Ebpf,
     /// `/sys/fs/bpf/<cgroup_subtree>`: maps, and `links/<agent>/` per agent.
     pin_dir: PathBuf,
+    /// Whether the syscall-counting tracepoint is attached (or why not).
+    monitor: Result<(), String>,
+}
+
+/// `struct nc_sys_key` of bpf/nanoclaw.h: cgroup id, syscall number, padding.
+type SysKey = [u8; 16];
+
+#[cfg(test)]
+fn sys_key(cgid: u64, nr: u32) -> SysKey {
+    let mut k = [0u8; 16];
+    k[0..8].copy_from_slice(&cgid.to_ne_bytes());
+    k[8..12].copy_from_slice(&nr.to_ne_bytes());
+    k
 }
 
 fn prog_err(program: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> BpfError {
@@ -170,7 +183,12 @@ impl Egress {
                 .map_err(prog_err(p))?;
             prog.load().map_err(prog_err(p))?;
         }
-        Ok(Egress { bpf, pin_dir })
+        let monitor = attach_monitor(&mut bpf).map_err(|e| e.to_string());
+        Ok(Egress {
+            bpf,
+            pin_dir,
+            monitor,
+        })
     }
 
     fn links_dir(&self, agent: &str) -> PathBuf {
@@ -373,6 +391,61 @@ impl Egress {
         }
     }
 
+    /// Whether syscall counting works here, or why not.
+    pub fn monitor(&self) -> &Result<(), String> {
+        &self.monitor
+    }
+
+    /// Starts counting the syscalls of cgroup `cgid`.
+    pub fn watch_syscalls(&mut self, cgid: u64) -> Result<(), BpfError> {
+        let mut m: HashMap<&mut MapData, u64, u32> = self
+            .bpf
+            .map_mut("nc_monitored")
+            .ok_or(BpfError::MissingMap {
+                object: NAME,
+                map: "nc_monitored",
+            })?
+            .try_into()
+            .map_err(map_err("nc_monitored"))?;
+        m.insert(&cgid, &0, 0).map_err(map_err("nc_monitored"))
+    }
+
+    /// Stops counting `cgid` and drops its counts.
+    pub fn unwatch_syscalls(&mut self, cgid: u64) {
+        if let Some(m) = self.bpf.map_mut("nc_monitored")
+            && let Ok(mut m) = HashMap::<&mut MapData, u64, u32>::try_from(m)
+        {
+            let _ = m.remove(&cgid);
+        }
+        if let Some(m) = self.bpf.map_mut("nc_syscalls")
+            && let Ok(mut m) = HashMap::<&mut MapData, SysKey, u64>::try_from(m)
+        {
+            let stale: Vec<SysKey> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k[0..8] == cgid.to_ne_bytes())
+                .collect();
+            for k in stale {
+                let _ = m.remove(&k);
+            }
+        }
+    }
+
+    /// (syscall number, count) of cgroup `cgid` so far.
+    pub fn syscall_counts(&self, cgid: u64) -> Vec<(u32, u64)> {
+        let Some(m) = self.bpf.map("nc_syscalls") else {
+            return Vec::new();
+        };
+        let Ok(m) = HashMap::<&MapData, SysKey, u64>::try_from(m) else {
+            return Vec::new();
+        };
+        m.iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k[0..8] == cgid.to_ne_bytes())
+            .filter_map(|(k, v)| Some((u32::from_ne_bytes(k[8..12].try_into().ok()?), v)))
+            .collect()
+    }
+
     /// Bytes and packets of cgroup `cgid` so far.
     pub fn traffic(&self, cgid: u64) -> Option<Traffic> {
         let m = self.bpf.map("nc_traffic")?;
@@ -416,9 +489,34 @@ impl Egress {
     }
 }
 
+/// Attaches the syscall-counting tracepoint (needs tracefs, mounted here if missing).
+fn attach_monitor(bpf: &mut Ebpf) -> Result<(), BpfError> {
+    super::ensure_tracefs()?;
+    let p = "nc_sys_enter";
+    let prog: &mut TracePoint = bpf
+        .program_mut(p)
+        .ok_or(BpfError::MissingProgram {
+            object: NAME,
+            program: p,
+        })?
+        .try_into()
+        .map_err(prog_err(p))?;
+    prog.load().map_err(prog_err(p))?;
+    prog.attach("raw_syscalls", "sys_enter")
+        .map_err(prog_err(p))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sys_key_matches_the_c_layout() {
+        let k = sys_key(9, 41);
+        assert_eq!(&k[0..8], &9u64.to_ne_bytes());
+        assert_eq!(&k[8..12], &41u32.to_ne_bytes());
+    }
 
     #[test]
     fn keys_match_the_c_layout() {

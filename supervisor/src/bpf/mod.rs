@@ -13,12 +13,16 @@
 
 pub mod egress;
 
+use std::path::Path;
+
 pub use egress::{Denial, Egress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
     #[error("mounting bpffs on /sys/fs/bpf: {0}")]
     MountBpffs(std::io::Error),
+    #[error("mounting tracefs on /sys/kernel/tracing: {0}")]
+    MountTracefs(std::io::Error),
     #[error("creating the pin directory {path}: {source}")]
     PinDir {
         path: std::path::PathBuf,
@@ -70,6 +74,21 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Makes sure tracefs is mounted at /sys/kernel/tracing (tracepoint programs need it).
+pub fn ensure_tracefs() -> Result<(), BpfError> {
+    if Path::new("/sys/kernel/tracing/events").is_dir() {
+        return Ok(());
+    }
+    crate::sys::mount(
+        Some(c"tracefs"),
+        c"/sys/kernel/tracing",
+        Some(c"tracefs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+    .map_err(BpfError::MountTracefs)
 }
 
 /// Makes sure a bpf filesystem is mounted at /sys/fs/bpf (mounting one if not).

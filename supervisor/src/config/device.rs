@@ -58,6 +58,9 @@ pub struct DeviceConfig {
     /// SIGTERM-to-SIGKILL grace when a manifest does not set its own.
     #[serde(default = "default_stop_grace")]
     pub stop_grace_s: u32,
+    /// How long the first run of an agent version is watched to learn its syscall baseline.
+    #[serde(default = "default_syscall_baseline")]
+    pub syscall_baseline_s: u32,
     /// Overrides the total memory; when `None` the caller reads `/proc/meminfo`.
     #[serde(default)]
     pub device_memory: Option<ByteSize>,
@@ -86,6 +89,10 @@ fn default_audit_segments() -> u32 {
 }
 fn default_stop_grace() -> u32 {
     5
+}
+
+fn default_syscall_baseline() -> u32 {
+    60
 }
 
 impl DeviceConfig {

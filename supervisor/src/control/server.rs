@@ -353,6 +353,7 @@ fn why(d: &Daemon, name: &str, a: &Agent) -> Value {
                     | K::StopTimeout
                     | K::DeniedConnect
                     | K::Violation
+                    | K::SyscallAnomaly
                     | K::DeniedExec
                     | K::Exit
             )

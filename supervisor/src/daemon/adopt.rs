@@ -131,7 +131,10 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
             ),
             None => "none (empty network namespace)".into(),
         },
+        monitor_cgid: None,
     });
+    super::lifecycle::start_monitoring(d, name);
+    let a = d.agents.get_mut(name)?;
     let generation = a.generation;
     d.audit(
         name,

@@ -307,7 +307,10 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         adopted: false,
         egress_cgid,
         network: net_posture.clone(),
+        monitor_cgid: None,
     });
+    start_monitoring(d, name);
+    let a = d.agents.get_mut(name)?;
     let rec = RunRecord {
         pid: started.pid,
         start_ticks: proc_start_ticks(started.pid).unwrap_or(0),
@@ -340,6 +343,32 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         true,
     );
     Some((generation, pidfd, started.log))
+}
+
+/// Registers a running instance with the syscall monitor (when it runs here).
+pub fn start_monitoring(d: &mut Daemon, name: &str) {
+    let Some(dir) = d.cgroups.unified_dir(name) else {
+        return;
+    };
+    let Some(e) = d.egress.as_mut().filter(|e| e.monitor().is_ok()) else {
+        return;
+    };
+    let Ok(cgid) = crate::bpf::egress::cgroup_id(&dir) else {
+        return;
+    };
+    if let Err(err) = e.watch_syscalls(cgid) {
+        eprintln!("nanoclaw: {name}: syscall monitoring: {err}");
+        return;
+    }
+    let counts = e.syscall_counts(cgid);
+    super::monitor::on_start(d, name);
+    if let Some(a) = d.agents.get_mut(name) {
+        // An adopted instance has counted already: measure rates from now on.
+        a.syscalls.last = counts.into_iter().collect();
+        if let Some(i) = a.instance.as_mut() {
+            i.monitor_cgid = Some(cgid);
+        }
+    }
 }
 
 /// The first mechanism `agents.X.require` names that this kernel does not provide, as the
@@ -498,6 +527,7 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
         exit
     };
     let egress_cgid = a.instance.as_ref().and_then(|i| i.egress_cgid);
+    let monitor_cgid = a.instance.as_ref().and_then(|i| i.monitor_cgid);
     a.instance = None;
     a.last_exit = Some(exit);
     let stop_requested = a.stop_requested;
@@ -506,6 +536,9 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
     // Anything the agent left behind (v1 has no memory.oom.group) dies with it.
     let _ = d.cgroups.kill_all(name);
     super::egress::release(d, name, egress_cgid);
+    if let (Some(cgid), Some(e)) = (monitor_cgid, d.egress.as_mut()) {
+        e.unwatch_syscalls(cgid);
+    }
     let _ = std::fs::remove_file(d.run_dir().join(format!("{name}.json")));
     d.audit(
         name,

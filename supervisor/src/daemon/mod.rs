@@ -12,6 +12,7 @@
 mod adopt;
 pub mod egress;
 pub mod lifecycle;
+pub mod monitor;
 pub mod posture;
 
 use std::cell::RefCell;
@@ -229,6 +230,11 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     posture.favordynmods = favordynmods;
     let (egress, egress_posture) = egress::init(cgroups.layout(), &cfg.cgroup_subtree);
     posture.egress = egress_posture;
+    posture.syscall_monitor = match egress.as_ref().map(crate::bpf::Egress::monitor) {
+        Some(Ok(())) => "bpf tracepoint raw_syscalls/sys_enter, learned baseline".into(),
+        Some(Err(e)) => format!("unavailable: {e}"),
+        None => "unavailable: eBPF programs did not load".into(),
+    };
     let daemon = Daemon {
         cfg,
         cgroups,
@@ -270,6 +276,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     lifecycle::install_all(&ctx)?;
     adopt::adopt_or_clean(&ctx);
     lifecycle::start_all(&ctx);
+    monitor::spawn(&ctx);
 
     let ctl = ctx.clone();
     ctx.ex

@@ -20,6 +20,8 @@ pub struct Posture {
     pub network: &'static str,
     /// eBPF egress control for agents with a network grant, or why it is unavailable.
     pub egress: String,
+    /// Syscall monitoring, or why it is unavailable.
+    pub syscall_monitor: String,
     pub unsigned_bundles_allowed: bool,
     /// The cgroup2 `favordynmods` option (fast migrations), if there is a cgroup2 mount.
     pub favordynmods: Option<bool>,
@@ -74,6 +76,7 @@ pub fn probe(cg: &dyn Cgroups, cfg: &DeviceConfig) -> Posture {
         namespaces: "mnt,pid,ipc,uts,net,cgroup",
         network: "none (empty network namespace) unless granted",
         egress: String::new(),
+        syscall_monitor: String::new(),
         unsigned_bundles_allowed: cfg.allow_unsigned,
         favordynmods: None,
     }

@@ -290,6 +290,15 @@ pub fn allowed_syscalls(profile: Profile) -> Vec<&'static str> {
     names
 }
 
+/// The name of syscall `nr` on this architecture, if the `default` profile knows it.
+pub fn syscall_name(nr: u32) -> Option<&'static str> {
+    table::plain(Profile::Default)
+        .into_iter()
+        .chain(table::filtered_names(Profile::Default))
+        .find(|(_, n)| *n == i64::from(nr))
+        .map(|(name, _)| short_name(name))
+}
+
 fn short_name(name: &'static str) -> &'static str {
     name.strip_prefix("SYS_").unwrap_or(name)
 }

@@ -1,0 +1,197 @@
+//! Syscall monitoring: a learned baseline per agent version and an anomaly rule.
+//!
+//! The eBPF tracepoint (`raw_syscalls/sys_enter`) counts every syscall of nanoclaw's agents by
+//! (cgroup, number). During the first `syscall_baseline_s` seconds of an agent version's first
+//! run the daemon records which syscalls it makes and their highest rate per interval; the
+//! baseline is saved under `<state_dir>/baselines/<agent>.json`. Afterwards a syscall outside
+//! the baseline, or a rate above ten times (and at least 100 more than) the learned maximum,
+//! is audited as `syscall_anomaly`, once per syscall per instance. Syscalls that seccomp
+//! refuses never reach the tracepoint; they are seccomp's to report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use nanoclaw_proto::audit::AuditKind;
+use serde::{Deserialize, Serialize};
+
+use super::{CtxRef, Daemon, now_ms};
+
+/// How often counts are read.
+pub const INTERVAL: Duration = Duration::from_secs(2);
+/// Largest baseline file accepted.
+const BASELINE_MAX: u64 = 256 * 1024;
+
+/// A learned baseline: syscall number → highest count seen in one interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    pub version: String,
+    pub syscalls: BTreeMap<u32, u64>,
+}
+
+/// Per-agent monitoring state.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    pub baseline: Baseline,
+    /// Learning ends at this time (ms); 0 = the baseline is complete.
+    pub learn_until_ms: u64,
+    /// Counts at the last read (per instance).
+    pub last: BTreeMap<u32, u64>,
+    /// Syscalls already reported for this instance.
+    pub alerted: BTreeSet<u32>,
+}
+
+fn baseline_path(d: &Daemon, agent: &str) -> std::path::PathBuf {
+    d.cfg
+        .state_dir
+        .join("baselines")
+        .join(format!("{agent}.json"))
+}
+
+/// Called when an instance starts: loads the saved baseline of this version, or starts
+/// learning one.
+pub fn on_start(d: &mut Daemon, agent: &str) {
+    let path = baseline_path(d, agent);
+    let learn_ms = u64::from(d.cfg.syscall_baseline_s) * 1000;
+    let Some(a) = d.agents.get_mut(agent) else {
+        return;
+    };
+    let version = a.manifest.version.clone();
+    let saved = std::fs::metadata(&path)
+        .ok()
+        .filter(|m| m.len() <= BASELINE_MAX)
+        .and_then(|_| std::fs::read(&path).ok())
+        .and_then(|b| serde_json::from_slice::<Baseline>(&b).ok())
+        .filter(|b| b.version == version);
+    a.syscalls.last.clear();
+    a.syscalls.alerted.clear();
+    match saved {
+        Some(b) => {
+            a.syscalls.baseline = b;
+            a.syscalls.learn_until_ms = 0;
+        }
+        None if a.syscalls.baseline.version == version && a.syscalls.learn_until_ms == 0 => {}
+        None => {
+            a.syscalls.baseline = Baseline {
+                version,
+                syscalls: BTreeMap::new(),
+            };
+            a.syscalls.learn_until_ms = now_ms() + learn_ms;
+        }
+    }
+}
+
+/// Reads every monitored agent's counts once per `INTERVAL`.
+pub fn spawn(ctx: &CtxRef) {
+    let monitored = ctx
+        .d
+        .borrow()
+        .egress
+        .as_ref()
+        .is_some_and(|e| e.monitor().is_ok());
+    if !monitored {
+        return;
+    }
+    let c = ctx.clone();
+    ctx.ex
+        .spawn(async move {
+            loop {
+                smol::Timer::after(INTERVAL).await;
+                tick(&c);
+            }
+        })
+        .detach();
+}
+
+fn name_of(nr: u32) -> String {
+    crate::sandbox::seccomp::syscall_name(nr).map_or_else(|| format!("#{nr}"), str::to_owned)
+}
+
+fn tick(ctx: &CtxRef) {
+    let mut guard = ctx.d.borrow_mut();
+    let d = &mut *guard;
+    let now = now_ms();
+    let names: Vec<String> = d.agents.keys().cloned().collect();
+    for name in names {
+        let Some(cgid) = d
+            .agents
+            .get(&name)
+            .and_then(|a| a.instance.as_ref())
+            .and_then(|i| i.monitor_cgid)
+        else {
+            continue;
+        };
+        let counts = d
+            .egress
+            .as_ref()
+            .map(|e| e.syscall_counts(cgid))
+            .unwrap_or_default();
+        let Some(a) = d.agents.get_mut(&name) else {
+            continue;
+        };
+        let w = &mut a.syscalls;
+        let mut findings = Vec::new();
+        let learning = w.learn_until_ms != 0;
+        for (nr, total) in counts {
+            let delta = total.saturating_sub(w.last.get(&nr).copied().unwrap_or(0));
+            w.last.insert(nr, total);
+            if learning {
+                let m = w.baseline.syscalls.entry(nr).or_insert(0);
+                *m = (*m).max(delta);
+                continue;
+            }
+            if delta == 0 || w.alerted.contains(&nr) {
+                continue;
+            }
+            match w.baseline.syscalls.get(&nr) {
+                None => {
+                    w.alerted.insert(nr);
+                    findings.push(format!(
+                        "syscall {} ({nr}) outside the learned baseline of version {} ({delta} calls in {} s)",
+                        name_of(nr),
+                        w.baseline.version,
+                        INTERVAL.as_secs()
+                    ));
+                }
+                Some(&max) if delta > max.saturating_mul(10).max(max + 100) => {
+                    w.alerted.insert(nr);
+                    findings.push(format!(
+                        "rate of syscall {} ({nr}) jumped: {delta} calls in {} s, at most {max} while learning",
+                        name_of(nr),
+                        INTERVAL.as_secs()
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let finished = learning && now >= w.learn_until_ms;
+        if finished {
+            w.learn_until_ms = 0;
+        }
+        let baseline = w.baseline.clone();
+        for f in findings {
+            d.audit(&name, AuditKind::SyscallAnomaly, &f, true);
+        }
+        if finished {
+            let path = baseline_path(d, &name);
+            let saved = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| {
+                    serde_json::to_vec(&baseline)
+                        .map_err(std::io::Error::other)
+                        .and_then(|b| std::fs::write(path.with_extension("tmp"), b))
+                })
+                .and_then(|()| std::fs::rename(path.with_extension("tmp"), &path));
+            let text = match saved {
+                Ok(()) => format!(
+                    "learned the syscall baseline of version {}: {} syscalls",
+                    baseline.version,
+                    baseline.syscalls.len()
+                ),
+                Err(e) => format!("learned a syscall baseline but could not save it: {e}"),
+            };
+            d.audit(&name, AuditKind::Posture, &text, false);
+        }
+    }
+}
