@@ -251,13 +251,14 @@ fn human(req: &Request, v: &Value) -> String {
                 s(v, "policy_version")
             );
             out += &format!(
-                "cgroups     {}\nseccomp     {}\nlandlock    {}\nnamespaces  {}\nnetwork     {}\negress      {}\n",
+                "cgroups     {}\nseccomp     {}\nlandlock    {}\nnamespaces  {}\nnetwork     {}\negress      {}\nsyscalls    {}\n",
                 s(p, "cgroup"),
                 s(p, "seccomp"),
                 s(p, "landlock"),
                 s(p, "namespaces"),
                 s(p, "network"),
-                s(p, "egress")
+                s(p, "egress"),
+                s(p, "syscall_monitor")
             );
             if let Some(m) = p["missing_controllers"]
                 .as_array()

@@ -116,6 +116,7 @@ nanoclaw logs escape | grep -q "SUCCEEDED" && fail "an escape attempt succeeded"
 echo "--- nanoclaw logs netcheck (eBPF egress on this kernel)"
 nanoclaw logs netcheck
 nanoclaw status --json | grep -q '"egress": "bpf allowlist' || fail "egress control unavailable on this kernel"
+nanoclaw status --json | grep -q '"syscall_monitor": "bpf tracepoint' || fail "syscall monitoring unavailable on this kernel"
 nanoclaw logs netcheck | grep "connect 127.0.0.1:1:" | grep -q "Operation not permitted" &&
 	fail "the granted endpoint was refused"
 nanoclaw logs netcheck | grep "connect 127.0.0.1:2:" | grep -q "Operation not permitted" ||

@@ -30,8 +30,16 @@ pub struct Posture {
 impl Posture {
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "cgroup {}, seccomp {}, landlock {}, namespaces {}, network {}, egress {}",
-            self.cgroup, self.seccomp, self.landlock, self.namespaces, self.network, self.egress
+            "cgroup {}, seccomp {}, landlock {}, egress {}, syscall monitor {}",
+            self.cgroup,
+            if self.seccomp.starts_with("UNAVAILABLE") {
+                &self.seccomp
+            } else {
+                "ok"
+            },
+            self.landlock,
+            short(&self.egress),
+            short(&self.syscall_monitor)
         );
         if self.favordynmods == Some(true) {
             s += ", cgroup2 favordynmods on";
@@ -47,6 +55,11 @@ impl Posture {
         }
         s
     }
+}
+
+/// "bpf" when a mechanism works, else its full reason (audit reasons are capped).
+fn short(s: &str) -> &str {
+    if s.starts_with("bpf") { "bpf" } else { s }
 }
 
 pub fn probe(cg: &dyn Cgroups, cfg: &DeviceConfig) -> Posture {
