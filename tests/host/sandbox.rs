@@ -272,3 +272,23 @@ fn granted_device_is_bound_into_dev() {
     );
     assert_ne!(without["checks"]["/dev/tty"], "ok", "{without}");
 }
+
+/// A program copied into the scratch cannot be executed (noexec tmpfs, Landlock without
+/// execute rights on writable places).
+#[test]
+fn programs_smuggled_into_scratch_do_not_run() {
+    let mut dev = Device::new();
+    dev.add_agent(
+        "smuggler",
+        manifest("smuggler", "task", &["exec-scratch"], "16MiB"),
+        Some(grant("16MiB")),
+    );
+    dev.start();
+    dev.wait_state("smuggler", "exited");
+    let logs = dev.logs("smuggler");
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("exec-scratch: denied") && l.contains("Permission denied")),
+        "{logs:?}"
+    );
+}

@@ -42,6 +42,7 @@ fn run(args: &[String]) -> ExitCode {
         Some("syscall-socket") => syscall_socket(),
         Some("scratch") => scratch(),
         Some("connect") => connect(&args[1..]),
+        Some("exec-scratch") => exec_scratch(),
         Some("wait-file") if args.len() >= 3 => {
             while std::fs::symlink_metadata(&args[1]).is_err() {
                 std::thread::sleep(Duration::from_millis(50));
@@ -386,5 +387,27 @@ fn connect(dests: &[String]) -> ExitCode {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+    ExitCode::SUCCESS
+}
+
+/// Copies this program into the scratch (/tmp), marks it executable and tries to run it:
+/// prints `exec-scratch: ran` or `exec-scratch: denied (error)`.
+fn exec_scratch() -> ExitCode {
+    use std::os::unix::fs::PermissionsExt;
+    let r = std::fs::copy("/bin/demo-agent", "/tmp/smuggled")
+        .and_then(|_| {
+            std::fs::set_permissions("/tmp/smuggled", std::fs::Permissions::from_mode(0o755))
+        })
+        .and_then(|()| {
+            std::process::Command::new("/tmp/smuggled")
+                .arg("exit")
+                .arg("0")
+                .status()
+        });
+    match r {
+        Ok(s) => println!("exec-scratch: ran ({s})"),
+        Err(e) => println!("exec-scratch: denied ({e})"),
+    }
+    let _ = std::io::stdout().flush();
     ExitCode::SUCCESS
 }

@@ -140,7 +140,8 @@ pub fn restrict_self(rules: &FsRules) -> Result<LandlockStatus, LandlockError> {
         .map_err(LandlockError::CreateRuleset)?;
     for (path, write, is_dir) in paths {
         let mut access: BitFlags<AccessFs> = if write {
-            AccessFs::from_all(abi)
+            // Writable places are never executable (the scratch is also mounted noexec).
+            AccessFs::from_all(abi) & !AccessFs::Execute
         } else {
             AccessFs::from_read(abi)
         };

@@ -126,13 +126,14 @@ pub fn build_root(
         Some("size=64k,nr_inodes=64,mode=0755"),
     )?;
 
-    // tmpfs needs at least one page; round tiny requests up so the mount succeeds.
+    // tmpfs needs at least one page; round tiny requests up so the mount succeeds. noexec:
+    // nothing an agent writes may be executed (only its bundle's files are programs).
     let scratch = scratch_bytes.max(sys::page_size() as u64);
     mount(
         Some("tmpfs"),
         &format!("{root}/tmp"),
         Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV,
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         Some(&format!(
             "size={scratch},nr_inodes=4096,mode=0700,uid={uid},gid={gid}"
         )),
