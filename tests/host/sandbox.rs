@@ -292,3 +292,30 @@ fn programs_smuggled_into_scratch_do_not_run() {
         "{logs:?}"
     );
 }
+
+/// Hostile acts the fallback chain refuses on every kernel: raw sockets (no CAP_NET_RAW),
+/// mounting (seccomp), ptrace of a sibling (seccomp), host files through /proc/1/root.
+#[test]
+fn hostile_acts_are_refused() {
+    let mut dev = Device::new();
+    dev.add_agent(
+        "hostile",
+        manifest("hostile", "task", &["hostile"], "16MiB"),
+        Some(grant("16MiB")),
+    );
+    dev.start();
+    dev.wait_state("hostile", "exited");
+    let logs = dev.logs("hostile");
+    for act in [
+        "raw-socket",
+        "mount-tmpfs",
+        "ptrace-sibling",
+        "proc-root-host-file",
+    ] {
+        let line = logs
+            .iter()
+            .find(|l| l.starts_with(&format!("hostile {act}: ")))
+            .unwrap_or_else(|| panic!("no result for {act}: {logs:?}"));
+        assert!(line.contains(": denied ("), "{line}");
+    }
+}

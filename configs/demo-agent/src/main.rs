@@ -43,6 +43,7 @@ fn run(args: &[String]) -> ExitCode {
         Some("scratch") => scratch(),
         Some("connect") => connect(&args[1..]),
         Some("exec-scratch") => exec_scratch(),
+        Some("hostile") => hostile(),
         Some("wait-file") if args.len() >= 3 => {
             while std::fs::symlink_metadata(&args[1]).is_err() {
                 std::thread::sleep(Duration::from_millis(50));
@@ -340,6 +341,36 @@ mod sys {
             Err(std::io::Error::last_os_error())
         }
     }
+
+    fn check(r: libc::c_long) -> std::io::Result<()> {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// socket(AF_INET, SOCK_RAW, IPPROTO_ICMP), closed again on success.
+    pub fn raw_socket() -> std::io::Result<()> {
+        // SAFETY: integer arguments only; a returned fd is closed right away.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        if fd >= 0 {
+            // SAFETY: `fd` was just returned to us and is not used afterwards.
+            unsafe { libc::close(fd) };
+        }
+        check(fd.into())
+    }
+
+    /// ptrace(PTRACE_ATTACH, pid): on success, detaches again.
+    pub fn ptrace_attach(pid: i32) -> std::io::Result<()> {
+        // SAFETY: PTRACE_ATTACH/DETACH take a pid and ignore the pointer arguments.
+        let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0usize, 0usize) };
+        if r == 0 {
+            // SAFETY: as above.
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize) };
+        }
+        check(r)
+    }
 }
 
 /// Tries each destination (`ip:port` → TCP connect, `udp:ip:port` → UDP sendto) and prints
@@ -408,6 +439,34 @@ fn exec_scratch() -> ExitCode {
         Ok(s) => println!("exec-scratch: ran ({s})"),
         Err(e) => println!("exec-scratch: denied ({e})"),
     }
+    let _ = std::io::stdout().flush();
+    ExitCode::SUCCESS
+}
+
+/// The hostile acts the fallback chain (seccomp, capabilities, mounts) must refuse; prints
+/// `hostile ACT: denied (error)` or `hostile ACT: SUCCEEDED` for each.
+fn hostile() -> ExitCode {
+    let report = |act: &str, r: std::io::Result<()>| match r {
+        Ok(()) => println!("hostile {act}: SUCCEEDED"),
+        Err(e) => println!("hostile {act}: denied ({e})"),
+    };
+    report("raw-socket", sys::raw_socket());
+    report("mount-tmpfs", sys::mount_tmpfs("/tmp"));
+    match std::process::Command::new("/bin/demo-agent")
+        .arg("sleep")
+        .spawn()
+    {
+        Ok(mut sibling) => {
+            report("ptrace-sibling", sys::ptrace_attach(sibling.id() as i32));
+            let _ = sibling.kill();
+            let _ = sibling.wait();
+        }
+        Err(e) => println!("hostile ptrace-sibling: no sibling ({e})"),
+    }
+    report(
+        "proc-root-host-file",
+        std::fs::read("/proc/1/root/../../etc/hostname").map(drop),
+    );
     let _ = std::io::stdout().flush();
     ExitCode::SUCCESS
 }
