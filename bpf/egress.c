@@ -214,14 +214,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nc_syscalls SEC(".maps");
 
-/* Runs for every syscall on the machine: one hash lookup decides it is not ours. */
-SEC("tracepoint/raw_syscalls/sys_enter")
-int nc_sys_enter(struct nc_sys_enter *ctx)
+/* Runs for every syscall on the machine: one hash lookup decides it is not ours. A raw
+ * tracepoint: no perf record is built, the syscall number is args[1]. */
+SEC("raw_tracepoint/sys_enter")
+int nc_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 cg = bpf_get_current_cgroup_id();
 	if (!bpf_map_lookup_elem(&nc_monitored, &cg))
 		return 0;
-	struct nc_sys_key k = { .cgid = cg, .nr = (__u32)ctx->id };
+	struct nc_sys_key k = { .cgid = cg, .nr = (__u32)ctx->args[1] };
 	__u64 *v = bpf_map_lookup_elem(&nc_syscalls, &k);
 	if (v) {
 		__sync_fetch_and_add(v, 1);

@@ -44,6 +44,10 @@ fn run(args: &[String]) -> ExitCode {
         Some("connect") => connect(&args[1..]),
         Some("exec-scratch") => exec_scratch(),
         Some("hostile") => hostile(),
+        Some("syscall-loop") => syscall_loop(
+            arg(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000),
+            arg(2).and_then(|s| s.parse().ok()).unwrap_or(5),
+        ),
         Some("wait-file") if args.len() >= 3 => {
             while std::fs::symlink_metadata(&args[1]).is_err() {
                 std::thread::sleep(Duration::from_millis(50));
@@ -468,5 +472,23 @@ fn hostile() -> ExitCode {
         std::fs::read("/proc/1/root/../../etc/hostname").map(drop),
     );
     let _ = std::io::stdout().flush();
+    ExitCode::SUCCESS
+}
+
+/// A syscall-heavy loop (getppid) for the monitoring benchmark: prints
+/// `syscall-loop: N calls in T ns` per round.
+fn syscall_loop(calls: u64, rounds: u32) -> ExitCode {
+    for _ in 0..rounds {
+        let t0 = std::time::Instant::now();
+        let mut acc = 0u64;
+        for _ in 0..calls {
+            acc = acc.wrapping_add(u64::from(std::os::unix::process::parent_id()));
+        }
+        println!(
+            "syscall-loop: {calls} calls in {} ns ({acc})",
+            t0.elapsed().as_nanos()
+        );
+        let _ = std::io::stdout().flush();
+    }
     ExitCode::SUCCESS
 }

@@ -10,7 +10,9 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, RingBuf};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint,
+};
 
 use super::BpfError;
 use crate::config::manifest::{Endpoint, Proto};
@@ -147,7 +149,7 @@ fn proto_number(p: Proto) -> u8 {
 
 impl Egress {
     /// Loads and verifies the programs, with maps pinned under `/sys/fs/bpf/<subtree>`.
-    pub fn load(subtree: &str) -> Result<Egress, BpfError> {
+    pub fn load(subtree: &str, syscall_monitor: bool) -> Result<Egress, BpfError> {
         super::ensure_bpffs()?;
         let pin_dir = Path::new("/sys/fs/bpf").join(subtree.replace('/', "_"));
         std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| BpfError::PinDir {
@@ -183,7 +185,11 @@ impl Egress {
                 .map_err(prog_err(p))?;
             prog.load().map_err(prog_err(p))?;
         }
-        let monitor = attach_monitor(&mut bpf).map_err(|e| e.to_string());
+        let monitor = if syscall_monitor {
+            attach_monitor(&mut bpf).map_err(|e| e.to_string())
+        } else {
+            Err("off (device.json syscall_monitor: false)".into())
+        };
         Ok(Egress {
             bpf,
             pin_dir,
@@ -489,11 +495,11 @@ impl Egress {
     }
 }
 
-/// Attaches the syscall-counting tracepoint (needs tracefs, mounted here if missing).
+/// Attaches the syscall-counting raw tracepoint `sys_enter` (tracefs is mounted if missing).
 fn attach_monitor(bpf: &mut Ebpf) -> Result<(), BpfError> {
     super::ensure_tracefs()?;
     let p = "nc_sys_enter";
-    let prog: &mut TracePoint = bpf
+    let prog: &mut RawTracePoint = bpf
         .program_mut(p)
         .ok_or(BpfError::MissingProgram {
             object: NAME,
@@ -502,8 +508,7 @@ fn attach_monitor(bpf: &mut Ebpf) -> Result<(), BpfError> {
         .try_into()
         .map_err(prog_err(p))?;
     prog.load().map_err(prog_err(p))?;
-    prog.attach("raw_syscalls", "sys_enter")
-        .map_err(prog_err(p))?;
+    prog.attach("sys_enter").map_err(prog_err(p))?;
     Ok(())
 }
 

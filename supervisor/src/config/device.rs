@@ -58,6 +58,10 @@ pub struct DeviceConfig {
     /// SIGTERM-to-SIGKILL grace when a manifest does not set its own.
     #[serde(default = "default_stop_grace")]
     pub stop_grace_s: u32,
+    /// Count agents' syscalls with an eBPF `sys_enter` raw tracepoint. While it is attached the
+    /// kernel takes its slower syscall path for every task on the device (docs/BENCHMARKS.md).
+    #[serde(default = "default_true")]
+    pub syscall_monitor: bool,
     /// How long the first run of an agent version is watched to learn its syscall baseline.
     #[serde(default = "default_syscall_baseline")]
     pub syscall_baseline_s: u32,
@@ -89,6 +93,10 @@ fn default_audit_segments() -> u32 {
 }
 fn default_stop_grace() -> u32 {
     5
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_syscall_baseline() -> u32 {

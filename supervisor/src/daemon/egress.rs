@@ -24,7 +24,7 @@ fn cgroup2_root(layout: &Layout) -> Option<&Path> {
 
 /// Loads the egress programs and proves they attach, on a scratch cgroup of our subtree.
 /// Returns them (or `None`) and the posture line.
-pub fn init(layout: &Layout, subtree: &str) -> (Option<Egress>, String) {
+pub fn init(layout: &Layout, subtree: &str, syscall_monitor: bool) -> (Option<Egress>, String) {
     let Some(root) = cgroup2_root(layout) else {
         return (
             None,
@@ -32,7 +32,7 @@ pub fn init(layout: &Layout, subtree: &str) -> (Option<Egress>, String) {
         );
     };
     let probe_dir: PathBuf = root.join(subtree).join("egress-probe");
-    let result = Egress::load(subtree).and_then(|mut e| {
+    let result = Egress::load(subtree, syscall_monitor).and_then(|mut e| {
         std::fs::create_dir_all(&probe_dir).map_err(|source| crate::bpf::BpfError::Cgroup {
             path: probe_dir.clone(),
             source,

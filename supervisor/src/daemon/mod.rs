@@ -228,7 +228,8 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     )?;
     let mut posture = posture::probe(cgroups.as_ref(), &cfg);
     posture.favordynmods = favordynmods;
-    let (egress, egress_posture) = egress::init(cgroups.layout(), &cfg.cgroup_subtree);
+    let (egress, egress_posture) =
+        egress::init(cgroups.layout(), &cfg.cgroup_subtree, cfg.syscall_monitor);
     posture.egress = egress_posture;
     posture.syscall_monitor = match egress.as_ref().map(crate::bpf::Egress::monitor) {
         Some(Ok(())) => "bpf tracepoint raw_syscalls/sys_enter, learned baseline".into(),
