@@ -239,3 +239,59 @@ fn required_mechanisms_are_enforced_at_start() {
         "an agent whose requirement is unmet was started"
     );
 }
+
+/// An agent that floods denied connections does not flood the audit log: at most 10 records
+/// per second plus a summary of the rest, and nothing is lost from the count.
+#[test]
+fn a_denial_flood_is_rate_limited_in_the_audit() {
+    let ok = "127.0.0.1:1";
+    let bad = "127.0.0.1:2";
+    let mut args = vec!["connect"];
+    args.extend(std::iter::repeat_n(bad, 300));
+    let mut dev = Device::new();
+    let mut m = manifest("flooder", "task", &args, "16MiB");
+    m["requests"]["network"] = json!([format!("{ok}/tcp")]);
+    let mut g = grant("16MiB");
+    g["network"] = json!([format!("{ok}/tcp")]);
+    dev.add_agent("flooder", m, Some(g));
+    dev.start();
+    dev.wait_state("flooder", "exited");
+    let denied_in_logs = dev
+        .logs("flooder")
+        .iter()
+        .filter(|l| l.contains("Operation not permitted"))
+        .count();
+    assert_eq!(denied_in_logs, 300);
+    // Wait for the summaries of the last window.
+    let recs = dev.wait(Duration::from_secs(10), "300 denials accounted for", || {
+        let recs: Vec<_> = dev
+            .audit_of("denied_connect")
+            .into_iter()
+            .filter(|r| r["agent"] == "flooder")
+            .collect();
+        let individual = recs
+            .iter()
+            .filter(|r| {
+                !r["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("more denied")
+            })
+            .count() as u64;
+        let summarized: u64 = recs
+            .iter()
+            .filter_map(|r| {
+                let s = r["reason"].as_str()?;
+                s.contains("more denied")
+                    .then(|| s.split_whitespace().next()?.parse::<u64>().ok())
+                    .flatten()
+            })
+            .sum();
+        (individual + summarized == 300).then_some(recs)
+    });
+    assert!(
+        recs.len() < 60,
+        "the audit was flooded: {} records",
+        recs.len()
+    );
+}
