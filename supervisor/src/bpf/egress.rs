@@ -112,6 +112,50 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
     }
 }
 
+/// Map `name` of `bpf` as the typed view `T` (e.g. `HashMap<&mut MapData, u64, u32>`).
+fn map_of<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<T, BpfError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    bpf.map_mut(name)
+        .ok_or(BpfError::MissingMap {
+            object: NAME,
+            map: name,
+        })?
+        .try_into()
+        .map_err(map_err(name))
+}
+
+/// Program `name` of `bpf` as the typed program `T`.
+fn program_of<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    bpf.program_mut(name)
+        .ok_or(BpfError::MissingProgram {
+            object: NAME,
+            program: name,
+        })?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
+/// Pins an attached program's link at `path`, so the attachment outlives this process.
+fn pin_link<L>(link: L, path: PathBuf) -> Result<(), BpfError>
+where
+    L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+{
+    let fd_link: FdLink = link.try_into().map_err(|e| BpfError::Pin {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    fd_link.pin(&path).map_err(|e| BpfError::Pin {
+        path,
+        reason: e.to_string(),
+    })?;
+    Ok(())
+}
+
 /// The cgroup id the kernel reports for tasks in `dir` (its cgroup2 inode number).
 pub fn cgroup_id(dir: &Path) -> Result<u64, BpfError> {
     std::fs::metadata(dir)
@@ -164,26 +208,14 @@ impl Egress {
                 source: Box::new(e),
             })?;
         for p in PROGRAMS {
-            let prog: &mut CgroupSockAddr = bpf
-                .program_mut(p)
-                .ok_or(BpfError::MissingProgram {
-                    object: NAME,
-                    program: p,
-                })?
-                .try_into()
+            program_of::<CgroupSockAddr>(&mut bpf, p)?
+                .load()
                 .map_err(prog_err(p))?;
-            prog.load().map_err(prog_err(p))?;
         }
         for (p, _) in SKB_PROGRAMS {
-            let prog: &mut CgroupSkb = bpf
-                .program_mut(p)
-                .ok_or(BpfError::MissingProgram {
-                    object: NAME,
-                    program: p,
-                })?
-                .try_into()
+            program_of::<CgroupSkb>(&mut bpf, p)?
+                .load()
                 .map_err(prog_err(p))?;
-            prog.load().map_err(prog_err(p))?;
         }
         let monitor = if syscall_monitor {
             attach_monitor(&mut bpf).map_err(|e| e.to_string())
@@ -225,65 +257,22 @@ impl Egress {
             source: e,
         })?;
         for p in PROGRAMS {
-            let prog: &mut CgroupSockAddr = self
-                .bpf
-                .program_mut(p)
-                .ok_or(BpfError::MissingProgram {
-                    object: NAME,
-                    program: p,
-                })?
-                .try_into()
-                .map_err(prog_err(p))?;
+            let prog = program_of::<CgroupSockAddr>(&mut self.bpf, p)?;
             let id = prog
                 .attach(cg.as_fd(), CgroupAttachMode::Single)
                 .map_err(prog_err(p))?;
-            let link = prog.take_link(id).map_err(prog_err(p))?;
-            let fd_link: FdLink =
-                link.try_into()
-                    .map_err(|e: aya::programs::links::LinkError| BpfError::Pin {
-                        path: links.join(p),
-                        reason: e.to_string(),
-                    })?;
-            fd_link.pin(links.join(p)).map_err(|e| BpfError::Pin {
-                path: links.join(p),
-                reason: e.to_string(),
-            })?;
+            pin_link(prog.take_link(id).map_err(prog_err(p))?, links.join(p))?;
         }
         for (p, at) in SKB_PROGRAMS {
-            let prog: &mut CgroupSkb = self
-                .bpf
-                .program_mut(p)
-                .ok_or(BpfError::MissingProgram {
-                    object: NAME,
-                    program: p,
-                })?
-                .try_into()
-                .map_err(prog_err(p))?;
+            let prog = program_of::<CgroupSkb>(&mut self.bpf, p)?;
             let id = prog
                 .attach(cg.as_fd(), at, CgroupAttachMode::Single)
                 .map_err(prog_err(p))?;
-            let link = prog.take_link(id).map_err(prog_err(p))?;
-            let fd_link: FdLink =
-                link.try_into()
-                    .map_err(|e: aya::programs::links::LinkError| BpfError::Pin {
-                        path: links.join(p),
-                        reason: e.to_string(),
-                    })?;
-            fd_link.pin(links.join(p)).map_err(|e| BpfError::Pin {
-                path: links.join(p),
-                reason: e.to_string(),
-            })?;
+            pin_link(prog.take_link(id).map_err(prog_err(p))?, links.join(p))?;
         }
         // A fresh counter for this cgroup (a new instance has a new cgroup id).
-        let mut traffic: HashMap<&mut MapData, u64, [u64; 4]> = self
-            .bpf
-            .map_mut("nc_traffic")
-            .ok_or(BpfError::MissingMap {
-                object: NAME,
-                map: "nc_traffic",
-            })?
-            .try_into()
-            .map_err(map_err("nc_traffic"))?;
+        let mut traffic: HashMap<&mut MapData, u64, [u64; 4]> =
+            map_of(&mut self.bpf, "nc_traffic")?;
         traffic
             .insert(&cgid, &[0u64; 4], 0)
             .map_err(map_err("nc_traffic"))?;
@@ -294,84 +283,41 @@ impl Egress {
     /// rule takes effect on the agent's next connect/sendmsg.
     pub fn set_rules(&mut self, cgid: u64, endpoints: &[Endpoint]) -> Result<(), BpfError> {
         self.clear_rules(cgid)?;
-        {
-            let mut t4: LpmTrie<&mut MapData, Key4, u32> = self
-                .bpf
-                .map_mut("nc_allow4")
-                .ok_or(BpfError::MissingMap {
-                    object: NAME,
-                    map: "nc_allow4",
-                })?
-                .try_into()
-                .map_err(map_err("nc_allow4"))?;
-            for e in endpoints {
-                if let IpAddr::V4(a) = e.addr.ip() {
-                    let k = key4(cgid, e.addr.port(), proto_number(e.proto), a.octets());
-                    t4.insert(&k, &1, 0).map_err(map_err("nc_allow4"))?;
-                }
+        let mut t4: LpmTrie<&mut MapData, Key4, u32> = map_of(&mut self.bpf, "nc_allow4")?;
+        for e in endpoints {
+            if let IpAddr::V4(a) = e.addr.ip() {
+                let k = key4(cgid, e.addr.port(), proto_number(e.proto), a.octets());
+                t4.insert(&k, &1, 0).map_err(map_err("nc_allow4"))?;
             }
         }
-        {
-            let mut t6: LpmTrie<&mut MapData, Key6, u32> = self
-                .bpf
-                .map_mut("nc_allow6")
-                .ok_or(BpfError::MissingMap {
-                    object: NAME,
-                    map: "nc_allow6",
-                })?
-                .try_into()
-                .map_err(map_err("nc_allow6"))?;
-            for e in endpoints {
-                if let IpAddr::V6(a) = e.addr.ip() {
-                    let k = key6(cgid, e.addr.port(), proto_number(e.proto), a.octets());
-                    t6.insert(&k, &1, 0).map_err(map_err("nc_allow6"))?;
-                }
+        let mut t6: LpmTrie<&mut MapData, Key6, u32> = map_of(&mut self.bpf, "nc_allow6")?;
+        for e in endpoints {
+            if let IpAddr::V6(a) = e.addr.ip() {
+                let k = key6(cgid, e.addr.port(), proto_number(e.proto), a.octets());
+                t6.insert(&k, &1, 0).map_err(map_err("nc_allow6"))?;
             }
         }
-        let mut agents: HashMap<&mut MapData, u64, u32> = self
-            .bpf
-            .map_mut("nc_agents")
-            .ok_or(BpfError::MissingMap {
-                object: NAME,
-                map: "nc_agents",
-            })?
-            .try_into()
-            .map_err(map_err("nc_agents"))?;
+        let mut agents: HashMap<&mut MapData, u64, u32> = map_of(&mut self.bpf, "nc_agents")?;
         agents.insert(&cgid, &0, 0).map_err(map_err("nc_agents"))
     }
 
     /// Removes every allow rule of `cgid` (the cgroup stays managed: deny all).
     pub fn clear_rules(&mut self, cgid: u64) -> Result<(), BpfError> {
-        let mut t4: LpmTrie<&mut MapData, Key4, u32> = self
-            .bpf
-            .map_mut("nc_allow4")
-            .ok_or(BpfError::MissingMap {
-                object: NAME,
-                map: "nc_allow4",
-            })?
-            .try_into()
-            .map_err(map_err("nc_allow4"))?;
+        let mine = cgid.to_ne_bytes();
+        let mut t4: LpmTrie<&mut MapData, Key4, u32> = map_of(&mut self.bpf, "nc_allow4")?;
         let stale: Vec<Key<Key4>> = t4
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.data()[0..8] == cgid.to_ne_bytes())
+            .filter(|k| k.data()[0..8] == mine)
             .collect();
         for k in stale {
             let _ = t4.remove(&k);
         }
-        let mut t6: LpmTrie<&mut MapData, Key6, u32> = self
-            .bpf
-            .map_mut("nc_allow6")
-            .ok_or(BpfError::MissingMap {
-                object: NAME,
-                map: "nc_allow6",
-            })?
-            .try_into()
-            .map_err(map_err("nc_allow6"))?;
+        let mut t6: LpmTrie<&mut MapData, Key6, u32> = map_of(&mut self.bpf, "nc_allow6")?;
         let stale: Vec<Key<Key6>> = t6
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.data()[0..8] == cgid.to_ne_bytes())
+            .filter(|k| k.data()[0..8] == mine)
             .collect();
         for k in stale {
             let _ = t6.remove(&k);
@@ -384,15 +330,14 @@ impl Egress {
         let _ = std::fs::remove_dir_all(self.links_dir(agent));
         if let Some(cgid) = cgid {
             let _ = self.clear_rules(cgid);
-            if let Some(m) = self.bpf.map_mut("nc_agents")
-                && let Ok(mut agents) = HashMap::<&mut MapData, u64, u32>::try_from(m)
+            if let Ok(mut m) = map_of::<HashMap<&mut MapData, u64, u32>>(&mut self.bpf, "nc_agents")
             {
-                let _ = agents.remove(&cgid);
+                let _ = m.remove(&cgid);
             }
-            if let Some(m) = self.bpf.map_mut("nc_traffic")
-                && let Ok(mut t) = HashMap::<&mut MapData, u64, [u64; 4]>::try_from(m)
+            if let Ok(mut m) =
+                map_of::<HashMap<&mut MapData, u64, [u64; 4]>>(&mut self.bpf, "nc_traffic")
             {
-                let _ = t.remove(&cgid);
+                let _ = m.remove(&cgid);
             }
         }
     }
@@ -404,27 +349,18 @@ impl Egress {
 
     /// Starts counting the syscalls of cgroup `cgid`.
     pub fn watch_syscalls(&mut self, cgid: u64) -> Result<(), BpfError> {
-        let mut m: HashMap<&mut MapData, u64, u32> = self
-            .bpf
-            .map_mut("nc_monitored")
-            .ok_or(BpfError::MissingMap {
-                object: NAME,
-                map: "nc_monitored",
-            })?
-            .try_into()
-            .map_err(map_err("nc_monitored"))?;
+        let mut m: HashMap<&mut MapData, u64, u32> = map_of(&mut self.bpf, "nc_monitored")?;
         m.insert(&cgid, &0, 0).map_err(map_err("nc_monitored"))
     }
 
     /// Stops counting `cgid` and drops its counts.
     pub fn unwatch_syscalls(&mut self, cgid: u64) {
-        if let Some(m) = self.bpf.map_mut("nc_monitored")
-            && let Ok(mut m) = HashMap::<&mut MapData, u64, u32>::try_from(m)
+        if let Ok(mut m) = map_of::<HashMap<&mut MapData, u64, u32>>(&mut self.bpf, "nc_monitored")
         {
             let _ = m.remove(&cgid);
         }
-        if let Some(m) = self.bpf.map_mut("nc_syscalls")
-            && let Ok(mut m) = HashMap::<&mut MapData, SysKey, u64>::try_from(m)
+        if let Ok(mut m) =
+            map_of::<HashMap<&mut MapData, SysKey, u64>>(&mut self.bpf, "nc_syscalls")
         {
             let stale: Vec<SysKey> = m
                 .keys()
@@ -499,14 +435,7 @@ impl Egress {
 fn attach_monitor(bpf: &mut Ebpf) -> Result<(), BpfError> {
     super::ensure_tracefs()?;
     let p = "nc_sys_enter";
-    let prog: &mut RawTracePoint = bpf
-        .program_mut(p)
-        .ok_or(BpfError::MissingProgram {
-            object: NAME,
-            program: p,
-        })?
-        .try_into()
-        .map_err(prog_err(p))?;
+    let prog = program_of::<RawTracePoint>(bpf, p)?;
     prog.load().map_err(prog_err(p))?;
     prog.attach("sys_enter").map_err(prog_err(p))?;
     Ok(())

@@ -121,14 +121,7 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
         adopted: true,
         egress_cgid,
         network: match egress_cgid {
-            Some(_) => format!(
-                "egress allowlist (bpf): {}",
-                eff.network
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Some(_) => super::egress::allowlist_posture(&eff),
             None => "none (empty network namespace)".into(),
         },
         monitor_cgid: None,

@@ -93,15 +93,18 @@ pub fn prepare(d: &mut Daemon, name: &str, eff: &Effective) -> Result<Plan, Stri
     Ok(Plan {
         host_network: true,
         cgid: Some(cgid),
-        posture: format!(
-            "egress allowlist (bpf): {}",
-            eff.network
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        posture: allowlist_posture(eff),
     })
+}
+
+/// How an agent with egress control is held, for `status` and the start record.
+pub fn allowlist_posture(eff: &Effective) -> String {
+    let entries: Vec<String> = eff.network.iter().map(ToString::to_string).collect();
+    format!("egress allowlist (bpf): {}", entries.join(", "))
+}
+
+fn summary(n: u32) -> String {
+    format!("{n} more denied connections in the last second (rate-limited)")
 }
 
 /// After an agent's instance is gone: detach its programs and forget its rules.
@@ -267,12 +270,7 @@ fn record(
     if now.saturating_sub(w.0) >= 1000 {
         if w.2 > 0 {
             let n = w.2;
-            d.audit(
-                &agent,
-                AuditKind::DeniedConnect,
-                &format!("{n} more denied connections in the last second (rate-limited)"),
-                true,
-            );
+            d.audit(&agent, AuditKind::DeniedConnect, &summary(n), true);
         }
         *w = (now, 0, 0);
     }
@@ -302,12 +300,7 @@ fn flush_summaries(ctx: &CtxRef, window: &mut std::collections::HashMap<u64, (u6
         if w.2 > 0 {
             let agent = agent_of(&d, *cgid).unwrap_or_default();
             let n = w.2;
-            d.audit(
-                &agent,
-                AuditKind::DeniedConnect,
-                &format!("{n} more denied connections in the last second (rate-limited)"),
-                true,
-            );
+            d.audit(&agent, AuditKind::DeniedConnect, &summary(n), true);
         }
         false
     });
