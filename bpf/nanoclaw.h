@@ -9,7 +9,7 @@
 /* Upper bounds; maps are created with BPF_F_NO_PREALLOC where the kernel allows it, so memory
  * follows the number of agents and rules actually present, not these numbers. */
 #define NC_MAX_AGENTS 256
-#define NC_MAX_RULES 4096
+#define NC_MAX_RULES 65536
 
 /* Prefix bits before the address in the LPM keys: cgroup id (64) + port (16) + proto (8) +
  * pad (8). A rule for a.b.c.d/24 has prefixlen NC_KEY_FIXED_BITS + 24. */

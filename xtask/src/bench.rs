@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{self, Binaries, Result};
 
-const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|size|oom|monitor]... [--out FILE]
+const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|size|oom|monitor|egress]... [--out FILE]
   --runs N        sandbox starts per tool (default 200)
   --oom-cycles N  OOM incidents to time (default 25)
   --only NAME     run only these sections; the report then goes to stdout unless --out is given
@@ -72,7 +72,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--out" => o.out = Some(PathBuf::from(val()?)),
             "--only" => {
                 for s in val()?.split(',') {
-                    if !["start", "memory", "size", "oom", "monitor"].contains(&s) {
+                    if !["start", "memory", "size", "oom", "monitor", "egress"].contains(&s) {
                         return Err(format!("unknown section {s:?}\n{USAGE}"));
                     }
                     o.only.push(s.to_owned());
@@ -196,6 +196,9 @@ pub fn run(root: &Path, args: &[String], build: &dyn Fn(&str) -> Result<Binaries
     }
     if want("monitor") {
         section("monitor", &bench_monitor);
+    }
+    if want("egress") {
+        section("egress", &bench_egress);
     }
     if !had_run_subtree {
         // `nanoclaw run` creates `nanoclaw-run/agents`; remove it if we were the first.
@@ -1180,6 +1183,8 @@ struct Daemon {
 struct Bundle<'a> {
     name: String,
     exec: &'a [&'a str],
+    /// Granted (and requested) endpoints, `ip:port/proto`.
+    network: &'a [String],
     memory: &'a str,
     pids: u32,
     cpus: f64,
@@ -1200,10 +1205,11 @@ fn write_device(ctx: &Ctx, dir: &Path, subtree: &str, bundles: &[Bundle]) -> Res
         let manifest = format!(
             r#"{{ "name": {name}, "version": "0.1.0", "mode": "service",
   "exec": [{exec}],
-  "requests": {{ "memory": "{mem}", "cpus": {cpus}, "pids": {pids}, "scratch": "1MiB", "syscalls": "default" }},
+  "requests": {{ "memory": "{mem}", "cpus": {cpus}, "pids": {pids}, "scratch": "1MiB", "syscalls": "default", "network": {net} }},
   "restart": {restart} }}
 "#,
             name = jstr(&b.name),
+            net = Json::from(b.network.to_vec()),
             exec = exec.join(", "),
             mem = b.memory,
             cpus = b.cpus,
@@ -1212,8 +1218,9 @@ fn write_device(ctx: &Ctx, dir: &Path, subtree: &str, bundles: &[Bundle]) -> Res
         );
         write(&bdir.join("manifest.json"), &manifest)?;
         grants.push(format!(
-            r#"    {name}: {{ "memory": "{mem}", "cpus": {cpus}, "pids": {pids}, "scratch": "1MiB", "syscalls": "default" }}"#,
+            r#"    {name}: {{ "memory": "{mem}", "cpus": {cpus}, "pids": {pids}, "scratch": "1MiB", "syscalls": "default", "network": {net} }}"#,
             name = jstr(&b.name),
+            net = Json::from(b.network.to_vec()),
             mem = b.memory,
             cpus = b.cpus,
             pids = b.pids,
@@ -1393,6 +1400,7 @@ fn bench_monitor(ctx: &Ctx) -> Result<Section> {
     let dir = ctx.dir.join("monitor");
     let bundles = [Bundle {
         name: "looper".into(),
+        network: &[],
         exec: &cmd,
         memory: "16MiB",
         pids: 8,
@@ -1489,6 +1497,171 @@ fn bench_monitor(ctx: &Ctx) -> Result<Section> {
             format!("{overhead:.1} % ({:.1} vs {:.1} ns/call)", m.p50, b.p50),
             Some(overhead <= 10.0),
         )],
+        busy: None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Egress control: connect() cost and map memory
+
+/// `connect-time: N connects in T ns` → µs per connect.
+fn us_per_connect(text: &str) -> Option<f64> {
+    let rest = text
+        .lines()
+        .find_map(|l| l.split("connect-time: ").nth(1))?;
+    let mut w = rest.split_whitespace();
+    let n: f64 = w.next()?.parse().ok()?;
+    let ns: f64 = w.nth(2)?.parse().ok()?;
+    Some(ns / n / 1000.0)
+}
+
+fn bench_egress(ctx: &Ctx) -> Result<Section> {
+    const N: &str = "5000";
+    const DEST: &str = "127.0.0.1:1";
+    const ROUNDS: usize = 5;
+    // Host baseline: the same loop, no sandbox and no cgroup hook.
+    let mut host = Vec::new();
+    for _ in 0..ROUNDS {
+        let out = util::output(Command::new(&ctx.bins.demo_agent).args(["connect-time", N, DEST]))?;
+        host.extend(us_per_connect(&out));
+    }
+    let mut rows = Vec::new();
+    let mut memlock = Vec::new();
+    for rules in [1usize, 1000] {
+        // The destination plus (rules - 1) other entries.
+        let mut network = vec![format!("{DEST}/tcp")];
+        network.extend((1..rules).map(|i| {
+            format!(
+                "10.{}.{}.{}:443/tcp",
+                i / 65536 % 256,
+                i / 256 % 256,
+                i % 256
+            )
+        }));
+        let cmd = ["/bin/demo-agent", "connect-time", N, DEST];
+        let names: Vec<String> = (0..ROUNDS).map(|r| format!("c{rules}x{r}")).collect();
+        let bundles: Vec<Bundle> = names
+            .iter()
+            .map(|n| Bundle {
+                name: n.clone(),
+                network: &network,
+                exec: &cmd,
+                memory: "16MiB",
+                pids: 8,
+                cpus: 1.0,
+                restart: r#"{ "policy": "never" }"#,
+            })
+            .collect();
+        let dir = ctx.dir.join(format!("egress-{rules}"));
+        let subtree = format!("{}-egress-{rules}", ctx.tag);
+        let config = write_device(ctx, &dir, &subtree, &bundles)?;
+        let mut d = Daemon::start(&ctx.bins.nanoclaw, &config)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut v = Vec::new();
+        for n in &names {
+            loop {
+                d.alive()?;
+                let logs = d.cli(&["logs", n]).unwrap_or_default();
+                if let Some(us) = us_per_connect(&logs) {
+                    v.push(us);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{n} did not report: {}", d.log_tail()));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // Kernel memory of the pinned maps (bpftool reports memlock per map).
+        let pins = Path::new("/sys/fs/bpf").join(&subtree);
+        let mut bytes = 0u64;
+        for m in [
+            "nc_allow4",
+            "nc_allow6",
+            "nc_agents",
+            "nc_traffic",
+            "nc_monitored",
+            "nc_syscalls",
+        ] {
+            let out = util::output(
+                Command::new("bpftool")
+                    .args(["map", "show", "pinned"])
+                    .arg(pins.join(m)),
+            )
+            .unwrap_or_default();
+            bytes += out
+                .split_whitespace()
+                .skip_while(|w| *w != "memlock")
+                .nth(1)
+                .and_then(|b| b.trim_end_matches('B').parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        memlock.push((rules, bytes, names.len()));
+        d.stop()?;
+        rows.push((rules, v));
+    }
+    let Some(h) = stats(&host) else {
+        return Err("no host timings".into());
+    };
+    let mut body = format!(
+        "`demo-agent connect-time {N} {DEST}`: {N} TCP connects to a closed loopback port (the \
+         kernel answers with RST, so each is a full connect attempt); µs per connect, one round \
+         per agent, {ROUNDS} agents. The agents hold `{DEST}/tcp` among N allow entries \
+         (the others `10.x.y.z:443/tcp`), so every connect runs the `cgroup/connect4` program's \
+         LPM lookups.\n\n| configuration | rounds | p50 µs/connect | min | max |\n|---|---|---|---|---|\n\
+         | host process, no sandbox, no hook | {} | {:.1} | {:.1} | {:.1} |\n",
+        h.n, h.p50, h.min, h.max
+    );
+    let mut targets = Vec::new();
+    for (rules, v) in &rows {
+        if let Some(s) = stats(v) {
+            let _ = writeln!(
+                body,
+                "| agent, egress allowlist of {rules} entr{} | {} | {:.1} | {:.1} | {:.1} |",
+                if *rules == 1 { "y" } else { "ies" },
+                s.n,
+                s.p50,
+                s.min,
+                s.max
+            );
+            if *rules == 1000 {
+                targets.push(target(
+                    "connect() with a 1,000-entry allowlist vs none (p50)",
+                    "measured",
+                    format!("{:.1} µs vs {:.1} µs", s.p50, h.p50),
+                    None,
+                ));
+            }
+        }
+    }
+    let _ = writeln!(
+        body,
+        "\nThe agent rows include everything an agent with network access carries: the connect4 \
+         hook, the cgroup_skb accounting of each packet, seccomp and the syscall monitor (see \
+         above). The maps are shared by all agents of one supervisor; `bpftool map show pinned …` \
+         reports the kernel's accounting bound (memlock, computed from max_entries; the maps are \
+         `BPF_F_NO_PREALLOC`, so entries are allocated as they are added):\n\n\
+         | agents | entries each | memlock bound, all maps |\n|---|---|---|"
+    );
+    for (rules, bytes, agents) in &memlock {
+        let _ = writeln!(body, "| {agents} | {rules} | {} |", kib(*bytes as f64));
+    }
+    if let Some((_, b, _)) = memlock.first() {
+        targets.push(target(
+            "eBPF maps, memlock bound for the whole supervisor",
+            "measured",
+            kib(*b as f64),
+            None,
+        ));
+    }
+    let _ = writeln!(
+        body,
+        "\nReproduce: `cargo xtask bench --only egress` (device configs in `target/bench/egress-*`)."
+    );
+    Ok(Section {
+        title: "Egress control".into(),
+        body,
+        targets,
         busy: None,
     })
 }
@@ -1594,6 +1767,7 @@ fn mem_run(ctx: &Ctx, n: usize) -> Result<MemSample> {
     let bundles: Vec<Bundle> = (0..n)
         .map(|i| Bundle {
             name: format!("sleep-{i:02}"),
+            network: &[],
             exec: &["/bin/demo-agent", "sleep"],
             memory: "8MiB",
             pids: 4,
@@ -1699,6 +1873,7 @@ fn bench_oom(ctx: &Ctx, cycles: usize) -> Result<Section> {
     let dir = ctx.dir.join("oom");
     let bundles = [Bundle {
         name: "memhog".into(),
+        network: &[],
         exec: &["/bin/demo-agent", "memhog", "4"],
         memory: "32MiB",
         pids: 8,

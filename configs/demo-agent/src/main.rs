@@ -44,6 +44,10 @@ fn run(args: &[String]) -> ExitCode {
         Some("connect") => connect(&args[1..]),
         Some("exec-scratch") => exec_scratch(),
         Some("hostile") => hostile(),
+        Some("connect-time") => connect_time(
+            arg(1).and_then(|s| s.parse().ok()).unwrap_or(1000),
+            arg(2).unwrap_or("127.0.0.1:1"),
+        ),
         Some("syscall-loop") => syscall_loop(
             arg(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000),
             arg(2).and_then(|s| s.parse().ok()).unwrap_or(5),
@@ -490,5 +494,29 @@ fn syscall_loop(calls: u64, rounds: u32) -> ExitCode {
         );
         let _ = std::io::stdout().flush();
     }
+    ExitCode::SUCCESS
+}
+
+/// Times `n` TCP connects to `dest` (a closed port answers with RST at once): prints
+/// `connect-time: N connects in T ns (errors: E)`.
+fn connect_time(n: u32, dest: &str) -> ExitCode {
+    let Ok(addr) = dest.parse::<std::net::SocketAddr>() else {
+        eprintln!("connect-time: bad address {dest}");
+        return ExitCode::from(2);
+    };
+    let t0 = std::time::Instant::now();
+    let mut first_error = String::new();
+    for _ in 0..n {
+        if let Err(e) = std::net::TcpStream::connect(addr)
+            && first_error.is_empty()
+        {
+            first_error = e.to_string();
+        }
+    }
+    println!(
+        "connect-time: {n} connects in {} ns (first error: {first_error})",
+        t0.elapsed().as_nanos()
+    );
+    let _ = std::io::stdout().flush();
     ExitCode::SUCCESS
 }

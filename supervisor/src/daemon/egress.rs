@@ -99,8 +99,19 @@ pub fn prepare(d: &mut Daemon, name: &str, eff: &Effective) -> Result<Plan, Stri
 
 /// How an agent with egress control is held, for `status` and the start record.
 pub fn allowlist_posture(eff: &Effective) -> String {
-    let entries: Vec<String> = eff.network.iter().map(ToString::to_string).collect();
-    format!("egress allowlist (bpf): {}", entries.join(", "))
+    let entries: Vec<String> = eff
+        .network
+        .iter()
+        .take(4)
+        .map(ToString::to_string)
+        .collect();
+    match eff.network.len() {
+        n if n <= 4 => format!("egress allowlist (bpf): {}", entries.join(", ")),
+        n => format!(
+            "egress allowlist (bpf): {n} entries ({}, ...)",
+            entries.join(", ")
+        ),
+    }
 }
 
 fn summary(n: u32) -> String {
