@@ -232,7 +232,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         egress::init(cgroups.layout(), &cfg.cgroup_subtree, cfg.syscall_monitor);
     posture.egress = egress_posture;
     posture.syscall_monitor = match egress.as_ref().map(crate::bpf::Egress::monitor) {
-        Some(Ok(())) => "bpf tracepoint raw_syscalls/sys_enter, learned baseline".into(),
+        Some(Ok(())) => "bpf tracepoint (raw) sys_enter, learned baseline".into(),
         Some(Err(e)) => format!("unavailable: {e}"),
         None => "unavailable: eBPF programs did not load".into(),
     };

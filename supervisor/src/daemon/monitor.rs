@@ -1,6 +1,6 @@
 //! Syscall monitoring: a learned baseline per agent version and an anomaly rule.
 //!
-//! The eBPF tracepoint (`raw_syscalls/sys_enter`) counts every syscall of nanoclaw's agents by
+//! The eBPF raw tracepoint `sys_enter` counts every syscall of nanoclaw's agents by
 //! (cgroup, number). During the first `syscall_baseline_s` seconds of an agent version's first
 //! run the daemon records which syscalls it makes and their highest rate per interval; the
 //! baseline is saved under `<state_dir>/baselines/<agent>.json`. Afterwards a syscall outside
