@@ -182,7 +182,7 @@ pub fn admit(m: &Manifest, p: &Policy) -> Result<Effective, AdmissionError> {
         .network
         .iter()
         .enumerate()
-        .find(|(_, ep)| !grant.network.contains(ep))
+        .find(|(_, ep)| !grant.network.iter().any(|g| g.covers(ep)))
     {
         return Err(refuse(
             format!("requests.network[{i}]"),

@@ -295,3 +295,43 @@ fn a_denial_flood_is_rate_limited_in_the_audit() {
         recs.len()
     );
 }
+
+/// A prefix grant (`127.0.0.0/8:1/tcp`) lets any address in it through on that port, and
+/// nothing else.
+#[test]
+fn prefix_grants_cover_their_range() {
+    let range = "127.0.0.0/8:1/tcp";
+    let mut dev = Device::new();
+    let mut m = manifest(
+        "ranger",
+        "task",
+        &["connect", "127.0.0.1:1", "127.0.0.2:1", "127.0.0.1:2"],
+        "16MiB",
+    );
+    // The agent asks for the whole range: the BPF map holds one /8 entry (LPM match).
+    m["requests"]["network"] = json!([range]);
+    let mut g = grant("16MiB");
+    g["network"] = json!([range]);
+    dev.add_agent("ranger", m, Some(g));
+    dev.start();
+    dev.wait_state("ranger", "exited");
+    let logs = dev.logs("ranger");
+    let find = |d: &str| {
+        logs.iter()
+            .find(|l| l.starts_with(&format!("connect {d}: ")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        find("127.0.0.1:1").contains("Connection refused"),
+        "{logs:?}"
+    );
+    assert!(
+        find("127.0.0.2:1").contains("Connection refused"),
+        "{logs:?}"
+    );
+    assert!(
+        find("127.0.0.1:2").contains("Operation not permitted"),
+        "{logs:?}"
+    );
+}

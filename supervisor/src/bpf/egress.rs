@@ -166,22 +166,22 @@ pub fn cgroup_id(dir: &Path) -> Result<u64, BpfError> {
         })
 }
 
-fn key4(cgid: u64, port: u16, proto: u8, addr: [u8; 4]) -> Key<Key4> {
+fn key4(cgid: u64, port: u16, proto: u8, addr: [u8; 4], prefix: u8) -> Key<Key4> {
     let mut d = [0u8; 16];
     d[0..8].copy_from_slice(&cgid.to_ne_bytes());
     d[8..10].copy_from_slice(&port.to_be_bytes());
     d[10] = proto;
     d[12..16].copy_from_slice(&addr);
-    Key::new(FIXED_BITS + 32, d)
+    Key::new(FIXED_BITS + u32::from(prefix.min(32)), d)
 }
 
-fn key6(cgid: u64, port: u16, proto: u8, addr: [u8; 16]) -> Key<Key6> {
+fn key6(cgid: u64, port: u16, proto: u8, addr: [u8; 16], prefix: u8) -> Key<Key6> {
     let mut d = [0u8; 28];
     d[0..8].copy_from_slice(&cgid.to_ne_bytes());
     d[8..10].copy_from_slice(&port.to_be_bytes());
     d[10] = proto;
     d[12..28].copy_from_slice(&addr);
-    Key::new(FIXED_BITS + 128, d)
+    Key::new(FIXED_BITS + u32::from(prefix.min(128)), d)
 }
 
 fn proto_number(p: Proto) -> u8 {
@@ -286,14 +286,26 @@ impl Egress {
         let mut t4: LpmTrie<&mut MapData, Key4, u32> = map_of(&mut self.bpf, "nc_allow4")?;
         for e in endpoints {
             if let IpAddr::V4(a) = e.addr.ip() {
-                let k = key4(cgid, e.addr.port(), proto_number(e.proto), a.octets());
+                let k = key4(
+                    cgid,
+                    e.addr.port(),
+                    proto_number(e.proto),
+                    a.octets(),
+                    e.prefix,
+                );
                 t4.insert(&k, &1, 0).map_err(map_err("nc_allow4"))?;
             }
         }
         let mut t6: LpmTrie<&mut MapData, Key6, u32> = map_of(&mut self.bpf, "nc_allow6")?;
         for e in endpoints {
             if let IpAddr::V6(a) = e.addr.ip() {
-                let k = key6(cgid, e.addr.port(), proto_number(e.proto), a.octets());
+                let k = key6(
+                    cgid,
+                    e.addr.port(),
+                    proto_number(e.proto),
+                    a.octets(),
+                    e.prefix,
+                );
                 t6.insert(&k, &1, 0).map_err(map_err("nc_allow6"))?;
             }
         }
@@ -457,7 +469,7 @@ mod tests {
         // struct nc_key4: u32 prefixlen + u64 cgid + u16 port + u8 proto + u8 pad + 4 addr.
         assert_eq!(std::mem::size_of::<Key<Key4>>(), 4 + 16);
         assert_eq!(std::mem::size_of::<Key<Key6>>(), 4 + 28);
-        let k = key4(7, 443, 6, [10, 0, 0, 5]);
+        let k = key4(7, 443, 6, [10, 0, 0, 5], 32);
         assert_eq!(k.prefix_len(), 128);
         let d = k.data();
         assert_eq!(&d[8..10], &[1, 187]);

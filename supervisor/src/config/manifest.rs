@@ -79,12 +79,45 @@ pub enum Proto {
     Udp,
 }
 
-/// A network endpoint `ip:port/proto`, e.g. `10.0.0.5:6379/tcp` or `[fd00::1]:53/udp`.
-/// Kept parsed so the BPF egress map is filled from typed values, never from strings.
+/// A network endpoint `ip[/prefix]:port/proto`, e.g. `10.0.0.5:6379/tcp`,
+/// `10.0.0.0/24:6379/tcp` or `[fd00::/64]:53/udp`. Kept parsed so the BPF egress map is filled
+/// from typed values, never from strings. `prefix` is 32 (IPv4) or 128 (IPv6) for one host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub proto: Proto,
+    pub prefix: u8,
+}
+
+impl Endpoint {
+    fn full_prefix(ip: std::net::IpAddr) -> u8 {
+        if ip.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// Whether every destination of `other` is also a destination of `self`.
+    pub fn covers(&self, other: &Endpoint) -> bool {
+        if self.proto != other.proto
+            || self.addr.port() != other.addr.port()
+            || self.prefix > other.prefix
+        {
+            return false;
+        }
+        match (self.addr.ip(), other.addr.ip()) {
+            (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,17 +143,62 @@ impl FromStr for Endpoint {
             "udp" => Proto::Udp,
             _ => return Err(err("protocol must be tcp or udp")),
         };
+        // Split off an optional /prefix: inside the brackets for IPv6, before the port for IPv4.
+        let (addr, prefix): (String, Option<&str>) = match addr.strip_prefix('[') {
+            Some(rest) => {
+                let (inner, port) = rest.split_once(']').ok_or_else(|| err("missing ]"))?;
+                match inner.split_once('/') {
+                    Some((ip, p)) => (format!("[{ip}]{port}"), Some(p)),
+                    None => (addr.to_owned(), None),
+                }
+            }
+            None => {
+                let (host, port) = addr.rsplit_once(':').ok_or_else(|| err("missing :port"))?;
+                match host.split_once('/') {
+                    Some((ip, p)) => (format!("{ip}:{port}"), Some(p)),
+                    None => (addr.to_owned(), None),
+                }
+            }
+        };
         let addr: SocketAddr = addr
             .parse()
             .map_err(|_| err("not an IPv4 address or [IPv6] address with a port"))?;
+        let full = Endpoint::full_prefix(addr.ip());
+        let prefix = match prefix {
+            None => full,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= full)
+                .ok_or_else(|| err("the prefix length must be 0-32 (IPv4) or 0-128 (IPv6)"))?,
+        };
+        // Host bits must be zero: 10.0.0.5/24 is a typo for 10.0.0.0/24 or for 10.0.0.5.
+        if !host_bits_zero(addr.ip(), prefix) {
+            return Err(err("the address has bits set beyond its prefix"));
+        }
         if addr.port() == 0 {
             return Err(err("port 0 is not a destination"));
         }
-        if addr.ip().is_unspecified() {
-            // Connecting to 0.0.0.0 / :: reaches the local host; wildcards are not a thing.
+        if addr.ip().is_unspecified() && prefix == full {
+            // Connecting to 0.0.0.0 / :: reaches the local host; use a prefix for ranges.
             return Err(err("the unspecified address is not a destination"));
         }
-        Ok(Self { addr, proto })
+        Ok(Self {
+            addr,
+            proto,
+            prefix,
+        })
+    }
+}
+
+fn host_bits_zero(ip: std::net::IpAddr, prefix: u8) -> bool {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            u32::from(a) & u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0) == 0
+        }
+        std::net::IpAddr::V6(a) => {
+            u128::from(a) & u128::MAX.checked_shr(u32::from(prefix)).unwrap_or(0) == 0
+        }
     }
 }
 
@@ -130,7 +208,25 @@ impl fmt::Display for Endpoint {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
         };
-        write!(f, "{}/{proto}", self.addr)
+        if self.prefix == Endpoint::full_prefix(self.addr.ip()) {
+            write!(f, "{}/{proto}", self.addr)
+        } else if self.addr.is_ipv4() {
+            write!(
+                f,
+                "{}/{}:{}/{proto}",
+                self.addr.ip(),
+                self.prefix,
+                self.addr.port()
+            )
+        } else {
+            write!(
+                f,
+                "[{}/{}]:{}/{proto}",
+                self.addr.ip(),
+                self.prefix,
+                self.addr.port()
+            )
+        }
     }
 }
 
@@ -442,6 +538,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn endpoint_prefixes_parse_cover_and_print() {
+        let net: Endpoint = "10.0.0.0/24:6379/tcp".parse().unwrap();
+        assert_eq!(net.prefix, 24);
+        assert_eq!(net.to_string(), "10.0.0.0/24:6379/tcp");
+        let host: Endpoint = "10.0.0.5:6379/tcp".parse().unwrap();
+        assert_eq!(host.prefix, 32);
+        assert!(net.covers(&host));
+        assert!(!host.covers(&net));
+        assert!(!net.covers(&"10.0.1.5:6379/tcp".parse().unwrap()));
+        assert!(!net.covers(&"10.0.0.5:6380/tcp".parse().unwrap()));
+        assert!(!net.covers(&"10.0.0.5:6379/udp".parse().unwrap()));
+        let v6: Endpoint = "[fd00::/64]:53/udp".parse().unwrap();
+        assert_eq!(
+            (v6.prefix, v6.to_string().as_str()),
+            (64, "[fd00::/64]:53/udp")
+        );
+        assert!(v6.covers(&"[fd00::1]:53/udp".parse().unwrap()));
+        assert!(!v6.covers(&"10.0.0.5:53/udp".parse().unwrap()));
+        let any: Endpoint = "0.0.0.0/0:443/tcp".parse().unwrap();
+        assert!(any.covers(&host.to_string().replace("6379", "443").parse().unwrap()));
+        for bad in [
+            "10.0.0.5/24:6379/tcp",
+            "10.0.0.0/33:1/tcp",
+            "[fd00::/129]:1/udp",
+            "10.0.0.0/x:1/tcp",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn design_example_parses() {
         let m = parse(EXAMPLE).unwrap();
         assert_eq!(m.name, "sensor");
@@ -458,7 +585,8 @@ pub(crate) mod tests {
             m.requests.network,
             [Endpoint {
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)), 6379),
-                proto: Proto::Tcp
+                proto: Proto::Tcp,
+                prefix: 32,
             }]
         );
         assert!(m.requests.devices.is_empty());
