@@ -9,6 +9,14 @@ use std::time::Duration;
 use nanoclaw_tests::{Device, grant, manifest};
 use serde_json::json;
 
+/// The `connect DEST: ...` line the demo agent printed for `dest`.
+fn result_for(logs: &[String], dest: &str) -> String {
+    logs.iter()
+        .find(|l| l.starts_with(&format!("connect {dest}: ")))
+        .cloned()
+        .unwrap_or_else(|| panic!("no result for {dest}: {logs:?}"))
+}
+
 #[test]
 fn egress_allows_only_granted_destinations() {
     let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -50,12 +58,7 @@ fn egress_allows_only_granted_destinations() {
     dev.wait_state("netter", "exited");
     dev.wait_state("offline", "exited");
     let logs = dev.logs("netter");
-    let line = |d: &str| {
-        logs.iter()
-            .find(|l| l.starts_with(&format!("connect {d}: ")))
-            .cloned()
-            .unwrap_or_else(|| panic!("no result for {d}: {logs:?}"))
-    };
+    let line = |d: &str| result_for(&logs, d);
     assert!(line(&dests[0]).ends_with(": ok"), "{logs:?}");
     for d in &dests[1..] {
         let l = line(d);
@@ -134,12 +137,7 @@ fn egress_holds_while_the_supervisor_is_down() {
         let l = dev.logs("late");
         (l.iter().filter(|l| l.starts_with("connect ")).count() == 2).then_some(l)
     });
-    let find = |d: &str| {
-        logs.iter()
-            .find(|l| l.starts_with(&format!("connect {d}: ")))
-            .cloned()
-            .unwrap_or_default()
-    };
+    let find = |d: &str| result_for(&logs, d);
     assert!(
         find(ok).contains("Connection refused"),
         "granted port must reach the kernel's TCP stack: {logs:?}"
@@ -316,12 +314,7 @@ fn prefix_grants_cover_their_range() {
     dev.start();
     dev.wait_state("ranger", "exited");
     let logs = dev.logs("ranger");
-    let find = |d: &str| {
-        logs.iter()
-            .find(|l| l.starts_with(&format!("connect {d}: ")))
-            .cloned()
-            .unwrap_or_default()
-    };
+    let find = |d: &str| result_for(&logs, d);
     assert!(
         find("127.0.0.1:1").contains("Connection refused"),
         "{logs:?}"
