@@ -67,14 +67,28 @@ pub fn load(dir: &Path, name: &str) -> Option<Record> {
 
 /// Replaces the record of `name` atomically and durably.
 pub fn save(dir: &Path, name: &str, rec: &Record) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let p = path(dir, name);
-    let tmp = p.with_extension("tmp");
-    let bytes = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+    write_json_atomic(&path(dir, name), rec, true)
+}
+
+/// Replaces `path` with `value` as JSON atomically (write a sibling, rename), creating the
+/// directory; `durable` also syncs the data before the rename. Every state file of the daemon
+/// is written this way, so a power cut leaves the old or the new file, never half of one.
+pub fn write_json_atomic(
+    path: &Path,
+    value: &impl serde::Serialize,
+    durable: bool,
+) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&bytes)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, &p)
+    if durable {
+        f.sync_data()?;
+    }
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

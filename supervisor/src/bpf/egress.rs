@@ -385,19 +385,30 @@ impl Egress {
         }
     }
 
-    /// (syscall number, count) of cgroup `cgid` so far.
-    pub fn syscall_counts(&self, cgid: u64) -> Vec<(u32, u64)> {
+    /// (syscall number, count) so far of every monitored cgroup, keyed by cgroup id: one pass
+    /// over the map however many agents run.
+    pub fn all_syscall_counts(&self) -> std::collections::HashMap<u64, Vec<(u32, u64)>> {
+        let mut out: std::collections::HashMap<u64, Vec<(u32, u64)>> = Default::default();
         let Some(m) = self.bpf.map("nc_syscalls") else {
-            return Vec::new();
+            return out;
         };
         let Ok(m) = HashMap::<&MapData, SysKey, u64>::try_from(m) else {
-            return Vec::new();
+            return out;
         };
-        m.iter()
-            .filter_map(Result::ok)
-            .filter(|(k, _)| k[0..8] == cgid.to_ne_bytes())
-            .filter_map(|(k, v)| Some((u32::from_ne_bytes(k[8..12].try_into().ok()?), v)))
-            .collect()
+        for (k, v) in m.iter().filter_map(Result::ok) {
+            let (Ok(cg), Ok(nr)) = (k[0..8].try_into(), k[8..12].try_into()) else {
+                continue;
+            };
+            out.entry(u64::from_ne_bytes(cg))
+                .or_default()
+                .push((u32::from_ne_bytes(nr), v));
+        }
+        out
+    }
+
+    /// (syscall number, count) of cgroup `cgid` so far.
+    pub fn syscall_counts(&self, cgid: u64) -> Vec<(u32, u64)> {
+        self.all_syscall_counts().remove(&cgid).unwrap_or_default()
     }
 
     /// Bytes and packets of cgroup `cgid` so far.

@@ -320,7 +320,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         report: Some(report.clone()),
     };
     let run_path = d.run_dir().join(format!("{name}.json"));
-    if let Err(e) = write_atomic(&run_path, &rec) {
+    if let Err(e) = persist::write_json_atomic(&run_path, &rec, false) {
         eprintln!("nanoclaw: writing {}: {e}", run_path.display());
     }
     let unsigned = if d.cfg.allow_unsigned {
@@ -746,11 +746,4 @@ pub fn persist_agent(d: &mut Daemon, name: &str) {
             dir.display()
         );
     }
-}
-
-fn write_atomic(path: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }

@@ -111,6 +111,11 @@ fn tick(ctx: &CtxRef) {
     let mut guard = ctx.d.borrow_mut();
     let d = &mut *guard;
     let now = now_ms();
+    let mut all = d
+        .egress
+        .as_ref()
+        .map(crate::bpf::Egress::all_syscall_counts)
+        .unwrap_or_default();
     let names: Vec<String> = d.agents.keys().cloned().collect();
     for name in names {
         let Some(cgid) = d
@@ -121,11 +126,7 @@ fn tick(ctx: &CtxRef) {
         else {
             continue;
         };
-        let counts = d
-            .egress
-            .as_ref()
-            .map(|e| e.syscall_counts(cgid))
-            .unwrap_or_default();
+        let counts = all.remove(&cgid).unwrap_or_default();
         let Some(a) = d.agents.get_mut(&name) else {
             continue;
         };
@@ -174,15 +175,7 @@ fn tick(ctx: &CtxRef) {
         }
         if finished {
             let path = baseline_path(d, &name);
-            let saved = path
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| {
-                    serde_json::to_vec(&baseline)
-                        .map_err(std::io::Error::other)
-                        .and_then(|b| std::fs::write(path.with_extension("tmp"), b))
-                })
-                .and_then(|()| std::fs::rename(path.with_extension("tmp"), &path));
+            let saved = crate::agents::persist::write_json_atomic(&path, &baseline, false);
             let text = match saved {
                 Ok(()) => format!(
                     "learned the syscall baseline of version {}: {} syscalls",
