@@ -71,4 +71,27 @@ struct nc_sys_enter {
 #define NC_OP_CONNECT 1
 #define NC_OP_SENDMSG 2
 
+/* BPF LSM (bpf/lsm.c): one entry per agent cgroup in nc_lsm_agents. */
+struct nc_lsm_agent {
+	__u64 exec_dev; /* the only superblock (kernel dev_t) execve may load files from */
+	__u32 rules;    /* 1 << NC_LSM_* of the hooks that enforce for this agent */
+	__u32 pad;
+};
+
+/* One denial, sent through the nc_lsm_events ring buffer. */
+struct nc_lsm_event {
+	__u64 cgid;
+	__u64 arg;  /* exec/file: kernel dev_t of the file; ptrace: target tgid; socket: family << 16 | type */
+	__u32 pid;  /* tgid of the denied task */
+	__u8 op;    /* NC_LSM_* */
+	__u8 pad[3];
+	char name[64]; /* exec: path given to execve; file: the file's name; mount: fs type */
+};
+
+#define NC_LSM_EXEC 1
+#define NC_LSM_MOUNT 2
+#define NC_LSM_PTRACE 3
+#define NC_LSM_SOCKET 4
+#define NC_LSM_FILE 5
+
 #endif

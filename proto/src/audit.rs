@@ -56,6 +56,9 @@ pub enum AuditKind {
     Violation,
     /// A syscall outside the agent's learned baseline, or a jump in a syscall's rate.
     SyscallAnomaly,
+    /// A denied operation other than exec or connect (BPF LSM: mount, ptrace, raw socket,
+    /// file open); the operation, target and rule are in the reason.
+    DeniedOperation,
 }
 
 /// One audit record. `seq` is assigned by the log and is strictly increasing per device.

@@ -12,6 +12,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(sandbox::init::ARG) {
         sandbox::init::main();
     }
+    if args.first().map(String::as_str) == Some(nanoclaw::bpf::selftest::ARG) {
+        nanoclaw::bpf::selftest::main(&args);
+    }
     match cli::parse(&args) {
         Ok(cli::Command::Version) => {
             println!(

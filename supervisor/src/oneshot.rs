@@ -138,7 +138,7 @@ fn run_in(o: &RunOpts, cg: &dyn cgroup::Cgroups, name: &str) -> Result<u8, Strin
         scratch_bytes: o.scratch,
         nproc: u64::from(o.pids),
         syscalls: o.syscalls.clone(),
-        seccomp_filter: sandbox::filter_for(&o.syscalls)?,
+        seccomp_filter: sandbox::filter_for(&o.syscalls, false)?,
         host_network: false,
         devices: Vec::new(),
     };

@@ -335,6 +335,13 @@ pub fn set_no_new_privs() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
 }
 
+/// `unshare(CLONE_NEWNS)`: a private copy of the mount namespace for this (single-threaded)
+/// process.
+pub fn unshare_mount_ns() -> io::Result<()> {
+    // SAFETY: integer syscall; callers are single-threaded helper processes.
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) }).map(drop)
+}
+
 /// `prctl(PR_SET_DUMPABLE, 0)`: no ptrace or /proc/PID/mem access by same-uid processes.
 pub fn set_not_dumpable() -> io::Result<()> {
     // SAFETY: integer prctl.

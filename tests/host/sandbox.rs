@@ -294,7 +294,9 @@ fn programs_smuggled_into_scratch_do_not_run() {
 }
 
 /// Hostile acts the fallback chain refuses on every kernel: raw sockets (no CAP_NET_RAW),
-/// mounting (seccomp), ptrace of a sibling (seccomp), host files through /proc/1/root.
+/// mounting (seccomp), ptrace of a sibling (seccomp), a binary smuggled into the scratch
+/// (noexec), a fileless exec from a memfd (seccomp: no memfd_create without BPF LSM), host
+/// files through /proc/1/root. The start record names the fallback that holds the agent.
 #[test]
 fn hostile_acts_are_refused() {
     let mut dev = Device::new();
@@ -310,6 +312,8 @@ fn hostile_acts_are_refused() {
         "raw-socket",
         "mount-tmpfs",
         "ptrace-sibling",
+        "scratch-exec",
+        "memfd-exec",
         "proc-root-host-file",
     ] {
         let line = logs
@@ -318,4 +322,19 @@ fn hostile_acts_are_refused() {
             .unwrap_or_else(|| panic!("no result for {act}: {logs:?}"));
         assert!(line.contains(": denied ("), "{line}");
     }
+    // This kernel refuses BPF LSM (EPERM): status and the start record say what holds it.
+    let status = dev.json(&["status"]);
+    let lsm = status["posture"]["lsm"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(lsm.starts_with("unavailable: "), "posture lsm: {lsm}");
+    let starts = dev.audit_of("start");
+    assert!(
+        starts.iter().any(|r| r["kind"] == "start"
+            && r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("lsm landlock+seccomp (bpf-lsm unavailable: "))),
+        "{starts:?}"
+    );
 }

@@ -6,7 +6,8 @@
 # Stage 2: mount the pseudo filesystems with a pure cgroup v2 hierarchy, run the daemon, wait
 # until memhog has been OOM-killed at its memory.max and started again, check that the escape
 # artist was contained and the fork bomb held at pids.max (this kernel's seccomp and namespaces
-# for real, on both architectures), check the posture, stop the daemon with SIGTERM, then print
+# for real, on both architectures), every hostile act refused (by BPF LSM on x86_64, by the
+# fallback chain on arm64), check the posture, stop the daemon with SIGTERM, then print
 # one `NANOCLAW-VM-RESULT:` line and power off.
 # NC_TIMEOUT (seconds, kernel command line) bounds the wait.
 
@@ -123,6 +124,32 @@ nanoclaw logs netcheck | grep "connect 127.0.0.1:2:" | grep -q "Operation not pe
 	fail "the endpoint that is not granted was not refused with EPERM"
 nanoclaw audit --agent netcheck --json | grep -q denied_connect || fail "no denied_connect audit record"
 
+# BPF LSM: enforced (and self-tested by the daemon) where the kernel has it (NC_LSM=bpf, the
+# x86_64 kernel with lsm=landlock,bpf), reported unavailable with the fallback chain elsewhere.
+echo "--- nanoclaw logs hostile; bpf-lsm posture (expected: ${NC_LSM:-?})"
+nanoclaw logs hostile
+nanoclaw status --json | grep '"lsm"'
+for act in raw-socket mount-tmpfs ptrace-sibling scratch-exec memfd-exec proc-root-host-file; do
+	nanoclaw logs hostile | grep -q "hostile $act: denied" || fail "hostile $act was not denied"
+done
+nanoclaw logs hostile | grep -q "SUCCEEDED" && fail "a hostile act succeeded"
+nanoclaw audit --agent needlsm -n 20
+if [ "$NC_LSM" = bpf ]; then
+	nanoclaw status --json | grep -q '"lsm": "bpf-lsm (' || fail "BPF LSM is not enforced on this kernel"
+	nanoclaw status --json | grep -q '"lsm": "bpf-lsm"' || fail "no agent is held by BPF LSM"
+	# memfd_create is allowed under the LSM; the fileless exec is refused by the exec hook.
+	nanoclaw audit --agent hostile -n 50 | grep denied_exec | grep -q "/proc/self/fd/.*bpf-lsm exec" ||
+		fail "the memfd exec was not denied and audited by bpf-lsm"
+	nanoclaw audit --agent needlsm -n 20 | grep -q " start " ||
+		fail "needlsm (require bpf-lsm) did not start"
+else
+	nanoclaw status --json | grep -q '"lsm": "unavailable: ' || fail "posture does not say BPF LSM is unavailable"
+	nanoclaw status --json | grep -q '"lsm": "landlock+seccomp (bpf-lsm unavailable: ' ||
+		fail "agents do not report the Landlock+seccomp fallback"
+	nanoclaw audit --agent needlsm -n 20 | grep -q "requires bpf-lsm" ||
+		fail "needlsm (require bpf-lsm) was not refused with the reason"
+fi
+
 FORK=/sys/fs/cgroup/nanoclaw/agents/forkbomb
 echo "--- nanoclaw logs forkbomb; $FORK/pids.max, pids.current, pids.events"
 nanoclaw logs forkbomb
@@ -130,6 +157,32 @@ cat "$FORK/pids.max" "$FORK/pids.current" "$FORK/pids.events"
 nanoclaw logs forkbomb | grep -q "the kernel refused child" || fail "the fork bomb was never refused"
 [ "$(cat "$FORK/pids.max")" = 16 ] || fail "forkbomb pids.max is not 16"
 [ "$(cat "$FORK/pids.current")" -le 16 ] || fail "forkbomb exceeds pids.max"
+
+echo "--- kill -9 of the daemon: the pinned eBPF state keeps holding the running agents"
+denied_exec_count() {
+	nanoclaw audit --agent lsmloop -n 1000 | grep -c denied_exec
+}
+before=$(denied_exec_count)
+kill -KILL "$daemon_pid"
+wait "$daemon_pid"
+sleep 2
+nanoclaw daemon --config /etc/nanoclaw/device.json &
+daemon_pid=$!
+i=0
+until nanoclaw status >/dev/null 2>&1; do
+	i=$((i + 1))
+	[ "$i" -lt 100 ] || fail "the restarted daemon did not answer"
+	sleep 0.1
+done
+sleep 2
+nanoclaw audit --agent lsmloop -n 5
+nanoclaw logs lsmloop | grep -q "SUCCEEDED" && fail "a hostile act succeeded around the daemon's kill -9"
+nanoclaw audit --agent lsmloop -n 20 | grep -q " adopt " || fail "lsmloop was not re-adopted"
+if [ "$NC_LSM" = bpf ]; then
+	after=$(denied_exec_count)
+	echo "NANOCLAW-VM: lsmloop denied_exec records: $before before the kill, $after after the restart"
+	[ "$after" -gt "$before" ] || fail "no bpf-lsm denials of lsmloop audited after the restart"
+fi
 
 echo "--- SIGTERM to the daemon"
 kill -TERM "$daemon_pid"

@@ -1,13 +1,15 @@
 //! `cargo xtask vm`: the VM test tier (DESIGN.md §5).
 //!
-//! The host runs a cgroup v1 hybrid, so pure cgroup v2 (and, on x86_64, BPF LSM) can only be
-//! tested in a VM. This boots Debian's 6.1 cloud kernel under `qemu-system-* -accel tcg` (KVM
-//! is unusable here) with an initramfs built here — busybox, the static `nanoclaw` and demo
-//! agents (memhog, forkbomb, escape), a device config and their grants — whose `/init`
-//! (`tests/vm/init.sh`) checks that memhog is OOM-killed at its `memory.max` and restarted,
-//! that escape is contained and forkbomb held at `pids.max` (the arch's seccomp table and the
-//! sandbox on this kernel), that `nanoclaw status` reports cgroup v2 and that SIGTERM stops
-//! the daemon cleanly, and
+//! The host runs a cgroup v1 hybrid and refuses BPF LSM, so pure cgroup v2 and BPF LSM can only
+//! be tested in a VM. This boots Debian's 6.1 cloud kernel under `qemu-system-* -accel tcg`
+//! (KVM is unusable here) with an initramfs built here — busybox, the static `nanoclaw` and
+//! demo agents (memhog, forkbomb, escape, netcheck, hostile, lsmloop, needlsm), a device
+//! config and their grants — whose `/init` (`tests/vm/init.sh`) checks that memhog is
+//! OOM-killed at its `memory.max` and restarted, that escape is contained, forkbomb held at
+//! `pids.max`, egress enforced, every hostile act refused (by BPF LSM on x86_64, booted with
+//! `lsm=landlock,bpf`; by the Landlock + seccomp fallback on arm64, which answers ENOTSUPP),
+//! that enforcement holds across a `kill -9` of the daemon, that `nanoclaw status` reports
+//! the posture truthfully and that SIGTERM stops the daemon cleanly, and
 //! prints one `NANOCLAW-VM-RESULT:` line that this side parses from the serial log.
 //!
 //! Kernel and busybox come from Debian packages fetched with `apt-get download` and unpacked
@@ -62,7 +64,11 @@ const POLICY_JSON: &str = r#"{
     "forkbomb": { "memory": "32MiB", "cpus": 0.25, "pids": 16, "scratch": "1MiB", "syscalls": "default" },
     "escape":   { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "1MiB", "syscalls": "default" },
     "netcheck": { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "1MiB", "syscalls": "default",
-                  "network": ["127.0.0.1:1/tcp"] }
+                  "network": ["127.0.0.1:1/tcp"] },
+    "hostile":  { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "4MiB", "syscalls": "default" },
+    "lsmloop":  { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "4MiB", "syscalls": "default" },
+    "needlsm":  { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "1MiB", "syscalls": "default",
+                  "require": ["bpf-lsm"] }
   }
 }
 "#;
@@ -77,6 +83,35 @@ const NETCHECK_MANIFEST: &str = r#"{ "name": "netcheck", "version": "1.0.0", "mo
   "requests": { "memory": "16MiB", "scratch": "1MiB", "network": ["127.0.0.1:1/tcp"] },
   "restart": { "policy": "never" } }
 "#;
+
+/// Tries every hostile act of the demo agent; each must be refused on both kernels (by BPF LSM
+/// where it runs, by the fallback chain elsewhere).
+const HOSTILE_MANIFEST: &str = r#"{ "name": "hostile", "version": "1.0.0", "mode": "task",
+  "exec": ["/bin/demo-agent", "hostile"],
+  "requests": { "memory": "16MiB", "scratch": "4MiB" },
+  "restart": { "policy": "never" } }
+"#;
+
+/// Its policy requires BPF LSM: it runs on the x86_64 kernel and is refused on arm64.
+const NEEDLSM_MANIFEST: &str = r#"{ "name": "needlsm", "version": "1.0.0", "mode": "task",
+  "exec": ["/bin/demo-agent", "exit", "0"],
+  "requests": { "memory": "16MiB", "scratch": "1MiB" },
+  "restart": { "policy": "never" } }
+"#;
+
+/// The hostile acts every 300 ms, forever: they must stay refused while no daemon runs.
+const LSMLOOP_MANIFEST: &str = r#"{ "name": "lsmloop", "version": "1.0.0", "mode": "service",
+  "exec": ["/bin/demo-agent", "hostile", "300"],
+  "requests": { "memory": "16MiB", "scratch": "4MiB" } }
+"#;
+
+/// Agents of the VM whose manifests are written here rather than taken from configs/demo/.
+const INLINE_AGENTS: [(&str, &str); 4] = [
+    ("netcheck", NETCHECK_MANIFEST),
+    ("lsmloop", LSMLOOP_MANIFEST),
+    ("hostile", HOSTILE_MANIFEST),
+    ("needlsm", NEEDLSM_MANIFEST),
+];
 
 /// How to boot one architecture.
 struct Arch {
@@ -96,7 +131,7 @@ const ARCHES: [Arch; 2] = [
         qemu: "qemu-system-x86_64",
         qemu_package: "qemu-system-x86",
         machine: &["-M", "q35"],
-        cmdline: "console=ttyS0 lsm=landlock,bpf",
+        cmdline: "console=ttyS0 lsm=landlock,bpf NC_LSM=bpf",
     },
     Arch {
         name: "aarch64",
@@ -105,7 +140,7 @@ const ARCHES: [Arch; 2] = [
         qemu_package: "qemu-system-arm",
         machine: &["-M", "virt", "-cpu", "cortex-a72"],
         // No BPF LSM on arm64 6.1 (no BPF trampoline), DESIGN.md §2.
-        cmdline: "console=ttyAMA0",
+        cmdline: "console=ttyAMA0 NC_LSM=fallback",
     },
 ];
 
@@ -378,33 +413,24 @@ fn write_initramfs(path: &Path, busybox: &Path, bins: &Binaries) -> Result {
     c.file("etc/nanoclaw/device.json", 0o644, DEVICE_JSON.as_bytes());
     c.file("etc/nanoclaw/policy.json", 0o644, POLICY_JSON.as_bytes());
     let agent_bin = read(&bins.demo_agent)?;
+    let mut manifests: Vec<(&str, Vec<u8>)> = Vec::new();
     for agent in AGENTS {
-        let manifest = util::root().join(format!("configs/demo/agents/{agent}/manifest.json"));
+        let path = util::root().join(format!("configs/demo/agents/{agent}/manifest.json"));
+        manifests.push((agent, read(&path)?));
+    }
+    manifests.extend(INLINE_AGENTS.map(|(a, m)| (a, m.as_bytes().to_vec())));
+    for (agent, manifest) in manifests {
         let bundle = format!("var/lib/nanoclaw/agents/{agent}");
         for d in ["bin", "proc", "dev", "tmp"] {
             c.dir_all(&format!("{bundle}/rootfs/{d}"));
         }
-        c.file(&format!("{bundle}/manifest.json"), 0o644, &read(&manifest)?);
+        c.file(&format!("{bundle}/manifest.json"), 0o644, &manifest);
         c.file(
             &format!("{bundle}/rootfs/bin/demo-agent"),
             0o755,
             &agent_bin,
         );
     }
-    let bundle = "var/lib/nanoclaw/agents/netcheck";
-    for d in ["bin", "proc", "dev", "tmp"] {
-        c.dir_all(&format!("{bundle}/rootfs/{d}"));
-    }
-    c.file(
-        &format!("{bundle}/manifest.json"),
-        0o644,
-        NETCHECK_MANIFEST.as_bytes(),
-    );
-    c.file(
-        &format!("{bundle}/rootfs/bin/demo-agent"),
-        0o755,
-        &agent_bin,
-    );
     let bytes = c.finish();
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;

@@ -13,6 +13,9 @@
 //! - `syscall-socket`: creates an AF_UNIX socket and reports the result (under the `strict`
 //!   seccomp profile the kernel kills the process with SIGSYS instead).
 //! - `scratch`: lists `/tmp`, writes `/tmp/marker`, lists again, then sleeps.
+//! - `hostile [MS]`: a raw socket, a mount, ptrace of a sibling, exec from the scratch and
+//!   from a memfd, a host file through /proc; prints each outcome; with MS, every MS
+//!   milliseconds forever.
 //! - `wait-file PATH ROLE [ARGS]`: waits until PATH exists, then runs ROLE (tests use it to
 //!   trigger a role at a moment of their choosing).
 
@@ -43,7 +46,14 @@ fn run(args: &[String]) -> ExitCode {
         Some("scratch") => scratch(),
         Some("connect") => connect(&args[1..]),
         Some("exec-scratch") => exec_scratch(),
-        Some("hostile") => hostile(),
+        Some("hostile") => match arg(1).and_then(|s| s.parse::<u64>().ok()) {
+            // `hostile MS`: every MS milliseconds, forever (enforcement while no supervisor runs).
+            Some(ms) => loop {
+                hostile();
+                std::thread::sleep(Duration::from_millis(ms));
+            },
+            None => hostile(),
+        },
         Some("connect-time") => connect_time(
             arg(1).and_then(|s| s.parse().ok()).unwrap_or(1000),
             arg(2).unwrap_or("127.0.0.1:1"),
@@ -369,6 +379,16 @@ mod sys {
         check(fd.into())
     }
 
+    /// memfd_create("x", 0): an anonymous file (not close-on-exec) for a fileless exec.
+    pub fn memfd() -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a static NUL-terminated name and integer flags.
+        let fd = unsafe { libc::memfd_create(c"x".as_ptr(), 0) };
+        check(fd.into())?;
+        // SAFETY: `fd` was just returned to us and is owned by nothing else.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    }
+
     /// ptrace(PTRACE_ATTACH, pid): on success, detaches again.
     pub fn ptrace_attach(pid: i32) -> std::io::Result<()> {
         // SAFETY: PTRACE_ATTACH/DETACH take a pid and ignore the pointer arguments.
@@ -471,12 +491,37 @@ fn hostile() -> ExitCode {
         }
         Err(e) => println!("hostile ptrace-sibling: no sibling ({e})"),
     }
+    report("scratch-exec", exec_copy_of_self_in_scratch());
+    report("memfd-exec", exec_from_memfd());
     report(
         "proc-root-host-file",
         std::fs::read("/proc/1/root/../../etc/hostname").map(drop),
     );
     let _ = std::io::stdout().flush();
     ExitCode::SUCCESS
+}
+
+/// Copies this binary into the scratch /tmp and runs it (`exit 0`).
+fn exec_copy_of_self_in_scratch() -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::copy("/bin/demo-agent", "/tmp/smuggled-sh")?;
+    std::fs::set_permissions("/tmp/smuggled-sh", std::fs::Permissions::from_mode(0o755))?;
+    std::process::Command::new("/tmp/smuggled-sh")
+        .args(["exit", "0"])
+        .status()
+        .map(drop)
+}
+
+/// A fileless exec: this binary copied into a memfd and run from /proc/self/fd (`exit 0`).
+fn exec_from_memfd() -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = sys::memfd()?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(&std::fs::read("/bin/demo-agent")?)?;
+    std::process::Command::new(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .args(["exit", "0"])
+        .status()
+        .map(drop)
 }
 
 /// A syscall-heavy loop (getppid) for the monitoring benchmark: prints

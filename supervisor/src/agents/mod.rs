@@ -61,6 +61,8 @@ pub struct Instance {
     pub network: String,
     /// The cgroup id whose syscalls the monitor counts, when it runs.
     pub monitor_cgid: Option<u64>,
+    /// The cgroup id the BPF LSM holds, when it runs here.
+    pub lsm_cgid: Option<u64>,
 }
 
 pub struct Agent {
@@ -89,6 +91,8 @@ pub struct Agent {
     /// The cgroup id of the latest instance with egress control, kept after it exits so that
     /// denials still in the ring buffer are attributed to this agent.
     pub last_egress_cgid: Option<u64>,
+    /// The cgroup id of the last instance held by the BPF LSM (maps late denials to the agent).
+    pub last_lsm_cgid: Option<u64>,
     /// Syscall baseline and monitoring state (`daemon::monitor`).
     pub syscalls: crate::daemon::monitor::Watch,
     /// Times of recent denied connections (bounded), for `on_violation` rules.
@@ -118,6 +122,7 @@ impl Agent {
             held: false,
             oom_seen: 0,
             last_egress_cgid: None,
+            last_lsm_cgid: None,
             recent_denials: std::collections::VecDeque::new(),
             syscalls: Default::default(),
             oom_audited_ms: 0,

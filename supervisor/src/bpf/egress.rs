@@ -98,46 +98,22 @@ fn sys_key(cgid: u64, nr: u32) -> SysKey {
     k
 }
 
-fn prog_err(program: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> BpfError {
-    move |e| BpfError::Program {
-        program,
-        source: Box::new(e),
-    }
-}
+use super::{map_err, prog_err};
 
-fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
-    move |e| BpfError::Map {
-        map,
-        source: Box::new(e),
-    }
-}
-
-/// Map `name` of `bpf` as the typed view `T` (e.g. `HashMap<&mut MapData, u64, u32>`).
+/// Map `name` of the egress object as the typed view `T`.
 fn map_of<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<T, BpfError>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
-    bpf.map_mut(name)
-        .ok_or(BpfError::MissingMap {
-            object: NAME,
-            map: name,
-        })?
-        .try_into()
-        .map_err(map_err(name))
+    super::map_of(NAME, bpf, name)
 }
 
-/// Program `name` of `bpf` as the typed program `T`.
+/// Program `name` of the egress object as the typed program `T`.
 fn program_of<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    bpf.program_mut(name)
-        .ok_or(BpfError::MissingProgram {
-            object: NAME,
-            program: name,
-        })?
-        .try_into()
-        .map_err(prog_err(name))
+    super::program_of(NAME, bpf, name)
 }
 
 /// Pins an attached program's link at `path`, so the attachment outlives this process.
@@ -149,11 +125,7 @@ where
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    fd_link.pin(&path).map_err(|e| BpfError::Pin {
-        path,
-        reason: e.to_string(),
-    })?;
-    Ok(())
+    super::pin_fd_link(fd_link, path)
 }
 
 /// The cgroup id the kernel reports for tasks in `dir` (its cgroup2 inode number).

@@ -12,10 +12,13 @@
 //! stays in force when the supervisor is killed, and a new supervisor reuses the same maps.
 
 pub mod egress;
+pub mod lsm;
+pub mod selftest;
 
 use std::path::Path;
 
 pub use egress::{Denial, Egress};
+pub use lsm::{Lsm, LsmEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -74,6 +77,68 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+pub(crate) fn prog_err(
+    program: &'static str,
+) -> impl FnOnce(aya::programs::ProgramError) -> BpfError {
+    move |e| BpfError::Program {
+        program,
+        source: Box::new(e),
+    }
+}
+
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
+    move |e| BpfError::Map {
+        map,
+        source: Box::new(e),
+    }
+}
+
+/// Map `name` of `bpf` (the object `object`) as the typed view `T`, e.g.
+/// `HashMap<&mut MapData, u64, u32>`.
+pub(crate) fn map_of<'a, T>(
+    object: &'static str,
+    bpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<T, BpfError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    bpf.map_mut(name)
+        .ok_or(BpfError::MissingMap { object, map: name })?
+        .try_into()
+        .map_err(map_err(name))
+}
+
+/// Program `name` of `bpf` (the object `object`) as the typed program `T`.
+pub(crate) fn program_of<'a, T>(
+    object: &'static str,
+    bpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, BpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    bpf.program_mut(name)
+        .ok_or(BpfError::MissingProgram {
+            object,
+            program: name,
+        })?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
+/// Pins a link at `path` (bpffs), so the attachment outlives this process.
+pub(crate) fn pin_fd_link(
+    link: aya::programs::links::FdLink,
+    path: std::path::PathBuf,
+) -> Result<(), BpfError> {
+    link.pin(&path).map_err(|e| BpfError::Pin {
+        path,
+        reason: e.to_string(),
+    })?;
+    Ok(())
 }
 
 /// Makes sure tracefs is mounted at /sys/kernel/tracing (tracepoint programs need it).

@@ -310,6 +310,10 @@ fn status(d: &Daemon) -> Value {
                 "landlock": rep.map(|r| r.landlock.clone()),
                 "namespaces": d.posture.namespaces,
                 "network": a.instance.as_ref().map(|i| i.network.clone()),
+                "lsm": a
+                    .instance
+                    .as_ref()
+                    .map(|i| crate::daemon::lsm::agent_posture(d, i.lsm_cgid.is_some())),
                 "traffic": a
                     .instance
                     .as_ref()
@@ -338,7 +342,7 @@ fn status(d: &Daemon) -> Value {
 
 fn why(d: &Daemon, name: &str, a: &Agent) -> Value {
     use nanoclaw_proto::audit::AuditKind as K;
-    let recent: Vec<Value> = d
+    let recs: Vec<nanoclaw_proto::audit::AuditRecord> = d
         .audit
         .query(Some(name), 200)
         .unwrap_or_default()
@@ -355,14 +359,32 @@ fn why(d: &Daemon, name: &str, a: &Agent) -> Value {
                     | K::Violation
                     | K::SyscallAnomaly
                     | K::DeniedExec
+                    | K::DeniedOperation
                     | K::Exit
             )
         })
         .rev()
         .take(10)
-        .map(record_json)
+        .cloned()
         .collect();
+    let recent: Vec<Value> = recs.iter().map(record_json).collect();
     let mut hints = Vec::new();
+    let seen = |k: K| recs.iter().any(|r| r.kind == k);
+    if seen(K::DeniedConnect) {
+        hints.push(format!(
+            "a connection was denied by the egress allowlist: add the destination to requests.network in the manifest and grant it under agents.{name}.network in the policy"
+        ));
+    }
+    if seen(K::DeniedExec) {
+        hints.push(
+            "an exec was denied: agents may only execute files shipped in their bundle's rootfs (not from /tmp, memfd or a host path); add the program to the bundle".into(),
+        );
+    }
+    if seen(K::DeniedOperation) {
+        hints.push(
+            "bpf-lsm denied an operation that no policy grants (mount, ptrace of another process, raw/packet socket, opening a file outside the agent's own mounts): change the agent".into(),
+        );
+    }
     match &a.admission {
         Err(e) => hints.push(format!(
             "admission refused ({e}): raise the grant under agents.{name} in the policy, or lower the manifest request, then `nanoclaw reload`"

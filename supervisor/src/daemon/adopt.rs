@@ -102,6 +102,17 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
     {
         eprintln!("nanoclaw: {name}: updating egress rules: {e}");
     }
+    // The LSM rules are in a pinned map too; (re-)holding is idempotent, and also covers an
+    // agent started by a supervisor that ran without the LSM.
+    let dir = d.cgroups.unified_dir(name);
+    let rootfs = d.agents.get(name)?.bundle.join("rootfs");
+    let lsm_cgid = match super::lsm::hold(d, dir.as_deref(), &rootfs) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nanoclaw: {name}: {e}");
+            None
+        }
+    };
     let a = d.agents.get_mut(name)?;
     let pidfd = Rc::new(pidfd);
     a.generation += 1;
@@ -110,6 +121,9 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
     a.oom_seen = oom;
     if egress_cgid.is_some() {
         a.last_egress_cgid = egress_cgid;
+    }
+    if lsm_cgid.is_some() {
+        a.last_lsm_cgid = lsm_cgid;
     }
     a.reason = format!("re-adopted (pid {}) from a previous supervisor", rec.pid);
     a.tracker.record_start(rec.started_ms);
@@ -125,6 +139,7 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
             None => "none (empty network namespace)".into(),
         },
         monitor_cgid: None,
+        lsm_cgid,
     });
     super::lifecycle::start_monitoring(d, name);
     let a = d.agents.get_mut(name)?;

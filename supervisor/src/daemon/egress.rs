@@ -6,16 +6,17 @@ use std::time::Duration;
 
 use nanoclaw_proto::audit::AuditKind;
 
+use super::ratelimit::Limiter;
 use super::{CtxRef, Daemon, now_ms};
 use crate::admission::Effective;
 use crate::bpf::{Denial, Egress};
 use crate::cgroup::Layout;
 
 /// Denials audited per agent per second; the rest are counted into one summary record.
-const DENIALS_PER_SECOND: u32 = 10;
+pub const DENIALS_PER_SECOND: u32 = 10;
 
 /// The cgroup2 mount of `layout` (where BPF cgroup programs attach).
-fn cgroup2_root(layout: &Layout) -> Option<&Path> {
+pub(super) fn cgroup2_root(layout: &Layout) -> Option<&Path> {
     match layout {
         Layout::V2 { root } => Some(root),
         Layout::V1 { unified, .. } => unified.as_deref(),
@@ -152,7 +153,7 @@ pub fn spawn_denial_reader(ctx: &CtxRef) {
     let c = ctx.clone();
     ctx.ex
         .spawn(async move {
-            let mut window: std::collections::HashMap<u64, (u64, u32, u32)> = Default::default();
+            let mut limiter = Limiter::new(DENIALS_PER_SECOND);
             loop {
                 // Wake at least once a second so rate-limit summaries are written promptly.
                 let tick = async {
@@ -164,11 +165,11 @@ pub fn spawn_denial_reader(ctx: &CtxRef) {
                 }
                 while let Some(item) = rb.next() {
                     if let Some(den) = Denial::parse(&item) {
-                        record(&c, &den, &mut window);
+                        record(&c, &den, &mut limiter);
                         on_violation(&c, den.cgid);
                     }
                 }
-                flush_summaries(&c, &mut window);
+                flush_summaries(&c, &mut limiter);
             }
         })
         .detach();
@@ -268,28 +269,16 @@ fn agent_of(d: &Daemon, cgid: u64) -> Option<String> {
         .map(|(n, _)| n.clone())
 }
 
-/// `window`: cgid → (window start ms, audited in window, suppressed in window).
-fn record(
-    ctx: &CtxRef,
-    den: &Denial,
-    window: &mut std::collections::HashMap<u64, (u64, u32, u32)>,
-) {
+fn record(ctx: &CtxRef, den: &Denial, limiter: &mut Limiter) {
     let mut d = ctx.d.borrow_mut();
     let agent = agent_of(&d, den.cgid).unwrap_or_default();
-    let now = now_ms();
-    let w = window.entry(den.cgid).or_insert((now, 0, 0));
-    if now.saturating_sub(w.0) >= 1000 {
-        if w.2 > 0 {
-            let n = w.2;
-            d.audit(&agent, AuditKind::DeniedConnect, &summary(n), true);
-        }
-        *w = (now, 0, 0);
+    let (closed, admit) = limiter.admit(den.cgid, now_ms());
+    if let Some(n) = closed {
+        d.audit(&agent, AuditKind::DeniedConnect, &summary(n), true);
     }
-    if w.1 >= DENIALS_PER_SECOND {
-        w.2 += 1;
+    if !admit {
         return;
     }
-    w.1 += 1;
     d.audit(
         &agent,
         AuditKind::DeniedConnect,
@@ -301,18 +290,10 @@ fn record(
     );
 }
 
-fn flush_summaries(ctx: &CtxRef, window: &mut std::collections::HashMap<u64, (u64, u32, u32)>) {
-    let now = now_ms();
+fn flush_summaries(ctx: &CtxRef, limiter: &mut Limiter) {
     let mut d = ctx.d.borrow_mut();
-    window.retain(|cgid, w| {
-        if now.saturating_sub(w.0) < 1000 {
-            return true;
-        }
-        if w.2 > 0 {
-            let agent = agent_of(&d, *cgid).unwrap_or_default();
-            let n = w.2;
-            d.audit(&agent, AuditKind::DeniedConnect, &summary(n), true);
-        }
-        false
-    });
+    for (cgid, n) in limiter.expire(now_ms()) {
+        let agent = agent_of(&d, cgid).unwrap_or_default();
+        d.audit(&agent, AuditKind::DeniedConnect, &summary(n), true);
+    }
 }

@@ -203,7 +203,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         return None;
     }
     let a = d.agents.get_mut(name)?;
-    let seccomp_filter = match sandbox::filter_for(&eff.syscalls.to_string()) {
+    let seccomp_filter = match sandbox::filter_for(&eff.syscalls.to_string(), d.lsm.is_some()) {
         Ok(f) => f,
         Err(e) => {
             a.state = State::Failed;
@@ -244,11 +244,16 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     let _ = d.cgroups.remove(name);
     // Egress programs are attached before the agent exists, so it never runs unheld.
     let mut net: Option<super::egress::Plan> = None;
+    let mut lsm_cgid = None;
     let started = d
         .cgroups
         .create(name, &limits_for(&eff))
         .map_err(|e| e.to_string())
-        .and_then(|()| super::egress::prepare(d, name, &eff))
+        .and_then(|()| {
+            let dir = d.cgroups.unified_dir(name);
+            lsm_cgid = super::lsm::hold(d, dir.as_deref(), &spec.rootfs)?;
+            super::egress::prepare(d, name, &eff)
+        })
         .and_then(|plan| {
             let spec = sandbox::Spec {
                 host_network: plan.host_network,
@@ -262,8 +267,10 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         });
     let egress_cgid = net.as_ref().and_then(|p| p.cgid);
     let net_posture = net.map_or_else(String::new, |p| p.posture);
+    let lsm_posture = super::lsm::agent_posture(d, lsm_cgid.is_some());
     if started.is_err() {
         super::egress::release(d, name, egress_cgid);
+        super::lsm::release(d, lsm_cgid);
     }
     let now = now_ms();
     let a = d.agents.get_mut(name)?;
@@ -297,6 +304,9 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     if egress_cgid.is_some() {
         a.last_egress_cgid = egress_cgid;
     }
+    if lsm_cgid.is_some() {
+        a.last_lsm_cgid = lsm_cgid;
+    }
     let version = a.manifest.version.clone();
     let report = started.report.clone();
     a.instance = Some(Instance {
@@ -308,6 +318,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         egress_cgid,
         network: net_posture.clone(),
         monitor_cgid: None,
+        lsm_cgid,
     });
     start_monitoring(d, name);
     let a = d.agents.get_mut(name)?;
@@ -332,7 +343,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         name,
         AuditKind::Start,
         &format!(
-            "started {version} pid {} uid {uid}: memory {} pids {} cpus {} seccomp {} landlock {}; network {net_posture}{unsigned}",
+            "started {version} pid {} uid {uid}: memory {} pids {} cpus {} seccomp {} landlock {}; lsm {lsm_posture}; network {net_posture}{unsigned}",
             started.pid,
             eff.memory_max,
             eff.pids_max,
@@ -381,9 +392,10 @@ fn missing_requirement(d: &Daemon, eff: &admission::Effective) -> Option<String>
             Mechanism::Landlock if d.posture.landlock == "unsupported" => {
                 "Landlock is not supported by this kernel".into()
             }
-            Mechanism::BpfLsm => "BPF LSM enforcement is not available in this build".into(),
+            Mechanism::BpfLsm if d.lsm.is_none() => d.posture.lsm.clone(),
             _ => return None,
         };
+        let why = why.strip_prefix("unavailable: ").unwrap_or(&why);
         Some(format!(
             "the policy requires {m} (agents.{}.require) and it is unavailable: {why}",
             eff.name
@@ -528,6 +540,7 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
     };
     let egress_cgid = a.instance.as_ref().and_then(|i| i.egress_cgid);
     let monitor_cgid = a.instance.as_ref().and_then(|i| i.monitor_cgid);
+    let lsm_cgid = a.instance.as_ref().and_then(|i| i.lsm_cgid);
     a.instance = None;
     a.last_exit = Some(exit);
     let stop_requested = a.stop_requested;
@@ -536,6 +549,7 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
     // Anything the agent left behind (v1 has no memory.oom.group) dies with it.
     let _ = d.cgroups.kill_all(name);
     super::egress::release(d, name, egress_cgid);
+    super::lsm::release(d, lsm_cgid);
     if let (Some(cgid), Some(e)) = (monitor_cgid, d.egress.as_mut()) {
         e.unwatch_syscalls(cgid);
     }

@@ -12,8 +12,10 @@
 mod adopt;
 pub mod egress;
 pub mod lifecycle;
+pub mod lsm;
 pub mod monitor;
 pub mod posture;
+pub mod ratelimit;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -87,6 +89,8 @@ pub struct Daemon {
     pub dynmods_restore: Option<bool>,
     /// eBPF egress control, when this kernel loads and attaches it.
     pub egress: Option<crate::bpf::Egress>,
+    /// BPF LSM hooks, when this kernel loads them and they pass the self-test.
+    pub lsm: Option<crate::bpf::Lsm>,
 }
 
 /// Shared by every task.
@@ -236,6 +240,8 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         Some(Err(e)) => format!("unavailable: {e}"),
         None => "unavailable: eBPF programs did not load".into(),
     };
+    let (lsm, lsm_posture) = lsm::init(cgroups.layout(), &cfg.cgroup_subtree);
+    posture.lsm = lsm_posture;
     let daemon = Daemon {
         cfg,
         cgroups,
@@ -249,6 +255,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         shutting_down: false,
         dynmods_restore,
         egress,
+        lsm,
     };
     let ctx: CtxRef = Rc::new(Ctx {
         ex: LocalExecutor::new(),
@@ -274,6 +281,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         );
     }
     egress::spawn_denial_reader(&ctx);
+    lsm::spawn_event_reader(&ctx);
     lifecycle::install_all(&ctx)?;
     adopt::adopt_or_clean(&ctx);
     lifecycle::start_all(&ctx);
@@ -346,6 +354,9 @@ async fn shutdown(ctx: &CtxRef) -> u8 {
         && let Err(e) = cgroup::dynmods::set_favordynmods(d.cgroups.layout(), prev)
     {
         eprintln!("nanoclaw: restoring the cgroup2 favordynmods option: {e}");
+    }
+    if let Some(l) = d.lsm.as_ref() {
+        l.unpin();
     }
     if let Some(e) = d.egress.as_ref() {
         e.unpin_all();

@@ -22,6 +22,9 @@ pub struct Posture {
     pub egress: String,
     /// Syscall monitoring, or why it is unavailable.
     pub syscall_monitor: String,
+    /// BPF LSM (exec, mount, ptrace, raw sockets, file opens), or why it is unavailable and
+    /// agents fall back to Landlock + seccomp.
+    pub lsm: String,
     pub unsigned_bundles_allowed: bool,
     /// The cgroup2 `favordynmods` option (fast migrations), if there is a cgroup2 mount.
     pub favordynmods: Option<bool>,
@@ -30,7 +33,7 @@ pub struct Posture {
 impl Posture {
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "cgroup {}, seccomp {}, landlock {}, egress {}, syscall monitor {}",
+            "cgroup {}, seccomp {}, landlock {}, egress {}, syscall monitor {}, lsm {}",
             self.cgroup,
             if self.seccomp.starts_with("UNAVAILABLE") {
                 &self.seccomp
@@ -39,7 +42,8 @@ impl Posture {
             },
             self.landlock,
             short(&self.egress),
-            short(&self.syscall_monitor)
+            short(&self.syscall_monitor),
+            short(&self.lsm)
         );
         if self.favordynmods == Some(true) {
             s += ", cgroup2 favordynmods on";
@@ -90,6 +94,7 @@ pub fn probe(cg: &dyn Cgroups, cfg: &DeviceConfig) -> Posture {
         network: "none (empty network namespace) unless granted",
         egress: String::new(),
         syscall_monitor: String::new(),
+        lsm: String::new(),
         unsigned_bundles_allowed: cfg.allow_unsigned,
         favordynmods: None,
     }

@@ -70,11 +70,13 @@ pub struct Spec {
 }
 
 /// The packed seccomp filter for a profile name (`default`, `strict`), compiled once.
-pub fn filter_for(profile: &str) -> Result<Vec<u64>, String> {
+/// The packed seccomp filter of `profile`; `memfd`: whether `memfd_create` stays allowed
+/// (only for agents that BPF LSM holds, see [`seccomp::compile_for`]).
+pub fn filter_for(profile: &str, memfd: bool) -> Result<Vec<u64>, String> {
     let p: seccomp::Profile = profile
         .parse()
         .map_err(|e| format!("syscalls profile {profile:?}: {e}"))?;
-    seccomp::packed(p)
+    seccomp::packed(p, memfd)
         .map(<[u64]>::to_vec)
         .map_err(|e| e.to_string())
 }

@@ -99,6 +99,13 @@ pub enum SeccompError {
 /// Builds the BPF program for `profile` on the running architecture
 /// (`std::env::consts::ARCH`: x86_64 or aarch64).
 pub fn compile(profile: Profile) -> Result<BpfProgram, SeccompError> {
+    compile_for(profile, true)
+}
+
+/// [`compile`], with `memfd_create` left out unless `memfd`. Without BPF LSM nothing else stops
+/// a fileless exec from a memfd (Landlock does not judge kernel-internal mounts, and a memfd
+/// is not on a noexec mount), so agents that the LSM does not hold get no memfd at all.
+pub fn compile_for(profile: Profile, memfd: bool) -> Result<BpfProgram, SeccompError> {
     let arch = match std::env::consts::ARCH {
         "x86_64" => TargetArch::x86_64,
         "aarch64" => TargetArch::aarch64,
@@ -111,6 +118,7 @@ pub fn compile(profile: Profile) -> Result<BpfProgram, SeccompError> {
     let mut plain: Vec<u32> = table::plain(profile)
         .into_iter()
         .filter(|(_, nr)| !filtered.iter().any(|((_, f), _)| f == nr))
+        .filter(|(name, _)| memfd || *name != "SYS_memfd_create")
         .map(|(_, nr)| nr as u32)
         .collect();
     plain.sort_unstable();
@@ -224,19 +232,16 @@ fn search(vals: &[u32]) -> Vec<sock_filter> {
     out
 }
 
-/// `compile(profile)`, computed once per process and packed for the sandbox spec: the
+/// `compile_for(profile, memfd)`, computed once per process and packed for the sandbox spec: the
 /// supervisor compiles each profile once instead of every sandbox init compiling it per start.
-pub fn packed(profile: Profile) -> Result<&'static [u64], SeccompError> {
-    static DEFAULT: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
-    static STRICT: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
-    let cell = match profile {
-        Profile::Default => &DEFAULT,
-        Profile::Strict => &STRICT,
-    };
+pub fn packed(profile: Profile, memfd: bool) -> Result<&'static [u64], SeccompError> {
+    type Cell = std::sync::OnceLock<Vec<u64>>;
+    static CELLS: [Cell; 4] = [Cell::new(), Cell::new(), Cell::new(), Cell::new()];
+    let cell = &CELLS[usize::from(profile == Profile::Strict) * 2 + usize::from(memfd)];
     if let Some(v) = cell.get() {
         return Ok(v);
     }
-    let v = pack(&compile(profile)?);
+    let v = pack(&compile_for(profile, memfd)?);
     Ok(cell.get_or_init(|| v))
 }
 
@@ -639,7 +644,7 @@ mod pack_tests {
     fn pack_round_trips_and_caches() {
         for p in Profile::ALL {
             let prog = compile(p).unwrap();
-            let packed = packed(p).unwrap();
+            let packed = packed(p, true).unwrap();
             let back = unpack(packed).unwrap();
             assert_eq!(back.len(), prog.len());
             for (a, b) in back.iter().zip(&prog) {
@@ -652,7 +657,7 @@ mod pack_tests {
     }
 
     fn packed_again(p: Profile) -> &'static [u64] {
-        packed(p).unwrap()
+        packed(p, true).unwrap()
     }
 }
 
@@ -984,6 +989,36 @@ mod tests {
             return;
         };
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+
+    #[test]
+    fn without_memfd_the_default_profile_refuses_memfd_create() {
+        const NAME: &str = "without_memfd_the_default_profile_refuses_memfd_create";
+        if in_child(NAME) {
+            let run = || -> Result<(), String> {
+                let prog = compile_for(Profile::Default, false).map_err(|e| e.to_string())?;
+                crate::sys::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+                install(&prog).map_err(|e| e.to_string())?;
+                let name = c"x".as_ptr() as i64;
+                expect_errno(
+                    "memfd_create",
+                    raw(nr::SYS_memfd_create, [name, 0, 0, 0, 0, 0]),
+                    libc::EPERM,
+                )?;
+                // Everything else of the default profile still works.
+                std::fs::read("/proc/self/stat").map_err(|e| e.to_string())?;
+                Ok(())
+            };
+            exit_child(run());
+        }
+        let Some(out) = run_child(NAME) else {
+            return;
+        };
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert!(
+            allowed_syscalls(Profile::Default).contains(&"memfd_create"),
+            "with BPF LSM holding the agent, memfd stays allowed"
+        );
     }
 
     #[test]
