@@ -20,7 +20,7 @@
 //! [`validate_policy`] checks a policy as a whole before anything starts.
 
 use crate::config::units::ByteSize;
-use crate::config::{Endpoint, FieldError, Grant, Manifest, Policy, SyscallProfile};
+use crate::config::{Destination, FieldError, Grant, Manifest, Policy, SyscallProfile};
 
 pub const DEFAULT_GRANT_CPUS: f64 = 1.0;
 pub const DEFAULT_GRANT_PIDS: u32 = 32;
@@ -43,7 +43,7 @@ pub struct Effective {
     pub cpu_period_us: u64,
     pub pids_max: u32,
     pub scratch_bytes: u64,
-    pub network: Vec<Endpoint>,
+    pub network: Vec<Destination>,
     pub devices: Vec<String>,
     pub syscalls: SyscallProfile,
     /// Mechanisms the policy requires (`agents.X.require`).

@@ -328,3 +328,86 @@ fn prefix_grants_cover_their_range() {
         "{logs:?}"
     );
 }
+
+/// A DNS server on 127.0.0.1: answers every A question with the address in `addr` (TTL 1 s,
+/// which the supervisor clamps to its 5 s minimum) and every AAAA question with no records.
+fn dns_server(addr: std::sync::Arc<std::sync::Mutex<[u8; 4]>>) -> std::net::SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            // One question, no EDNS: qtype is 4 bytes before the end.
+            let q = &buf[..n];
+            let qtype = u16::from_be_bytes([q[n - 4], q[n - 3]]);
+            let mut r = q.to_vec();
+            r[2] = 0x81;
+            r[3] = 0x80;
+            if qtype == 1 {
+                r[7] = 1;
+                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                r.extend_from_slice(&*addr.lock().unwrap());
+            }
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    local
+}
+
+/// A grant by host name allows what the supervisor resolves the name to, and follows the
+/// name when its address changes (after the TTL), without restarting the agent.
+#[test]
+fn host_names_are_resolved_and_refreshed_on_ttl() {
+    let a1 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = a1.local_addr().unwrap().port();
+    let a2 = TcpListener::bind(("127.0.0.2", port)).unwrap();
+    let answer = std::sync::Arc::new(std::sync::Mutex::new([127, 0, 0, 1]));
+    let dns = dns_server(answer.clone());
+
+    let first = format!("127.0.0.1:{port}");
+    let second = format!("127.0.0.2:{port}");
+    let mut dev = Device::new();
+    dev.device["dns_servers"] = json!([dns.to_string()]);
+    let name = format!("svc.nanoclaw.test:{port}/tcp");
+    let mut m = manifest(
+        "named",
+        "task",
+        &[
+            "connect",
+            "sleep:1500",
+            &first,
+            "sleep:8000",
+            &first,
+            &second,
+        ],
+        "16MiB",
+    );
+    m["requests"]["network"] = json!([name]);
+    let mut g = grant("16MiB");
+    g["network"] = json!([name]);
+    dev.add_agent("named", m, Some(g));
+    dev.start();
+
+    let first_result = dev.wait(Duration::from_secs(10), "the first connect", || {
+        dev.logs("named")
+            .into_iter()
+            .find(|l| l.starts_with(&format!("connect {first}: ")))
+    });
+    assert!(first_result.ends_with(": ok"), "{first_result}");
+    // The name moves; the agent keeps running.
+    *answer.lock().unwrap() = [127, 0, 0, 2];
+    dev.wait_state("named", "exited");
+    let logs = dev.logs("named");
+    let results: Vec<&String> = logs.iter().filter(|l| l.starts_with("connect ")).collect();
+    assert_eq!(results.len(), 3, "{logs:?}");
+    assert!(
+        results[1].contains("Operation not permitted"),
+        "the old address must be refused after the TTL: {logs:?}"
+    );
+    assert!(
+        results[2].ends_with(": ok"),
+        "the new address must be allowed: {logs:?}"
+    );
+    assert_eq!(dev.agent("named")["restarts"], 0);
+    drop((a1, a2));
+}

@@ -68,6 +68,9 @@ pub struct DeviceConfig {
     /// Overrides the total memory; when `None` the caller reads `/proc/meminfo`.
     #[serde(default)]
     pub device_memory: Option<ByteSize>,
+    /// DNS resolvers (`ip:port`) for host names in egress grants; empty: /etc/resolv.conf.
+    #[serde(default)]
+    pub dns_servers: Vec<std::net::SocketAddr>,
 }
 
 fn default_cgroup_root() -> PathBuf {

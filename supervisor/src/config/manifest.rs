@@ -79,6 +79,15 @@ pub enum Proto {
     Udp,
 }
 
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
 /// A network endpoint `ip[/prefix]:port/proto`, e.g. `10.0.0.5:6379/tcp`,
 /// `10.0.0.0/24:6379/tcp` or `[fd00::/64]:53/udp`. Kept parsed so the BPF egress map is filled
 /// from typed values, never from strings. `prefix` is 32 (IPv4) or 128 (IPv6) for one host.
@@ -122,7 +131,7 @@ impl Endpoint {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "endpoint `{text}`: {reason}; expected ip:port/proto such as 10.0.0.5:6379/tcp or [fd00::1]:53/udp"
+    "endpoint `{text}`: {reason}; expected ip:port/proto such as 10.0.0.5:6379/tcp or [fd00::1]:53/udp, or host:port/proto such as api.example.com:443/tcp"
 )]
 pub struct EndpointError {
     pub text: String,
@@ -243,6 +252,141 @@ impl<'de> Deserialize<'de> for Endpoint {
     }
 }
 
+/// Longest host name in a network entry (RFC 1035 presentation form, without the final dot).
+pub const MAX_HOSTNAME: usize = 253;
+
+/// A destination by name, `host.example:443/tcp`: the supervisor resolves it (DNS, refreshed on
+/// the answer's TTL, or /etc/hosts) and allows the addresses it currently resolves to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostPort {
+    /// Lower case, letters, digits, `-` and `.` only, at least one letter.
+    pub name: String,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl HostPort {
+    fn parse(proto: Proto, addr: &str) -> Result<HostPort, &'static str> {
+        let (host, port) = addr.rsplit_once(':').ok_or("missing :port")?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or("the port must be 1-65535")?;
+        let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let labels_ok = name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+        if name.is_empty() || name.len() > MAX_HOSTNAME || !labels_ok {
+            return Err("not an IP address, and not a host name (letters, digits, - and . only)");
+        }
+        if !name.bytes().any(|b| b.is_ascii_alphabetic()) {
+            return Err("not an IPv4 address or [IPv6] address with a port");
+        }
+        Ok(HostPort { name, port, proto })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.name, self.port, self.proto.as_str())
+    }
+}
+
+/// One entry of `requests.network` or a grant's `network`: an address (range) or a host name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Destination {
+    Addr(Endpoint),
+    Host(HostPort),
+}
+
+impl Destination {
+    /// Whether every destination of `other` is also one of `self`. A name covers only the same
+    /// name, port and protocol: the addresses behind a name change, so a grant by name never
+    /// covers a request by address or the other way round.
+    pub fn covers(&self, other: &Destination) -> bool {
+        match (self, other) {
+            (Self::Addr(a), Self::Addr(b)) => a.covers(b),
+            (Self::Host(a), Self::Host(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    pub fn as_addr(&self) -> Option<&Endpoint> {
+        match self {
+            Self::Addr(e) => Some(e),
+            Self::Host(_) => None,
+        }
+    }
+
+    pub fn as_host(&self) -> Option<&HostPort> {
+        match self {
+            Self::Host(h) => Some(h),
+            Self::Addr(_) => None,
+        }
+    }
+}
+
+impl FromStr for Destination {
+    type Err = EndpointError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.parse::<Endpoint>() {
+            Ok(e) => Ok(Self::Addr(e)),
+            Err(e) => {
+                // Only a text that cannot be an address is tried as a name, so address typos
+                // keep their precise error.
+                let Some((addr, proto)) = text.rsplit_once('/') else {
+                    return Err(e);
+                };
+                let proto = match proto {
+                    "tcp" => Proto::Tcp,
+                    "udp" => Proto::Udp,
+                    _ => return Err(e),
+                };
+                let looks_like_name = !addr.starts_with('[')
+                    && !addr.contains('/')
+                    && addr.bytes().any(|b| b.is_ascii_alphabetic());
+                if !looks_like_name {
+                    return Err(e);
+                }
+                HostPort::parse(proto, addr)
+                    .map(Self::Host)
+                    .map_err(|reason| EndpointError {
+                        text: text.into(),
+                        reason,
+                    })
+            }
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Addr(e) => e.fmt(f),
+            Self::Host(h) => h.fmt(f),
+        }
+    }
+}
+
+impl Serialize for Destination {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Destination {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Requests {
@@ -254,7 +398,7 @@ pub struct Requests {
     #[serde(default)]
     pub scratch: Option<ByteSize>,
     #[serde(default)]
-    pub network: Vec<Endpoint>,
+    pub network: Vec<Destination>,
     #[serde(default)]
     pub devices: Vec<String>,
     #[serde(default = "default_request_syscalls")]
@@ -583,11 +727,11 @@ pub(crate) mod tests {
         assert_eq!(m.requests.scratch, Some(ByteSize::mib(8)));
         assert_eq!(
             m.requests.network,
-            [Endpoint {
+            [Destination::Addr(Endpoint {
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)), 6379),
                 proto: Proto::Tcp,
                 prefix: 32,
-            }]
+            })]
         );
         assert!(m.requests.devices.is_empty());
         assert_eq!(m.requests.syscalls, SyscallProfile::Default);
@@ -782,6 +926,47 @@ pub(crate) mod tests {
             msg.contains("10.0.0.5:6379/icmp") && msg.contains("line 4"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn destinations_by_name() {
+        let d: Destination = "API.Example.com.:443/tcp".parse().unwrap();
+        let h = d.as_host().unwrap();
+        assert_eq!(
+            (h.name.as_str(), h.port, h.proto),
+            ("api.example.com", 443, Proto::Tcp)
+        );
+        assert_eq!(d.to_string(), "api.example.com:443/tcp");
+        let ip: Destination = "10.0.0.5:6379/tcp".parse().unwrap();
+        assert!(ip.as_addr().is_some());
+        // A name covers only itself; names and addresses never cover each other.
+        assert!(d.covers(&"api.example.com:443/tcp".parse().unwrap()));
+        assert!(!d.covers(&"api.example.com:80/tcp".parse().unwrap()));
+        assert!(!d.covers(&"api.example.com:443/udp".parse().unwrap()));
+        assert!(!d.covers(&"x.example.com:443/tcp".parse().unwrap()));
+        assert!(!d.covers(&ip) && !ip.covers(&d));
+        for bad in [
+            "api.example.com/tcp",
+            "api.example.com:0/tcp",
+            "api.example.com:99999/tcp",
+            "api..example.com:443/tcp",
+            "-api.example.com:443/tcp",
+            "api_x.example.com:443/tcp",
+            "api.example.com:443/sctp",
+            "10.0.0.300:80/tcp",
+            "[fd00::zz]:53/udp",
+        ] {
+            let err = bad.parse::<Destination>().unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("`{bad}`")),
+                "{bad}: {err}"
+            );
+        }
+        let long = format!("{}.com:443/tcp", "a".repeat(250));
+        assert!(long.parse::<Destination>().is_err());
+        let s = with("10.0.0.5:6379/tcp", "broker.local:1883/tcp");
+        let m = parse(&s).unwrap();
+        assert_eq!(m.requests.network[0].to_string(), "broker.local:1883/tcp");
     }
 
     #[test]

@@ -24,8 +24,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 pub use device::DeviceConfig;
 pub use manifest::{
-    Class, Endpoint, Health, Manifest, Mode, Proto, Requests, RestartPolicy, RestartSpec,
-    SyscallProfile,
+    Class, Destination, Endpoint, Health, Manifest, Mode, Proto, Requests, RestartPolicy,
+    RestartSpec, SyscallProfile,
 };
 pub use policy::{
     BatteryAction, BatteryRule, Capability, DevicePolicy, Energy, Grant, Policy, Signer,

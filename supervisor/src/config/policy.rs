@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{Endpoint, SyscallProfile, check_device, check_limits};
+use super::manifest::{Destination, Endpoint, SyscallProfile, check_device, check_limits};
 use super::units::ByteSize;
 use super::{
     ConfigError, FieldError, base_dir, check_len, check_name, read_capped, resolve, unique_map,
@@ -108,7 +108,7 @@ pub struct Grant {
     #[serde(default)]
     pub scratch: Option<ByteSize>,
     #[serde(default)]
-    pub network: Vec<Endpoint>,
+    pub network: Vec<Destination>,
     #[serde(default)]
     pub devices: Vec<String>,
     /// The most permissive profile granted.

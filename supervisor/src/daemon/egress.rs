@@ -75,7 +75,7 @@ pub fn prepare(d: &mut Daemon, name: &str, eff: &Effective) -> Result<Plan, Stri
         });
     }
     let dir = d.cgroups.unified_dir(name);
-    let Some(egress) = d.egress.as_mut() else {
+    if d.egress.is_none() {
         return Ok(Plan {
             host_network: false,
             cgid: None,
@@ -87,9 +87,15 @@ pub fn prepare(d: &mut Daemon, name: &str, eff: &Effective) -> Result<Plan, Stri
         });
     };
     let dir = dir.ok_or("the agent has no cgroup2 directory to attach egress control to")?;
+    // Names not resolved yet are allowed as soon as the refresh task has their addresses.
+    let endpoints = super::names::endpoints(d, eff);
+    d.names.wake();
+    let Some(egress) = d.egress.as_mut() else {
+        return Err("egress control is unavailable".into());
+    };
     let cgid = egress
         .attach(name, &dir)
-        .and_then(|cgid| egress.set_rules(cgid, &eff.network).map(|()| cgid))
+        .and_then(|cgid| egress.set_rules(cgid, &endpoints).map(|()| cgid))
         .map_err(|e| format!("egress control: {e}"))?;
     Ok(Plan {
         host_network: true,
@@ -128,8 +134,10 @@ pub fn release(d: &mut Daemon, name: &str, cgid: Option<u64>) {
 
 /// Applies new rules to a running agent (policy reload): effective on its next connect.
 pub fn update(d: &mut Daemon, cgid: u64, eff: &Effective) -> Result<(), String> {
+    let endpoints = super::names::endpoints(d, eff);
+    d.names.wake();
     match d.egress.as_mut() {
-        Some(e) => e.set_rules(cgid, &eff.network).map_err(|e| e.to_string()),
+        Some(e) => e.set_rules(cgid, &endpoints).map_err(|e| e.to_string()),
         None => Ok(()),
     }
 }

@@ -14,6 +14,7 @@ pub mod egress;
 pub mod lifecycle;
 pub mod lsm;
 pub mod monitor;
+pub mod names;
 pub mod posture;
 pub mod ratelimit;
 
@@ -91,6 +92,8 @@ pub struct Daemon {
     pub egress: Option<crate::bpf::Egress>,
     /// BPF LSM hooks, when this kernel loads them and they pass the self-test.
     pub lsm: Option<crate::bpf::Lsm>,
+    /// What host names in egress grants resolve to.
+    pub names: names::Names,
 }
 
 /// Shared by every task.
@@ -256,6 +259,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         dynmods_restore,
         egress,
         lsm,
+        names: names::Names::default(),
     };
     let ctx: CtxRef = Rc::new(Ctx {
         ex: LocalExecutor::new(),
@@ -282,6 +286,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     }
     egress::spawn_denial_reader(&ctx);
     lsm::spawn_event_reader(&ctx);
+    names::spawn(&ctx);
     lifecycle::install_all(&ctx)?;
     adopt::adopt_or_clean(&ctx);
     lifecycle::start_all(&ctx);
