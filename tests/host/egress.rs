@@ -411,3 +411,76 @@ fn host_names_are_resolved_and_refreshed_on_ttl() {
     assert_eq!(dev.agent("named")["restarts"], 0);
     drop((a1, a2));
 }
+
+/// `on_violation` with `freeze` and `stop`: after two denied connections one agent is frozen
+/// (its cgroup really stops it) and the other is stopped, each with a `violation` record.
+#[test]
+fn violations_freeze_or_stop_the_agent() {
+    let ok = "127.0.0.1:1";
+    let bad = "127.0.0.1:2";
+    let mut dev = Device::new();
+    for (name, action) in [("icy", "freeze"), ("halted", "stop")] {
+        let mut m = manifest(
+            name,
+            "service",
+            &["connect", bad, bad, "sleep:60000"],
+            "16MiB",
+        );
+        m["requests"]["network"] = json!([format!("{ok}/tcp")]);
+        m["restart"] = json!({ "policy": "never" });
+        let mut g = grant("16MiB");
+        g["network"] = json!([format!("{ok}/tcp")]);
+        g["on_violation"] = json!([{ "denied_connects": 2, "within_s": 60, "action": action }]);
+        dev.add_agent(name, m, Some(g));
+    }
+    dev.start();
+    let icy = dev.wait_state("icy", "frozen");
+    assert!(
+        icy["pid"].as_i64().is_some(),
+        "a frozen agent keeps its process: {icy}"
+    );
+    // The kernel holds it: every task of its cgroup is frozen.
+    let pid = icy["pid"].as_i64().unwrap();
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let freezer = cg
+        .lines()
+        .find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_owned()));
+    let state = match freezer {
+        Some(p) => std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{p}/freezer.state"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+        None => {
+            let p = cg.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+            let events =
+                std::fs::read_to_string(format!("/sys/fs/cgroup{p}/cgroup.events")).unwrap();
+            if events.contains("frozen 1") {
+                "FROZEN".into()
+            } else {
+                events
+            }
+        }
+    };
+    assert_eq!(state, "FROZEN");
+    let halted = dev.wait(Duration::from_secs(20), "halted to be stopped", || {
+        let a = dev.agent("halted");
+        (a["state"] == "stopped" && a["pid"].is_null()).then_some(a)
+    });
+    let reasons: Vec<String> = dev
+        .audit_of("violation")
+        .iter()
+        .map(|r| format!("{} {}", r["agent"], r["reason"]))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("icy") && r.contains("frozen")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("halted") && r.contains("stopping")),
+        "{reasons:?} {halted}"
+    );
+}

@@ -63,3 +63,40 @@ fn a_syscall_outside_the_learned_baseline_is_reported() {
     let why = dev.cli(&["why", "quiet"]);
     assert!(why.stdout.contains("syscall_anomaly"), "{why:?}");
 }
+
+/// A syscall storm: the agent makes only syscalls it made while learning, but one of them
+/// thousands of times faster; the rate rule reports it.
+#[test]
+fn a_syscall_storm_trips_the_rate_rule() {
+    let mut dev = Device::new();
+    dev.device["syscall_baseline_s"] = json!(3);
+    dev.add_agent(
+        "stormy",
+        manifest(
+            "stormy",
+            "service",
+            &["wait-file", "/go", "stat-storm", "300000"],
+            "16MiB",
+        ),
+        Some(grant("16MiB")),
+    );
+    dev.start();
+    dev.wait(Duration::from_secs(20), "the learned baseline", || {
+        dev.audit_of("posture").into_iter().find(|r| {
+            r["agent"] == "stormy"
+                && r["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("learned the syscall baseline")
+        })
+    });
+    std::fs::write(dev.bundle("stormy").join("rootfs/go"), b"go").unwrap();
+    dev.wait_log("stormy", "stat-storm: 300000 stats");
+    let found = dev.wait(Duration::from_secs(20), "a rate anomaly", || {
+        dev.audit_of("syscall_anomaly").into_iter().find(|r| {
+            r["agent"] == "stormy" && r["reason"].as_str().unwrap_or_default().contains("jumped")
+        })
+    });
+    let reason = found["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("stat"), "{reason}");
+}

@@ -16,6 +16,8 @@
 //! - `hostile [MS]`: a raw socket, a mount, ptrace of a sibling, exec from the scratch and
 //!   from a memfd, a host file through /proc; prints each outcome; with MS, every MS
 //!   milliseconds forever.
+//! - `stat-storm N`: N `lstat`s of `/go` as fast as possible (the call `wait-file` polls
+//!   with), then sleeps: a syscall rate far above any learned baseline.
 //! - `wait-file PATH ROLE [ARGS]`: waits until PATH exists, then runs ROLE (tests use it to
 //!   trigger a role at a moment of their choosing).
 
@@ -62,6 +64,18 @@ fn run(args: &[String]) -> ExitCode {
             arg(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000),
             arg(2).and_then(|s| s.parse().ok()).unwrap_or(5),
         ),
+        Some("stat-storm") => {
+            // The syscall wait-file polls with, as fast as possible: a rate anomaly.
+            let n: u64 = arg(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+            let hits = (0..n)
+                .filter(|_| std::fs::symlink_metadata("/go").is_ok())
+                .count();
+            println!("stat-storm: {n} stats ({hits} found)");
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         Some("wait-file") if args.len() >= 3 => {
             while std::fs::symlink_metadata(&args[1]).is_err() {
                 std::thread::sleep(Duration::from_millis(50));
