@@ -18,6 +18,8 @@
 //!   milliseconds forever.
 //! - `stat-storm N`: N `lstat`s of `/go` as fast as possible (the call `wait-file` polls
 //!   with), then sleeps: a syscall rate far above any learned baseline.
+//! - `revoke-probe DELAY_MS DENIED N ALLOWED`: measures how fast an `on_violation`
+//!   `revoke_network` rule cuts the agent off (see the function).
 //! - `wait-file PATH ROLE [ARGS]`: waits until PATH exists, then runs ROLE (tests use it to
 //!   trigger a role at a moment of their choosing).
 
@@ -59,6 +61,12 @@ fn run(args: &[String]) -> ExitCode {
         Some("connect-time") => connect_time(
             arg(1).and_then(|s| s.parse().ok()).unwrap_or(1000),
             arg(2).unwrap_or("127.0.0.1:1"),
+        ),
+        Some("revoke-probe") if args.len() >= 5 => revoke_probe(
+            arg(1).and_then(|s| s.parse().ok()).unwrap_or(0),
+            &args[2],
+            arg(3).and_then(|s| s.parse().ok()).unwrap_or(3),
+            &args[4],
         ),
         Some("syscall-loop") => syscall_loop(
             arg(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000),
@@ -554,6 +562,47 @@ fn syscall_loop(calls: u64, rounds: u32) -> ExitCode {
         let _ = std::io::stdout().flush();
     }
     ExitCode::SUCCESS
+}
+
+/// After `delay_ms`, knocks `n` times on `denied` (a destination outside the allowlist), then
+/// connects to `allowed` (a closed port: "refused" while allowed) until the kernel answers
+/// EPERM: prints `revoke-probe: cut off after T us (K connects got through)`. With a policy
+/// `on_violation` rule of `n` denials → `revoke_network`, T is the time from the last denial
+/// to the revocation holding in the kernel (ring buffer, daemon, map update).
+fn revoke_probe(delay_ms: u64, denied: &str, n: u32, allowed: &str) -> ExitCode {
+    let (Ok(denied), Ok(allowed)) = (
+        denied.parse::<std::net::SocketAddr>(),
+        allowed.parse::<std::net::SocketAddr>(),
+    ) else {
+        eprintln!("revoke-probe: bad address");
+        return ExitCode::from(2);
+    };
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    let eperm = |r: &std::io::Result<std::net::TcpStream>| {
+        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
+    };
+    if eperm(&std::net::TcpStream::connect(allowed)) {
+        println!("revoke-probe: {allowed} is refused before any violation");
+        return ExitCode::from(1);
+    }
+    for _ in 0..n {
+        let _ = std::net::TcpStream::connect(denied);
+    }
+    let t0 = std::time::Instant::now();
+    let mut through = 0u64;
+    while t0.elapsed() < Duration::from_secs(10) {
+        if eperm(&std::net::TcpStream::connect(allowed)) {
+            println!(
+                "revoke-probe: cut off after {} us ({through} connects got through)",
+                t0.elapsed().as_micros()
+            );
+            let _ = std::io::stdout().flush();
+            return ExitCode::SUCCESS;
+        }
+        through += 1;
+    }
+    println!("revoke-probe: never cut off ({through} connects got through)");
+    ExitCode::from(1)
 }
 
 /// Times `n` TCP connects to `dest` (a closed port answers with RST at once): prints

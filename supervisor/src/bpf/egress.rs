@@ -83,8 +83,10 @@ pub struct Egress {
     bpf: Ebpf,
     /// `/sys/fs/bpf/<cgroup_subtree>`: maps, and `links/<agent>/` per agent.
     pin_dir: PathBuf,
-    /// Whether the syscall-counting tracepoint is attached (or why not).
+    /// Whether the syscall-counting tracepoint works here (or why not).
     monitor: Result<(), String>,
+    /// Its link while attached (sampled monitoring detaches it between windows).
+    monitor_link: Option<aya::programs::raw_trace_point::RawTracePointLinkId>,
 }
 
 /// `struct nc_sys_key` of bpf/nanoclaw.h: cgroup id, syscall number, padding.
@@ -189,15 +191,19 @@ impl Egress {
                 .load()
                 .map_err(prog_err(p))?;
         }
-        let monitor = if syscall_monitor {
-            attach_monitor(&mut bpf).map_err(|e| e.to_string())
+        let (monitor, monitor_link) = if syscall_monitor {
+            match attach_monitor(&mut bpf) {
+                Ok(id) => (Ok(()), Some(id)),
+                Err(e) => (Err(e.to_string()), None),
+            }
         } else {
-            Err("off (device.json syscall_monitor: false)".into())
+            (Err("off (device.json syscall_monitor: false)".into()), None)
         };
         Ok(Egress {
             bpf,
             pin_dir,
             monitor,
+            monitor_link,
         })
     }
 
@@ -331,6 +337,28 @@ impl Egress {
         &self.monitor
     }
 
+    /// Attaches or detaches the counting tracepoint (sampled monitoring). While detached no
+    /// task on the device pays for it, and nothing is counted.
+    pub fn set_monitor_active(&mut self, active: bool) -> Result<(), BpfError> {
+        if self.monitor.is_err() || active == self.monitor_link.is_some() {
+            return Ok(());
+        }
+        let p = "nc_sys_enter";
+        let prog = program_of::<RawTracePoint>(&mut self.bpf, p)?;
+        match self.monitor_link.take() {
+            Some(id) => prog.detach(id).map_err(prog_err(p)),
+            None => {
+                self.monitor_link = Some(prog.attach("sys_enter").map_err(prog_err(p))?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the counting tracepoint is attached right now.
+    pub fn monitor_active(&self) -> bool {
+        self.monitor_link.is_some()
+    }
+
     /// Starts counting the syscalls of cgroup `cgid`.
     pub fn watch_syscalls(&mut self, cgid: u64) -> Result<(), BpfError> {
         let mut m: HashMap<&mut MapData, u64, u32> = map_of(&mut self.bpf, "nc_monitored")?;
@@ -427,13 +455,14 @@ impl Egress {
 }
 
 /// Attaches the syscall-counting raw tracepoint `sys_enter` (tracefs is mounted if missing).
-fn attach_monitor(bpf: &mut Ebpf) -> Result<(), BpfError> {
+fn attach_monitor(
+    bpf: &mut Ebpf,
+) -> Result<aya::programs::raw_trace_point::RawTracePointLinkId, BpfError> {
     super::ensure_tracefs()?;
     let p = "nc_sys_enter";
     let prog = program_of::<RawTracePoint>(bpf, p)?;
     prog.load().map_err(prog_err(p))?;
-    prog.attach("sys_enter").map_err(prog_err(p))?;
-    Ok(())
+    prog.attach("sys_enter").map_err(prog_err(p))
 }
 
 #[cfg(test)]

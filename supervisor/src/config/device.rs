@@ -62,6 +62,11 @@ pub struct DeviceConfig {
     /// kernel takes its slower syscall path for every task on the device (docs/BENCHMARKS.md).
     #[serde(default = "default_true")]
     pub syscall_monitor: bool,
+    /// Sampled monitoring: after learning, count only `on_s` seconds of every `every_s`
+    /// (absent: continuously). The kernel's slow syscall path then costs every task on the
+    /// device only that share of the time; anomalies are seen only inside the windows.
+    #[serde(default)]
+    pub syscall_sampling: Option<Sampling>,
     /// How long the first run of an agent version is watched to learn its syscall baseline.
     #[serde(default = "default_syscall_baseline")]
     pub syscall_baseline_s: u32,
@@ -71,6 +76,14 @@ pub struct DeviceConfig {
     /// DNS resolvers (`ip:port`) for host names in egress grants; empty: /etc/resolv.conf.
     #[serde(default)]
     pub dns_servers: Vec<std::net::SocketAddr>,
+}
+
+/// `syscall_sampling`: `on_s` seconds of every `every_s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    pub on_s: u32,
+    pub every_s: u32,
 }
 
 fn default_cgroup_root() -> PathBuf {
@@ -169,6 +182,17 @@ impl DeviceConfig {
                 format!(
                     "`{}` must be a relative path without `.`/`..` that contains `nanoclaw`",
                     self.cgroup_subtree.escape_default()
+                ),
+            ));
+        }
+        if let Some(s) = self.syscall_sampling
+            && (s.on_s < 2 || s.every_s <= s.on_s || s.every_s > 3600)
+        {
+            return Err(FieldError::new(
+                "syscall_sampling",
+                format!(
+                    "on_s {} of every_s {}: on_s must be at least 2 (one counting interval) and below every_s, every_s at most 3600",
+                    s.on_s, s.every_s
                 ),
             ));
         }

@@ -239,7 +239,13 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         egress::init(cgroups.layout(), &cfg.cgroup_subtree, cfg.syscall_monitor);
     posture.egress = egress_posture;
     posture.syscall_monitor = match egress.as_ref().map(crate::bpf::Egress::monitor) {
-        Some(Ok(())) => "bpf tracepoint (raw) sys_enter, learned baseline".into(),
+        Some(Ok(())) => match cfg.syscall_sampling {
+            None => "bpf tracepoint (raw) sys_enter, learned baseline, continuous".into(),
+            Some(s) => format!(
+                "bpf tracepoint (raw) sys_enter, learned baseline, sampled {} s of every {} s",
+                s.on_s, s.every_s
+            ),
+        },
         Some(Err(e)) => format!("unavailable: {e}"),
         None => "unavailable: eBPF programs did not load".into(),
     };
