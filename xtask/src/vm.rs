@@ -153,11 +153,16 @@ fn arch(name: &str) -> Result<&'static Arch> {
 
 /// `cargo xtask vm [x86_64|aarch64|all]` (default x86_64).
 pub fn main(args: &[String]) -> Result {
-    let names: Vec<&str> = match args.first().map(String::as_str) {
-        None => vec!["x86_64"],
-        Some("all") => ARCHES.iter().map(|a| a.name).collect(),
-        Some(a) if args.len() == 1 => vec![a],
-        Some(_) => return Err("usage: cargo xtask vm [x86_64|aarch64|all]".into()),
+    // `--arch A` is accepted as a spelling of `A` (the and CI scripts' form).
+    let args: Vec<&str> = match args {
+        [flag, a] if flag == "--arch" => vec![a.as_str()],
+        _ => args.iter().map(String::as_str).collect(),
+    };
+    let names: Vec<&str> = match args.as_slice() {
+        [] => vec!["x86_64"],
+        ["all"] => ARCHES.iter().map(|a| a.name).collect(),
+        [a] => vec![*a],
+        _ => return Err("usage: cargo xtask vm [--arch] [x86_64|aarch64|all]".into()),
     };
     for name in names {
         arch(name)?;
