@@ -36,6 +36,8 @@ fn main() -> ExitCode {
             }
         },
         Ok(cli::Command::Query { socket, req, json }) => {
+            // Like any Unix filter: `nanoclaw logs x | head` ends quietly when the reader goes.
+            nanoclaw::sys::default_signal(libc::SIGPIPE);
             ExitCode::from(cli::query(&socket, &req, json))
         }
         Ok(cli::Command::Run(opts)) => match nanoclaw::oneshot::run(&opts) {

@@ -72,6 +72,20 @@ fn unknown_agent_exits_4_and_known_agents_work() {
         let out = dev.cli(args);
         assert_eq!(out.code, 0, "{args:?}: {out:?}");
     }
+    // A reader that goes away (`nanoclaw status | head -1`) ends the CLI quietly, no panic.
+    let mut child = dev
+        .command()
+        .arg("status")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning nanoclaw status");
+    drop(child.stdout.take());
+    let out = child
+        .wait_with_output()
+        .expect("waiting for nanoclaw status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
     let a = dev.json(&["audit", "--agent", "known"]);
     let recs = a.as_array().expect("array");
     assert!(

@@ -1437,7 +1437,9 @@ fn sampled_loop(ctx: &Ctx) -> Result<Vec<f64>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         d.alive()?;
-        let audit = d.cli(&["audit", "--agent", "sampled", "-n", "50"]).unwrap_or_default();
+        let audit = d
+            .cli(&["audit", "--agent", "sampled", "-n", "50"])
+            .unwrap_or_default();
         if audit.contains("learned the syscall baseline") {
             break;
         }
@@ -1635,7 +1637,7 @@ fn bench_egress(ctx: &Ctx) -> Result<Section> {
                 i % 256
             )
         }));
-        let cmd = ["/bin/demo-agent", "connect-time", N, DEST];
+        let cmd = ["/bin/demo-agent", "connect-time", N, DEST, "stay"];
         let names: Vec<String> = (0..ROUNDS).map(|r| format!("c{rules}x{r}")).collect();
         let bundles: Vec<Bundle> = names
             .iter()
@@ -1670,31 +1672,15 @@ fn bench_egress(ctx: &Ctx) -> Result<Section> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        // Kernel memory of the pinned maps (bpftool reports memlock per map).
+        // Kernel memory of the pinned maps while the agents run with their rules, and again
+        // once they are stopped (rules removed).
         let pins = Path::new("/sys/fs/bpf").join(&subtree);
-        let mut bytes = 0u64;
-        for m in [
-            "nc_allow4",
-            "nc_allow6",
-            "nc_agents",
-            "nc_traffic",
-            "nc_monitored",
-            "nc_syscalls",
-        ] {
-            let out = util::output(
-                Command::new("bpftool")
-                    .args(["map", "show", "pinned"])
-                    .arg(pins.join(m)),
-            )
-            .unwrap_or_default();
-            bytes += out
-                .split_whitespace()
-                .skip_while(|w| *w != "memlock")
-                .nth(1)
-                .and_then(|b| b.trim_end_matches('B').parse::<u64>().ok())
-                .unwrap_or(0);
+        let bytes = map_memlock(&pins);
+        for n in &names {
+            d.cli(&["stop", n])?;
         }
-        memlock.push((rules, bytes, names.len()));
+        let idle = map_memlock(&pins);
+        memlock.push((rules, bytes, idle, names.len()));
         d.stop()?;
         rows.push((rules, v));
     }
@@ -1738,28 +1724,27 @@ fn bench_egress(ctx: &Ctx) -> Result<Section> {
         "\nThe agent rows include everything an agent with network access carries: the connect4 \
          hook, the cgroup_skb accounting of each packet, seccomp and the syscall monitor (see \
          above). The maps are shared by all agents of one supervisor; `bpftool map show pinned …` \
-         reports the kernel's accounting bound (memlock, computed from max_entries; the maps are \
-         `BPF_F_NO_PREALLOC`, so entries are allocated as they are added):\n\n\
-         | agents | entries each | memlock bound, all maps |\n|---|---|---|"
+         reports each map's memory as the kernel accounts it (`memlock`; the maps are \
+         `BPF_F_NO_PREALLOC`, so entries are allocated as they are added), measured while the \
+         agents run and again after they are stopped (their entries removed):\n\n\
+         | agents | entries each | memlock, all maps, agents running | after stopping them |\n|---|---|---|---|"
     );
-    for (rules, bytes, agents) in &memlock {
-        let _ = writeln!(body, "| {agents} | {rules} | {} |", kib(*bytes as f64));
+    for (rules, bytes, idle, agents) in &memlock {
+        let _ = writeln!(
+            body,
+            "| {agents} | {rules} | {} | {} |",
+            kib(*bytes as f64),
+            kib(*idle as f64)
+        );
     }
-    if let Some((_, b, _)) = memlock.first() {
+    if let [(_, b1, i1, n1), (r2, b2, _, n2)] = memlock.as_slice() {
         targets.push(target(
-            "eBPF maps, memlock bound for the whole supervisor",
-            "measured",
-            kib(*b as f64),
-            None,
-        ));
-    }
-    if let [(_, b1, n1), (r2, b2, n2)] = memlock.as_slice() {
-        targets.push(target(
-            "eBPF map memory per agent (1 entry; per allow entry)",
+            "eBPF maps, whole supervisor with no agent / per agent (1 entry) / per allow entry",
             "follows the agent count",
             format!(
-                "{} per agent; {:.0} B per entry",
-                kib(*b1 as f64 / *n1 as f64),
+                "{} / {:.0} B / {:.0} B",
+                kib(*i1 as f64),
+                (*b1 as f64 - *i1 as f64) / *n1 as f64,
                 (*b2 as f64 - *b1 as f64) / (*n2 as f64 * (*r2 as f64 - 1.0))
             ),
             None,
@@ -1806,7 +1791,9 @@ const REVOKE_AGENTS: usize = 10;
 /// Milliseconds from a violation to the revocation holding, one per agent (`revoke-probe`).
 fn bench_revoke(ctx: &Ctx) -> Result<Vec<f64>> {
     let network = vec!["127.0.0.1:1/tcp".to_owned()];
-    let delays: Vec<String> = (0..REVOKE_AGENTS).map(|k| (500 + k * 400).to_string()).collect();
+    let delays: Vec<String> = (0..REVOKE_AGENTS)
+        .map(|k| (500 + k * 400).to_string())
+        .collect();
     let cmds: Vec<[&str; 6]> = delays
         .iter()
         .map(|d| {
@@ -1861,6 +1848,36 @@ fn bench_revoke(ctx: &Ctx) -> Result<Vec<f64>> {
     }
     d.stop()?;
     Ok(v)
+}
+
+/// Sum of `memlock` over the pinned maps under `pins` (bpftool).
+fn map_memlock(pins: &Path) -> u64 {
+    let mut bytes = 0u64;
+    for m in [
+        "nc_allow4",
+        "nc_allow6",
+        "nc_agents",
+        "nc_traffic",
+        "nc_monitored",
+        "nc_syscalls",
+        "nc_denials",
+        "nc_lsm_agents",
+        "nc_lsm_events",
+    ] {
+        let out = util::output(
+            Command::new("bpftool")
+                .args(["map", "show", "pinned"])
+                .arg(pins.join(m)),
+        )
+        .unwrap_or_default();
+        bytes += out
+            .split_whitespace()
+            .skip_while(|w| *w != "memlock")
+            .nth(1)
+            .and_then(|b| b.trim_end_matches('B').parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    bytes
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ const DEVICE_JSON: &str = r#"{
   "allow_unsigned": true,
   "cgroup_root": "/sys/fs/cgroup",
   "cgroup_subtree": "nanoclaw",
-  "stop_grace_s": 1
+  "stop_grace_s": 1,
+  "syscall_baseline_s": 3
 }
 "#;
 
@@ -66,6 +67,9 @@ const POLICY_JSON: &str = r#"{
     "netcheck": { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "1MiB", "syscalls": "default",
                   "network": ["127.0.0.1:1/tcp"] },
     "hostile":  { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "4MiB", "syscalls": "default" },
+    "flooder":  { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "1MiB", "syscalls": "default",
+                  "network": ["127.0.0.1:1/tcp"] },
+    "stormy":   { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "1MiB", "syscalls": "default" },
     "lsmloop":  { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "4MiB", "syscalls": "default" },
     "needlsm":  { "memory": "16MiB", "cpus": 0.25, "pids": 8,  "scratch": "1MiB", "syscalls": "default",
                   "require": ["bpf-lsm"] }
@@ -77,9 +81,11 @@ const POLICY_JSON: &str = r#"{
 const AGENTS: [&str; 3] = ["memhog", "forkbomb", "escape"];
 
 /// An agent with one granted endpoint: eBPF egress control on this kernel lets 127.0.0.1:1
-/// through (closed port: "Connection refused") and refuses 127.0.0.1:2 with EPERM.
+/// through (closed port: "Connection refused") and refuses everything else with EPERM: TCP
+/// to another port, the same over IPv4-mapped IPv6 and IPv6, and UDP.
 const NETCHECK_MANIFEST: &str = r#"{ "name": "netcheck", "version": "1.0.0", "mode": "task",
-  "exec": ["/bin/demo-agent", "connect", "127.0.0.1:1", "127.0.0.1:2"],
+  "exec": ["/bin/demo-agent", "connect", "127.0.0.1:1", "127.0.0.1:2", "[::ffff:127.0.0.1]:2",
+           "[::1]:2", "udp:127.0.0.1:2"],
   "requests": { "memory": "16MiB", "scratch": "1MiB", "network": ["127.0.0.1:1/tcp"] },
   "restart": { "policy": "never" } }
 "#;
@@ -105,9 +111,25 @@ const LSMLOOP_MANIFEST: &str = r#"{ "name": "lsmloop", "version": "1.0.0", "mode
   "requests": { "memory": "16MiB", "scratch": "4MiB" } }
 "#;
 
+/// 200 denied connections in a burst: the audit must stay bounded (rate limit + summaries).
+const FLOODER_MANIFEST: &str = r#"{ "name": "flooder", "version": "1.0.0", "mode": "task",
+  "exec": ["/bin/demo-agent", "connect", "--repeat", "200", "127.0.0.1:2"],
+  "requests": { "memory": "16MiB", "scratch": "1MiB", "network": ["127.0.0.1:1/tcp"] },
+  "restart": { "policy": "never" } }
+"#;
+
+/// Learns a quiet baseline (polling for /go), then storms the same syscall.
+const STORMY_MANIFEST: &str = r#"{ "name": "stormy", "version": "1.0.0", "mode": "service",
+  "exec": ["/bin/demo-agent", "wait-file", "/go", "stat-storm", "300000"],
+  "requests": { "memory": "16MiB", "scratch": "1MiB" },
+  "restart": { "policy": "never" } }
+"#;
+
 /// Agents of the VM whose manifests are written here rather than taken from configs/demo/.
-const INLINE_AGENTS: [(&str, &str); 4] = [
+const INLINE_AGENTS: [(&str, &str); 6] = [
     ("netcheck", NETCHECK_MANIFEST),
+    ("flooder", FLOODER_MANIFEST),
+    ("stormy", STORMY_MANIFEST),
     ("lsmloop", LSMLOOP_MANIFEST),
     ("hostile", HOSTILE_MANIFEST),
     ("needlsm", NEEDLSM_MANIFEST),
@@ -194,12 +216,27 @@ pub fn smoke(arch_name: &str, bins: &Binaries) -> Result {
         a.qemu,
         log.display()
     );
-    let started = Instant::now();
-    let outcome = boot(a, &kernel, &initrd, &log);
+    let mut started = Instant::now();
+    let mut outcome = boot(a, &kernel, &initrd, &log);
+    let mut text = read_log(&log);
+    if outcome.is_err() || !text.contains(&format!("{RESULT} PASS")) {
+        // A guest soft lockup under TCG (seen once in about twenty runs, both vCPUs stuck;
+        // the cause is not found yet) panics the guest at once (softlockup_panic=1); such a
+        // run is kept for inspection and repeated once, with a warning.
+        if text.contains("soft lockup") {
+            let kept = log.with_extension("lockup.log");
+            let _ = fs::rename(&log, &kept);
+            eprintln!(
+                "vm {}: WARNING: the guest kernel reported a soft lockup (log kept in {}); running once more",
+                a.name,
+                kept.display()
+            );
+            started = Instant::now();
+            outcome = boot(a, &kernel, &initrd, &log);
+            text = read_log(&log);
+        }
+    }
     let secs = started.elapsed().as_secs_f64();
-    let text = fs::read(&log)
-        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
-        .unwrap_or_default();
     let verdict = outcome.and_then(|()| {
         match text
             .lines()
@@ -227,6 +264,12 @@ pub fn smoke(arch_name: &str, bins: &Binaries) -> Result {
     }
 }
 
+fn read_log(log: &Path) -> String {
+    fs::read(log)
+        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+        .unwrap_or_default()
+}
+
 /// Runs qemu with the serial console captured to `log`, killing it at [`QEMU_TIMEOUT`].
 fn boot(a: &Arch, kernel: &Path, initrd: &Path, log: &Path) -> Result {
     let file = File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
@@ -243,7 +286,7 @@ fn boot(a: &Arch, kernel: &Path, initrd: &Path, log: &Path) -> Result {
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "{} panic=-1 quiet NC_TIMEOUT={GUEST_TIMEOUT_S}",
+            "{} panic=-1 softlockup_panic=1 quiet NC_TIMEOUT={GUEST_TIMEOUT_S}",
             a.cmdline
         ))
         .stdin(Stdio::null())

@@ -13,6 +13,8 @@
 //! - `syscall-socket`: creates an AF_UNIX socket and reports the result (under the `strict`
 //!   seccomp profile the kernel kills the process with SIGSYS instead).
 //! - `scratch`: lists `/tmp`, writes `/tmp/marker`, lists again, then sleeps.
+//! - `connect [--stay] [--repeat N] [udp:]ADDR|sleep:MS ...`: connects (or sends one UDP
+//!   datagram) to each address in turn, printing `connect ADDR: ok` or `denied (error)`.
 //! - `hostile [MS]`: a raw socket, a mount, ptrace of a sibling, exec from the scratch and
 //!   from a memfd, a host file through /proc; prints each outcome; with MS, every MS
 //!   milliseconds forever.
@@ -58,10 +60,17 @@ fn run(args: &[String]) -> ExitCode {
             },
             None => hostile(),
         },
-        Some("connect-time") => connect_time(
-            arg(1).and_then(|s| s.parse().ok()).unwrap_or(1000),
-            arg(2).unwrap_or("127.0.0.1:1"),
-        ),
+        Some("connect-time") => {
+            let code = connect_time(
+                arg(1).and_then(|s| s.parse().ok()).unwrap_or(1000),
+                arg(2).unwrap_or("127.0.0.1:1"),
+            );
+            // `stay`: keep running (its rules stay loaded) until stopped.
+            while arg(3) == Some("stay") {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+            code
+        }
         Some("revoke-probe") if args.len() >= 5 => revoke_probe(
             arg(1).and_then(|s| s.parse().ok()).unwrap_or(0),
             &args[2],
@@ -431,7 +440,12 @@ fn connect(dests: &[String]) -> ExitCode {
         Some((first, rest)) if first == "--stay" => (true, rest),
         _ => (false, dests),
     };
-    for d in dests {
+    // `--repeat N`: the whole list N times (a denial flood).
+    let (repeat, dests) = match dests {
+        [flag, n, rest @ ..] if flag == "--repeat" => (n.parse::<usize>().unwrap_or(1), rest),
+        _ => (1, dests),
+    };
+    for d in std::iter::repeat_n(dests, repeat).flatten() {
         if let Some(ms) = d.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
             std::thread::sleep(Duration::from_millis(ms));
             continue;
@@ -578,9 +592,7 @@ fn revoke_probe(delay_ms: u64, denied: &str, n: u32, allowed: &str) -> ExitCode 
         return ExitCode::from(2);
     };
     std::thread::sleep(Duration::from_millis(delay_ms));
-    let eperm = |r: &std::io::Result<std::net::TcpStream>| {
-        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
-    };
+    let eperm = |r: &std::io::Result<std::net::TcpStream>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
     if eperm(&std::net::TcpStream::connect(allowed)) {
         println!("revoke-probe: {allowed} is refused before any violation");
         return ExitCode::from(1);

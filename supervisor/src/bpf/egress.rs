@@ -431,19 +431,7 @@ impl Egress {
 
     /// The denial ring buffer and a duplicate of its fd to wait on (taken once).
     pub fn take_denials(&mut self) -> Result<(RingBuf<MapData>, OwnedFd), BpfError> {
-        let map = self
-            .bpf
-            .take_map("nc_denials")
-            .ok_or(BpfError::MissingMap {
-                object: NAME,
-                map: "nc_denials",
-            })?;
-        let rb = RingBuf::try_from(map).map_err(map_err("nc_denials"))?;
-        let fd = rb.as_fd().try_clone_to_owned().map_err(|e| BpfError::Map {
-            map: "nc_denials",
-            source: Box::new(aya::maps::MapError::from(e)),
-        })?;
-        Ok((rb, fd))
+        super::take_ring(NAME, &mut self.bpf, "nc_denials")
     }
 
     /// Probes the kernel: attaches the programs to the scratch cgroup `dir` and detaches them.

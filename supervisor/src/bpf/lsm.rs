@@ -7,7 +7,7 @@
 //! Loading needs a kernel booted with `bpf` in `lsm=`; elsewhere `load` fails (EPERM,
 //! ENOTSUPP, EINVAL) and the daemon reports the Landlock + seccomp fallback.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, RingBuf};
@@ -180,19 +180,11 @@ impl Lsm {
             let _ = std::fs::remove_file(&path);
             super::pin_fd_link(link, path)?;
         }
-        let map = bpf.take_map("nc_lsm_events").ok_or(BpfError::MissingMap {
-            object: NAME,
-            map: "nc_lsm_events",
-        })?;
-        let rb = RingBuf::try_from(map).map_err(map_err("nc_lsm_events"))?;
-        let fd = rb.as_fd().try_clone_to_owned().map_err(|e| BpfError::Map {
-            map: "nc_lsm_events",
-            source: Box::new(aya::maps::MapError::from(e)),
-        })?;
+        let events = super::take_ring(NAME, &mut bpf, "nc_lsm_events")?;
         Ok(Lsm {
             bpf,
             pin_dir,
-            events: Some((rb, fd)),
+            events: Some(events),
         })
     }
 

@@ -129,6 +129,25 @@ where
         .map_err(prog_err(name))
 }
 
+/// Takes ring buffer `name` out of `bpf` (the object `object`), with a duplicate of its fd to
+/// wait on.
+pub(crate) fn take_ring(
+    object: &'static str,
+    bpf: &mut aya::Ebpf,
+    name: &'static str,
+) -> Result<(aya::maps::RingBuf<aya::maps::MapData>, std::os::fd::OwnedFd), BpfError> {
+    use std::os::fd::AsFd;
+    let map = bpf
+        .take_map(name)
+        .ok_or(BpfError::MissingMap { object, map: name })?;
+    let rb = aya::maps::RingBuf::try_from(map).map_err(map_err(name))?;
+    let fd = rb.as_fd().try_clone_to_owned().map_err(|e| BpfError::Map {
+        map: name,
+        source: Box::new(aya::maps::MapError::from(e)),
+    })?;
+    Ok((rb, fd))
+}
+
 /// Pins a link at `path` (bpffs), so the attachment outlives this process.
 pub(crate) fn pin_fd_link(
     link: aya::programs::links::FdLink,

@@ -2,9 +2,11 @@
 //! starts, live rule updates, and turning ring-buffer denials into audit records.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use nanoclaw_proto::audit::AuditKind;
+
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use super::ratelimit::Limiter;
 use super::{CtxRef, Daemon, now_ms};
@@ -146,7 +148,7 @@ pub fn update(d: &mut Daemon, cgid: u64, eff: &Effective) -> Result<(), String> 
 /// agent per second plus one summary of the rest.
 pub fn spawn_denial_reader(ctx: &CtxRef) {
     let taken = ctx.d.borrow_mut().egress.as_mut().map(Egress::take_denials);
-    let (mut rb, fd) = match taken {
+    let ring = match taken {
         Some(Ok(x)) => x,
         Some(Err(e)) => {
             eprintln!("nanoclaw: egress denials will not be audited: {e}");
@@ -154,33 +156,20 @@ pub fn spawn_denial_reader(ctx: &CtxRef) {
         }
         None => return,
     };
-    let Ok(fd) = smol::Async::new(fd) else {
-        eprintln!("nanoclaw: egress denials will not be audited: cannot watch the ring buffer");
-        return;
-    };
-    let c = ctx.clone();
-    ctx.ex
-        .spawn(async move {
-            let mut limiter = Limiter::new(DENIALS_PER_SECOND);
-            loop {
-                // Wake at least once a second so rate-limit summaries are written promptly.
-                let tick = async {
-                    smol::Timer::after(Duration::from_secs(1)).await;
-                    Ok(())
-                };
-                if smol::future::or(fd.readable(), tick).await.is_err() {
-                    smol::Timer::after(Duration::from_millis(100)).await;
-                }
-                while let Some(item) = rb.next() {
-                    if let Some(den) = Denial::parse(&item) {
-                        record(&c, &den, &mut limiter);
-                        on_violation(&c, den.cgid);
-                    }
-                }
-                flush_summaries(&c, &mut limiter);
+    let limiter = Rc::new(RefCell::new(Limiter::new(DENIALS_PER_SECOND)));
+    let l2 = limiter.clone();
+    super::rings::spawn(
+        ctx,
+        "egress denials",
+        ring,
+        move |c, item| {
+            if let Some(den) = Denial::parse(item) {
+                record(c, &den, &mut limiter.borrow_mut());
+                on_violation(c, den.cgid);
             }
-        })
-        .detach();
+        },
+        move |c| flush_summaries(c, &mut l2.borrow_mut()),
+    );
 }
 
 /// Most denial timestamps remembered per agent (bounds `on_violation` windows).

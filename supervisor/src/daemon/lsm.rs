@@ -5,9 +5,10 @@
 //! this CI host, ENOTSUPP on arm64 6.1) agents still get Landlock, seccomp and namespaces;
 //! the posture says which, and a policy `require: ["bpf-lsm"]` keeps such an agent stopped.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::rc::Rc;
 
 use nanoclaw_proto::audit::AuditKind;
 
@@ -158,39 +159,30 @@ fn summary(n: u32) -> String {
 
 /// Reads denials from the ring buffer and audits them, rate-limited per agent like egress.
 pub fn spawn_event_reader(ctx: &CtxRef) {
-    let taken = ctx.d.borrow_mut().lsm.as_mut().and_then(Lsm::take_events);
-    let Some((mut rb, fd)) = taken else {
+    let Some(ring) = ctx.d.borrow_mut().lsm.as_mut().and_then(Lsm::take_events) else {
         return;
     };
-    let Ok(fd) = smol::Async::new(fd) else {
-        eprintln!("nanoclaw: bpf-lsm denials will not be audited: cannot watch the ring buffer");
-        return;
-    };
-    let c = ctx.clone();
-    ctx.ex
-        .spawn(async move {
-            let mut limiter = Limiter::new(super::egress::DENIALS_PER_SECOND);
-            loop {
-                let tick = async {
-                    smol::Timer::after(Duration::from_secs(1)).await;
-                    Ok(())
-                };
-                if smol::future::or(fd.readable(), tick).await.is_err() {
-                    smol::Timer::after(Duration::from_millis(100)).await;
-                }
-                while let Some(item) = rb.next() {
-                    if let Some(ev) = LsmEvent::parse(&item) {
-                        record(&c, &ev, &mut limiter);
-                    }
-                }
-                let mut d = c.d.borrow_mut();
-                for (cgid, n) in limiter.expire(now_ms()) {
-                    let agent = agent_of(&d, cgid).unwrap_or_default();
-                    d.audit(&agent, AuditKind::DeniedOperation, &summary(n), true);
-                }
+    let limiter = Rc::new(RefCell::new(Limiter::new(
+        super::egress::DENIALS_PER_SECOND,
+    )));
+    let l2 = limiter.clone();
+    super::rings::spawn(
+        ctx,
+        "bpf-lsm denials",
+        ring,
+        move |c, item| {
+            if let Some(ev) = LsmEvent::parse(item) {
+                record(c, &ev, &mut limiter.borrow_mut());
             }
-        })
-        .detach();
+        },
+        move |c| {
+            let mut d = c.d.borrow_mut();
+            for (cgid, n) in l2.borrow_mut().expire(now_ms()) {
+                let agent = agent_of(&d, cgid).unwrap_or_default();
+                d.audit(&agent, AuditKind::DeniedOperation, &summary(n), true);
+            }
+        },
+    );
 }
 
 fn record(ctx: &CtxRef, ev: &LsmEvent, limiter: &mut Limiter) {

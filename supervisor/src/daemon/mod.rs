@@ -17,6 +17,7 @@ pub mod monitor;
 pub mod names;
 pub mod posture;
 pub mod ratelimit;
+mod rings;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
