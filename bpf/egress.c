@@ -12,7 +12,9 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
+#include "kernel.h"
 #include "nanoclaw.h"
 
 #ifndef AF_INET
@@ -215,12 +217,17 @@ struct {
 } nc_syscalls SEC(".maps");
 
 /* Runs for every syscall on the machine: one hash lookup decides it is not ours. A raw
- * tracepoint: no perf record is built, the syscall number is args[1]. */
+ * tracepoint: no perf record is built, the syscall number is args[1]. The cgroup is watched
+ * from before the agent exists; only tasks with no_new_privs count, which in an agent's
+ * cgroup means the agent (the sandbox init's set-up before the agent's exec does not). */
 SEC("raw_tracepoint/sys_enter")
 int nc_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 cg = bpf_get_current_cgroup_id();
 	if (!bpf_map_lookup_elem(&nc_monitored, &cg))
+		return 0;
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	if (!(BPF_CORE_READ(t, atomic_flags) & 1))
 		return 0;
 	struct nc_sys_key k = { .cgid = cg, .nr = (__u32)ctx->args[1] };
 	__u64 *v = bpf_map_lookup_elem(&nc_syscalls, &k);

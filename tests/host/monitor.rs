@@ -100,3 +100,53 @@ fn a_syscall_storm_trips_the_rate_rule() {
     let reason = found["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("stat"), "{reason}");
 }
+
+/// A bundle that states its syscall profile is judged against it from the first second: no
+/// learning, and a syscall outside it is reported at once.
+#[test]
+fn an_explicit_profile_in_the_manifest_replaces_learning() {
+    let mut dev = Device::new();
+    let mut m = manifest(
+        "declared",
+        "service",
+        &["connect", "--stay", "127.0.0.1:1"],
+        "16MiB",
+    );
+    m["syscall_profile"] = json!({ "read": 0, "write": 0, "clock_nanosleep": 10, "nanosleep": 10 });
+    dev.add_agent("declared", m, Some(grant("16MiB")));
+    dev.start();
+    let posture = dev.wait(Duration::from_secs(10), "the stated baseline", || {
+        dev.audit_of("posture")
+            .into_iter()
+            .find(|r| r["agent"] == "declared")
+    });
+    assert!(
+        posture["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("syscall baseline from the manifest's syscall_profile: 4 syscalls"),
+        "{posture}"
+    );
+    let found = dev.wait(Duration::from_secs(20), "an anomaly", || {
+        let a: Vec<_> = dev
+            .audit_of("syscall_anomaly")
+            .into_iter()
+            .filter(|r| r["agent"] == "declared")
+            .collect();
+        (!a.is_empty()).then_some(a)
+    });
+    let reasons: Vec<&str> = found.iter().filter_map(|r| r["reason"].as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("syscall socket") || r.contains("syscall connect")),
+        "{reasons:?}"
+    );
+    assert!(
+        !dev.audit_of("posture")
+            .iter()
+            .any(|r| r["agent"] == "declared"
+                && r["reason"].as_str().unwrap_or_default().contains("learned")),
+        "nothing is learned for a declared profile"
+    );
+}

@@ -433,7 +433,13 @@ pub struct Manifest {
     pub health: Option<Health>,
     pub restart: RestartSpec,
     pub stop_grace_s: Option<u32>,
+    /// An explicit syscall baseline (name → most calls per second, 0 = any rate): the monitor
+    /// uses it instead of learning one.
+    pub syscall_profile: Option<BTreeMap<String, u64>>,
 }
+
+/// Most entries in `syscall_profile`.
+pub const MAX_PROFILE_SYSCALLS: usize = 512;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -453,6 +459,14 @@ struct RawManifest {
     restart: Option<RawRestart>,
     #[serde(default)]
     stop_grace_s: Option<u32>,
+    #[serde(default, deserialize_with = "unique_opt_map")]
+    syscall_profile: Option<BTreeMap<String, u64>>,
+}
+
+fn unique_opt_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, u64>>, D::Error> {
+    unique_map(d).map(Some)
 }
 
 #[derive(Deserialize, Default)]
@@ -488,6 +502,7 @@ impl Manifest {
                 max_per_hour: restart.max_per_hour.unwrap_or(10),
             },
             stop_grace_s: raw.stop_grace_s,
+            syscall_profile: raw.syscall_profile,
         };
         m.validate().map_err(|e| ConfigError::invalid(origin, e))?;
         Ok(m)
@@ -543,6 +558,32 @@ impl Manifest {
             }
             if v.contains('\0') {
                 return Err(FieldError::new(format!("env.{k}"), "contains a NUL byte"));
+            }
+        }
+        if let Some(p) = &self.syscall_profile {
+            if p.is_empty() || p.len() > MAX_PROFILE_SYSCALLS {
+                return Err(FieldError::new(
+                    "syscall_profile",
+                    format!(
+                        "{} entries; 1 to {MAX_PROFILE_SYSCALLS} syscall names are allowed",
+                        p.len()
+                    ),
+                ));
+            }
+            if let Some(bad) = p.keys().find(|k| {
+                k.is_empty()
+                    || k.len() > 32
+                    || !k
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            }) {
+                return Err(FieldError::new(
+                    "syscall_profile",
+                    format!(
+                        "`{}` is not a syscall name (lower-case letters, digits and _, at most 32)",
+                        bad.escape_default()
+                    ),
+                ));
             }
         }
         let r = &self.requests;

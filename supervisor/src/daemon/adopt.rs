@@ -141,7 +141,7 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
         monitor_cgid: None,
         lsm_cgid,
     });
-    super::lifecycle::start_monitoring(d, name);
+    super::lifecycle::start_monitoring(d, name, false);
     let a = d.agents.get_mut(name)?;
     let generation = a.generation;
     d.audit(

@@ -245,6 +245,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     // Egress programs are attached before the agent exists, so it never runs unheld.
     let mut net: Option<super::egress::Plan> = None;
     let mut lsm_cgid = None;
+    let mut mon_cgid = None;
     let started = d
         .cgroups
         .create(name, &limits_for(&eff))
@@ -252,6 +253,8 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         .and_then(|()| {
             let dir = d.cgroups.unified_dir(name);
             lsm_cgid = super::lsm::hold(d, dir.as_deref(), &spec.rootfs)?;
+            // Counted from the agent's first syscall on.
+            mon_cgid = watch_syscalls(d, name);
             super::egress::prepare(d, name, &eff)
         })
         .and_then(|plan| {
@@ -271,6 +274,9 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     if started.is_err() {
         super::egress::release(d, name, egress_cgid);
         super::lsm::release(d, lsm_cgid);
+        if let (Some(cgid), Some(e)) = (mon_cgid, d.egress.as_mut()) {
+            e.unwatch_syscalls(cgid);
+        }
     }
     let now = now_ms();
     let a = d.agents.get_mut(name)?;
@@ -320,7 +326,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         monitor_cgid: None,
         lsm_cgid,
     });
-    start_monitoring(d, name);
+    start_monitoring(d, name, true);
     let a = d.agents.get_mut(name)?;
     let rec = RunRecord {
         pid: started.pid,
@@ -356,25 +362,37 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     Some((generation, pidfd, started.log))
 }
 
-/// Registers a running instance with the syscall monitor (when it runs here).
-pub fn start_monitoring(d: &mut Daemon, name: &str) {
-    let Some(dir) = d.cgroups.unified_dir(name) else {
-        return;
-    };
-    let Some(e) = d.egress.as_mut().filter(|e| e.monitor().is_ok()) else {
-        return;
-    };
-    let Ok(cgid) = crate::bpf::egress::cgroup_id(&dir) else {
-        return;
-    };
-    if let Err(err) = e.watch_syscalls(cgid) {
-        eprintln!("nanoclaw: {name}: syscall monitoring: {err}");
-        return;
+/// Puts the agent's cgroup into the syscall monitor's map (when it runs here); returns its id.
+fn watch_syscalls(d: &mut Daemon, name: &str) -> Option<u64> {
+    let dir = d.cgroups.unified_dir(name)?;
+    let e = d.egress.as_mut().filter(|e| e.monitor().is_ok())?;
+    let cgid = crate::bpf::egress::cgroup_id(&dir).ok()?;
+    match e.watch_syscalls(cgid) {
+        Ok(()) => Some(cgid),
+        Err(err) => {
+            eprintln!("nanoclaw: {name}: syscall monitoring: {err}");
+            None
+        }
     }
-    let counts = e.syscall_counts(cgid);
+}
+
+/// Registers a running instance with the syscall monitor (when it runs here). A `fresh`
+/// instance was watched before it started, so all its counts are new; an adopted one has
+/// counted under the previous supervisor, so rates are measured from now on.
+pub fn start_monitoring(d: &mut Daemon, name: &str, fresh: bool) {
+    let Some(cgid) = watch_syscalls(d, name) else {
+        return;
+    };
+    let counts = if fresh {
+        Vec::new()
+    } else {
+        d.egress
+            .as_ref()
+            .map(|e| e.syscall_counts(cgid))
+            .unwrap_or_default()
+    };
     super::monitor::on_start(d, name);
     if let Some(a) = d.agents.get_mut(name) {
-        // An adopted instance has counted already: measure rates from now on.
         a.syscalls.last = counts.into_iter().collect();
         if let Some(i) = a.instance.as_mut() {
             i.monitor_cgid = Some(cgid);

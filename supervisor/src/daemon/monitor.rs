@@ -53,6 +53,26 @@ fn baseline_path(d: &Daemon, agent: &str) -> std::path::PathBuf {
         .join(format!("{agent}.json"))
 }
 
+/// A manifest's `syscall_profile` (name → calls per second, 0 = any rate) as a baseline of
+/// this architecture (most calls per `INTERVAL`), and the names this architecture lacks.
+pub fn profile_baseline(profile: &BTreeMap<String, u64>) -> (BTreeMap<u32, u64>, Vec<String>) {
+    let mut known = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for (name, per_s) in profile {
+        match crate::sandbox::seccomp::syscall_number(name) {
+            Some(nr) => {
+                let max = match per_s {
+                    0 => u64::MAX,
+                    n => n.saturating_mul(INTERVAL.as_secs()),
+                };
+                known.insert(nr, max);
+            }
+            None => unknown.push(name.clone()),
+        }
+    }
+    (known, unknown)
+}
+
 /// Called when an instance starts: loads the saved baseline of this version, or starts
 /// learning one.
 pub fn on_start(d: &mut Daemon, agent: &str) {
@@ -62,14 +82,39 @@ pub fn on_start(d: &mut Daemon, agent: &str) {
         return;
     };
     let version = a.manifest.version.clone();
+    a.syscalls.last.clear();
+    a.syscalls.alerted.clear();
+    if let Some(profile) = &a.manifest.syscall_profile {
+        // The bundle states its baseline: nothing to learn.
+        let (known, unknown) = profile_baseline(profile);
+        a.syscalls.baseline = Baseline {
+            version,
+            syscalls: known,
+        };
+        a.syscalls.learn_until_ms = 0;
+        let text = format!(
+            "syscall baseline from the manifest's syscall_profile: {} syscalls{}",
+            a.syscalls.baseline.syscalls.len(),
+            if unknown.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} unknown on {}: {})",
+                    unknown.len(),
+                    std::env::consts::ARCH,
+                    unknown.join(", ")
+                )
+            }
+        );
+        d.audit(agent, AuditKind::Posture, &text, false);
+        return;
+    }
     let saved = std::fs::metadata(&path)
         .ok()
         .filter(|m| m.len() <= BASELINE_MAX)
         .and_then(|_| std::fs::read(&path).ok())
         .and_then(|b| serde_json::from_slice::<Baseline>(&b).ok())
         .filter(|b| b.version == version);
-    a.syscalls.last.clear();
-    a.syscalls.alerted.clear();
     match saved {
         Some(b) => {
             a.syscalls.baseline = b;
@@ -177,7 +222,7 @@ fn tick(ctx: &CtxRef) {
                         INTERVAL.as_secs()
                     ));
                 }
-                Some(&max) if delta > max.saturating_mul(10).max(max + 100) => {
+                Some(&max) if delta > max.saturating_mul(10).max(max.saturating_add(100)) => {
                     w.alerted.insert(nr);
                     findings.push(format!(
                         "rate of syscall {} ({nr}) jumped: {delta} calls in {} s, at most {max} while learning",
@@ -223,6 +268,22 @@ fn tick(ctx: &CtxRef) {
 #[cfg(test)]
 mod tests {
     use super::in_window;
+
+    #[test]
+    fn manifest_profiles_become_baselines() {
+        let p: std::collections::BTreeMap<String, u64> = [
+            ("read".to_owned(), 100),
+            ("write".to_owned(), 0),
+            ("no_such_call".to_owned(), 1),
+        ]
+        .into();
+        let (known, unknown) = super::profile_baseline(&p);
+        let read = crate::sandbox::seccomp::syscall_number("read").unwrap();
+        let write = crate::sandbox::seccomp::syscall_number("write").unwrap();
+        assert_eq!(known[&read], 200, "per second → per 2 s interval");
+        assert_eq!(known[&write], u64::MAX, "0 = any rate");
+        assert_eq!(unknown, ["no_such_call"]);
+    }
 
     #[test]
     fn sampling_windows() {

@@ -304,6 +304,15 @@ pub fn syscall_name(nr: u32) -> Option<&'static str> {
         .map(|(name, _)| short_name(name))
 }
 
+/// The number of syscall `name` (without `SYS_`) on this architecture, if any profile knows it.
+pub fn syscall_number(name: &str) -> Option<u32> {
+    table::plain(Profile::Default)
+        .into_iter()
+        .chain(table::filtered_names(Profile::Default))
+        .find(|(n, _)| short_name(n) == name)
+        .and_then(|(_, nr)| u32::try_from(nr).ok())
+}
+
 fn short_name(name: &'static str) -> &'static str {
     name.strip_prefix("SYS_").unwrap_or(name)
 }
