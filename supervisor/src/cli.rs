@@ -48,6 +48,8 @@ pub enum Command {
         json: bool,
     },
     Run(crate::oneshot::RunOpts),
+    /// `bundle …`: pack, inspect, unpack (files only, no daemon).
+    Bundle(Vec<String>),
     /// `favordynmods [on|off] [--cgroup-root DIR]`: show or set the host's cgroup2 option.
     Favordynmods {
         set: Option<bool>,
@@ -57,6 +59,9 @@ pub enum Command {
 
 /// Parses argv (without argv[0]).
 pub fn parse(args: &[String]) -> Result<Command, String> {
+    if args.first().map(String::as_str) == Some("bundle") {
+        return Ok(Command::Bundle(args[1..].to_vec()));
+    }
     if args.first().map(String::as_str) == Some("run") {
         return crate::oneshot::parse(&args[1..]).map(Command::Run);
     }

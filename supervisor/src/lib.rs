@@ -9,6 +9,7 @@ pub mod agents;
 pub mod audit;
 pub mod board;
 pub mod bpf;
+pub mod bundle;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

@@ -40,6 +40,10 @@ fn main() -> ExitCode {
             nanoclaw::sys::default_signal(libc::SIGPIPE);
             ExitCode::from(cli::query(&socket, &req, json))
         }
+        Ok(cli::Command::Bundle(args)) => {
+            nanoclaw::sys::default_signal(libc::SIGPIPE);
+            ExitCode::from(nanoclaw::bundle::cli::main(&args))
+        }
         Ok(cli::Command::Run(opts)) => match nanoclaw::oneshot::run(&opts) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {

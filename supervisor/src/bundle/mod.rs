@@ -1,0 +1,64 @@
+//! Agent bundles as single files: `NAME-VERSION.nclaw`, a ustar archive (optionally gzip'd)
+//! of `manifest.json` and `rootfs/`, with a detached Sigstore bundle
+//! `NAME-VERSION.nclaw.sigstore.json` over the archive's SHA-256 (docs/FORMATS.md).
+//!
+//! [`pack`] writes reproducible archives, [`unpack`] unpacks untrusted ones safely, [`cli`] is
+//! `nanoclaw bundle …`.
+
+pub mod cli;
+pub mod pack;
+pub mod tar;
+pub mod unpack;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("malformed archive: {0}")]
+    Archive(String),
+    #[error(
+        "the bundle does not fit: {needed} bytes of data, {free} bytes free, {reserve} must stay free"
+    )]
+    NoSpace {
+        needed: u64,
+        free: u64,
+        reserve: u64,
+    },
+}
+
+/// SHA-256 and length of a file, read in 64 KiB chunks.
+pub fn sha256_file(path: &Path) -> Result<([u8; 32], u64), BundleError> {
+    let mut f = std::fs::File::open(path).map_err(|e| BundleError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).map_err(|e| BundleError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((h.finalize().into(), n))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
