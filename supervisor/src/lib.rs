@@ -19,4 +19,5 @@ pub mod dns;
 pub mod logring;
 pub mod oneshot;
 pub mod sandbox;
+pub mod sigstore;
 pub mod sys;

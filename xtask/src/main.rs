@@ -14,7 +14,7 @@ mod setup;
 mod util;
 mod vm;
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use util::{Result, cargo, run};
 
@@ -101,6 +101,7 @@ fn test(args: &[String]) -> Result {
         stage("aarch64", arm.clone().and_then(|b| aarch64(&b)));
         match host {
             Ok(b) => {
+                stage("conformance", conformance(&b.nanoclaw));
                 stage(
                     "host",
                     run(cargo()
@@ -134,6 +135,43 @@ fn test(args: &[String]) -> Result {
         Ok(())
     } else {
         Err(format!("failed stages: {}", failed.join(", ")))
+    }
+}
+
+/// Sigstore's bundle-verification vectors (`../shared/conformance/sigstore`, both path and
+/// digest mode) against `nanoclaw bundle verify`, through `tests/conformance/sigstore-client`.
+fn conformance(nanoclaw: &std::path::Path) -> Result {
+    let root = util::root();
+    let suite = root.join("../shared/conformance/sigstore");
+    if !suite.join("run").is_file() {
+        eprintln!(
+            "xtask: conformance: SKIPPED: {} is not on this machine",
+            suite.display()
+        );
+        return Ok(());
+    }
+    let run = Command::new(suite.join("run"))
+        .arg(suite.join("cases"))
+        .arg("--")
+        .arg(root.join("tests/conformance/sigstore-client"))
+        .env("NANOCLAW", nanoclaw)
+        .output()
+        .map_err(|e| format!("running {}: {e}", suite.join("run").display()))?;
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let last = out
+        .lines()
+        .rfind(|l| l.contains(" passed, "))
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!("xtask: conformance: {last}");
+    if run.status.success() && last.ends_with(" 0 failed") {
+        Ok(())
+    } else {
+        Err(format!("sigstore conformance: {last}\n{out}"))
     }
 }
 

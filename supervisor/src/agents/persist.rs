@@ -81,10 +81,15 @@ pub fn write_json_atomic(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    write_file_atomic(path, &bytes, durable)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename (durable: fsynced first).
+pub fn write_file_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
+    f.write_all(bytes)?;
     if durable {
         f.sync_data()?;
     }

@@ -10,6 +10,8 @@ use super::{BundleError, hex, tar, unpack};
 use crate::config::manifest::MAX_MANIFEST_BYTES;
 
 pub const USAGE: &str = "usage: nanoclaw bundle pack DIR -o FILE [--gzip]
+       nanoclaw bundle sign FILE --key KEY.pem [-o FILE.sigstore.json]
+       nanoclaw bundle verify --bundle B (--key K | --certificate-identity I --certificate-oidc-issuer U) [--trusted-root T] FILE|sha256:HEX
        nanoclaw bundle inspect FILE [--json]
        nanoclaw bundle unpack FILE DIR";
 
@@ -20,7 +22,12 @@ const USAGE_ERR: u8 = 2;
 /// Runs `nanoclaw bundle ARGS`; returns the exit code.
 pub fn main(args: &[String]) -> u8 {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    if a.first() == Some(&"verify") {
+        return verify(&a[1..]);
+    }
     let result = match a.as_slice() {
+        ["sign", file, "--key", key] => sign(file, key, None),
+        ["sign", file, "--key", key, "-o", out] => sign(file, key, Some(out)),
         ["pack", dir, "-o", out] | ["pack", "-o", out, dir] => pack(dir, out, false),
         ["pack", dir, "-o", out, "--gzip"] | ["pack", "--gzip", dir, "-o", out] => {
             pack(dir, out, true)
@@ -40,6 +47,113 @@ pub fn main(args: &[String]) -> u8 {
             FAILED
         }
     }
+}
+
+fn sign(file: &str, key: &str, out: Option<&str>) -> Result<(), BundleError> {
+    let invalid = |what: &str| {
+        let what = what.to_owned();
+        move |reason: String| BundleError::Invalid { what, reason }
+    };
+    let pem = crate::sigstore::read_capped(Path::new(key), crate::sigstore::MAX_KEY, "key")
+        .map_err(invalid(key))?;
+    let k = crate::sigstore::SigningKey::from_pkcs8_pem(&pem).map_err(invalid(key))?;
+    let json = crate::sigstore::sign(&k, Path::new(file)).map_err(invalid(file))?;
+    let out = out.map_or_else(|| format!("{file}.sigstore.json"), str::to_owned);
+    crate::agents::persist::write_file_atomic(Path::new(&out), json.as_bytes(), true).map_err(
+        |e| BundleError::Io {
+            path: PathBuf::from(&out),
+            source: e,
+        },
+    )?;
+    println!("{out}");
+    Ok(())
+}
+
+/// `bundle verify`, the Sigstore conformance CLI protocol: exit 0 only when verified; else
+/// one line on stderr and exit 1 (2 for usage errors). Never touches the network.
+fn verify(args: &[&str]) -> u8 {
+    use crate::sigstore::{self as sg, Signer, Target};
+    let (mut bundle, mut key, mut ident, mut issuer, mut root, mut target) =
+        (None, None, None, None, None, None);
+    let mut it = args.iter();
+    while let Some(&a) = it.next() {
+        let mut val = || it.next().copied();
+        let slot = match a {
+            "--bundle" => &mut bundle,
+            "--key" => &mut key,
+            "--certificate-identity" => &mut ident,
+            "--certificate-oidc-issuer" => &mut issuer,
+            "--trusted-root" => &mut root,
+            t if !t.starts_with("--") && target.is_none() => {
+                target = Some(t);
+                continue;
+            }
+            _ => {
+                eprintln!("nanoclaw bundle verify: unexpected argument {a}\n{USAGE}");
+                return USAGE_ERR;
+            }
+        };
+        match val() {
+            Some(v) => *slot = Some(v),
+            None => {
+                eprintln!("nanoclaw bundle verify: {a} needs a value");
+                return USAGE_ERR;
+            }
+        }
+    }
+    let (Some(bundle), Some(target)) = (bundle, target) else {
+        eprintln!("nanoclaw bundle verify: --bundle and the artifact are required\n{USAGE}");
+        return USAGE_ERR;
+    };
+    let run = || -> Result<sg::Verified, String> {
+        let signer = match (key, ident, issuer) {
+            (Some(k), None, None) => Signer::Key(sg::parse_key(&sg::read_capped(
+                Path::new(k),
+                sg::MAX_KEY,
+                "key",
+            )?)?),
+            (None, Some(i), Some(u)) => Signer::Identity {
+                identity: i.to_owned(),
+                issuer: u.to_owned(),
+            },
+            _ => {
+                return Err(
+                    "give --key, or --certificate-identity and --certificate-oidc-issuer".into(),
+                );
+            }
+        };
+        let json = sg::read_capped(Path::new(bundle), sg::MAX_BUNDLE_JSON, "bundle")?;
+        let root = root
+            .map(|r| sg::read_capped(Path::new(r), sg::MAX_TRUSTED_ROOT, "trusted root"))
+            .transpose()?;
+        let t = match target.strip_prefix("sha256:") {
+            Some(h) => Target::Digest(parse_sha256(h)?),
+            None => Target::File(Path::new(target)),
+        };
+        sg::verify(&json, root.as_deref(), &signer, t)
+    };
+    match run() {
+        Ok(v) => {
+            println!("verified: {v}");
+            OK
+        }
+        Err(e) => {
+            eprintln!("nanoclaw bundle verify: {}", e.replace('\n', " "));
+            FAILED
+        }
+    }
+}
+
+fn parse_sha256(h: &str) -> Result<[u8; 32], String> {
+    let bad = || format!("sha256:{h} is not 64 hex digits");
+    if h.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(h.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
 }
 
 fn pack(dir: &str, out: &str, gzip: bool) -> Result<(), BundleError> {
