@@ -59,6 +59,10 @@ pub enum AuditKind {
     /// A denied operation other than exec or connect (BPF LSM: mount, ptrace, raw socket,
     /// file open); the operation, target and rule are in the reason.
     DeniedOperation,
+    /// A bundle install was refused (signature, admission, anti-rollback, archive, space).
+    InstallRefused,
+    /// An agent was switched back to an earlier installed version.
+    Rollback,
 }
 
 /// One audit record. `seq` is assigned by the log and is strictly increasing per device.

@@ -143,6 +143,16 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         "status" => no_args(cmd).map(|()| Request::Status)?,
         "agents" => no_args(cmd).map(|()| Request::Agents)?,
         "reload" => no_args(cmd).map(|()| Request::Reload)?,
+        "install" => match rest {
+            // The daemon opens the file: make the path independent of the CLI's directory.
+            [f] => Request::Install {
+                path: std::path::absolute(f).map_err(|e| format!("install {f}: {e}"))?,
+            },
+            _ => return Err("install takes one FILE (NAME-VERSION.nclaw)".into()),
+        },
+        "rollback" => Request::Rollback {
+            agent: one_agent(cmd)?,
+        },
         "start" => Request::Start {
             agent: one_agent(cmd)?,
         },

@@ -63,7 +63,9 @@ pub fn scan(agents_dir: &Path) -> Result<(Vec<Bundle>, Vec<InstallError>), Insta
     })?;
     let mut dirs: Vec<PathBuf> = rd
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        // Directories, and the symlinks `nanoclaw install` points at installed versions.
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()))
         .map(|e| e.path())
         .take(MAX_BUNDLES)
         .collect();

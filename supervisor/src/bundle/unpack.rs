@@ -50,7 +50,7 @@ pub struct Unpacked {
 }
 
 /// Wraps the archive stream, decompressing gzip when the stream starts with its magic.
-pub fn maybe_gunzip<R: Read + 'static>(mut r: R) -> io::Result<Box<dyn Read>> {
+pub fn maybe_gunzip<'a, R: Read + 'a>(mut r: R) -> io::Result<Box<dyn Read + 'a>> {
     let mut magic = [0u8; 2];
     let mut n = 0;
     while n < 2 {

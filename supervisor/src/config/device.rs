@@ -73,6 +73,10 @@ pub struct DeviceConfig {
     /// Overrides the total memory; when `None` the caller reads `/proc/meminfo`.
     #[serde(default)]
     pub device_memory: Option<ByteSize>,
+    /// How long a newly installed version must run without failing before it becomes the
+    /// agent's minimum version (anti-rollback).
+    #[serde(default = "default_probation")]
+    pub probation_s: u32,
     /// DNS resolvers (`ip:port`) for host names in egress grants; empty: /etc/resolv.conf.
     #[serde(default)]
     pub dns_servers: Vec<std::net::SocketAddr>,
@@ -84,6 +88,10 @@ pub struct DeviceConfig {
 pub struct Sampling {
     pub on_s: u32,
     pub every_s: u32,
+}
+
+fn default_probation() -> u32 {
+    300
 }
 
 fn default_cgroup_root() -> PathBuf {

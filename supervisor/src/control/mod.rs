@@ -19,13 +19,35 @@ pub const RESPONSE_MAX: usize = 4 * 1024 * 1024;
 pub enum Request {
     Status,
     Agents,
-    Start { agent: String },
-    Stop { agent: String },
-    Restart { agent: String },
-    Logs { agent: String, n: usize },
-    Audit { agent: Option<String>, n: usize },
-    Why { agent: String },
+    Start {
+        agent: String,
+    },
+    Stop {
+        agent: String,
+    },
+    Restart {
+        agent: String,
+    },
+    Logs {
+        agent: String,
+        n: usize,
+    },
+    Audit {
+        agent: Option<String>,
+        n: usize,
+    },
+    Why {
+        agent: String,
+    },
     Reload,
+    /// Install a bundle archive (its signature next to it as `FILE.sigstore.json`).
+    Install {
+        path: std::path::PathBuf,
+    },
+    /// Switch an agent back to the version installed before the current one.
+    Rollback {
+        agent: String,
+    },
 }
 
 /// Error classes, mapped one-to-one onto CLI exit codes (docs/CLI.md).

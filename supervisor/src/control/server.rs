@@ -149,7 +149,7 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
         Request::Stop { agent } if !exists(&agent) => not_found(&agent),
         Request::Stop { agent } => {
             lifecycle::stop(ctx, &agent, "stopped by the control socket", true);
-            wait_down(ctx, &agent).await;
+            lifecycle::wait_down(ctx, &agent).await;
             agent_result(ctx, &agent)
         }
         Request::Restart { agent } if !exists(&agent) => not_found(&agent),
@@ -160,7 +160,7 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
                 "restart requested by the control socket",
                 false,
             );
-            wait_down(ctx, &agent).await;
+            lifecycle::wait_down(ctx, &agent).await;
             if let Some(a) = ctx.d.borrow_mut().agents.get_mut(&agent) {
                 a.tracker.reset();
                 a.held = false;
@@ -191,6 +191,24 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
             Some(a) => Response::Ok(why(&ctx.d.borrow(), &agent, a)),
             None => not_found(&agent),
         },
+        Request::Install { path } => match crate::daemon::installer::install(ctx, &path) {
+            Ok(m) => Response::Ok(json!({ "result": m })),
+            Err(m) => Response::Error {
+                code: ErrorCode::Failed,
+                message: m,
+            },
+        },
+        Request::Rollback { agent } if !exists(&agent) => not_found(&agent),
+        Request::Rollback { agent } => {
+            match crate::daemon::installer::rollback(ctx, &agent, "requested by the control socket")
+            {
+                Ok(m) => Response::Ok(json!({ "result": m })),
+                Err(m) => Response::Error {
+                    code: ErrorCode::Failed,
+                    message: m,
+                },
+            }
+        }
         Request::Reload => match lifecycle::reload(ctx) {
             Ok(m) => Response::Ok(json!({ "result": m })),
             Err(m) => Response::Error {
@@ -198,31 +216,6 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
                 message: m,
             },
         },
-    }
-}
-
-/// Waits until the agent has no running instance (bounded by its grace period + 2 s).
-async fn wait_down(ctx: &CtxRef, agent: &str) {
-    let grace = {
-        let d = ctx.d.borrow();
-        let g = d.cfg.stop_grace_s;
-        d.agents
-            .get(agent)
-            .and_then(|a| a.manifest.stop_grace_s)
-            .unwrap_or(g)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(u64::from(grace) + 2);
-    while std::time::Instant::now() < deadline {
-        let up = ctx
-            .d
-            .borrow()
-            .agents
-            .get(agent)
-            .is_some_and(|a| a.instance.is_some());
-        if !up {
-            return;
-        }
-        smol::Timer::after(Duration::from_millis(10)).await;
     }
 }
 

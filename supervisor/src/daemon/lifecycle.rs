@@ -77,11 +77,12 @@ fn register(d: &mut Daemon, b: install::Bundle) {
             );
             return;
         };
-        if !d.cfg.allow_unsigned {
+        let signed = super::installer::is_signed_install(d, &name, &b.dir);
+        if !d.cfg.allow_unsigned && !signed {
             d.audit(
                 &name,
                 AuditKind::AdmissionDenied,
-                "bundle is unsigned and device.json does not set allow_unsigned (signed bundles are not supported yet)",
+                "bundle directory was not installed by `nanoclaw install` (unsigned) and device.json does not set allow_unsigned",
                 true,
             );
             return;
@@ -166,7 +167,68 @@ pub fn start(ctx: &CtxRef, name: &str) {
     };
     if let Some((generation, pidfd, log)) = watched {
         watch(ctx, name, generation, pidfd, Some(log));
+        super::installer::watch_probation(ctx, name, generation);
     }
+}
+
+/// Waits until the agent has no running instance (bounded by its grace period + 2 s).
+pub async fn wait_down(ctx: &CtxRef, agent: &str) {
+    let grace = {
+        let d = ctx.d.borrow();
+        let g = d.cfg.stop_grace_s;
+        d.agents
+            .get(agent)
+            .and_then(|a| a.manifest.stop_grace_s)
+            .unwrap_or(g)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(u64::from(grace) + 2);
+    while std::time::Instant::now() < deadline {
+        let up = ctx
+            .d
+            .borrow()
+            .agents
+            .get(agent)
+            .is_some_and(|a| a.instance.is_some());
+        if !up {
+            return;
+        }
+        smol::Timer::after(Duration::from_millis(10)).await;
+    }
+}
+
+/// A newly installed or rolled-back version: register it, then (re)start the agent.
+pub fn activate(ctx: &CtxRef, name: &str) {
+    {
+        let mut d = ctx.d.borrow_mut();
+        if let Err(e) = scan_and_register(&mut d) {
+            let t = e.to_string();
+            d.audit(name, AuditKind::SandboxError, &t, true);
+        }
+    }
+    let running = ctx
+        .d
+        .borrow()
+        .agents
+        .get(name)
+        .is_some_and(|a| a.instance.is_some());
+    let c = ctx.clone();
+    let n = name.to_owned();
+    ctx.ex
+        .spawn(async move {
+            if running {
+                stop(&c, &n, "switching to another installed version", false);
+                wait_down(&c, &n).await;
+            }
+            if let Some(a) = c.d.borrow_mut().agents.get_mut(&n) {
+                a.tracker.reset();
+                a.held = false;
+                if a.admission.is_ok() {
+                    a.state = State::Stopped;
+                }
+            }
+            start(&c, &n);
+        })
+        .detach();
 }
 
 type Watched = (

@@ -11,6 +11,7 @@
 
 mod adopt;
 pub mod egress;
+pub mod installer;
 pub mod lifecycle;
 pub mod lsm;
 pub mod monitor;

@@ -1,0 +1,437 @@
+//! Installing a signed bundle archive (`nanoclaw install FILE`), and rolling an agent back.
+//!
+//! One path, in this order, each step refusing with a reason and an audit record: size, the
+//! detached Sigstore bundle verified offline against the policy `signers` for the agent's name
+//! (and the device's trusted root), manifest admission, anti-rollback (the version must not be
+//! below the agent's persisted minimum), a safe unpack into a staging directory while the
+//! archive is hashed again (it must be the bytes that were verified), then an atomic switch:
+//! `<agents_dir>/<name>` is a symlink to `<state_dir>/bundles/<name>/<version>`, replaced by
+//! `rename(2)`. A power cut leaves the old or the new version, never a mix. The minimum version
+//! moves up only after a new version has run `probation_s` without failing.
+
+use std::path::{Path, PathBuf};
+
+use nanoclaw_proto::audit::AuditKind;
+use serde::{Deserialize, Serialize};
+
+use super::{CtxRef, Daemon};
+use crate::bundle::{self, tar, unpack};
+use crate::config::Manifest;
+use crate::sigstore::{self as sg, Signer};
+
+/// Largest archive accepted.
+pub const MAX_ARCHIVE: u64 = 1 << 30;
+
+/// Per-agent install history (`<state_dir>/versions/<agent>.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Versions {
+    /// Installed versions, oldest first (each unpacked under `bundles/<agent>/<version>`).
+    pub installed: Vec<String>,
+    /// The version `<agents_dir>/<agent>` points at.
+    pub current: Option<String>,
+    /// Anti-rollback floor: no install below it.
+    pub min_version: Option<String>,
+}
+
+/// A version as (major, minor, patch, pre-release present): semver order without build data.
+pub fn semver(v: &str) -> Option<(u64, u64, u64, bool)> {
+    let core = v.split('+').next()?;
+    let (nums, pre) = match core.split_once('-') {
+        Some((n, _)) => (n, true),
+        None => (core, false),
+    };
+    let mut it = nums.split('.').map(|p| p.parse::<u64>().ok());
+    let t = (it.next()??, it.next()??, it.next()??, pre);
+    it.next().is_none().then_some(t)
+}
+
+/// `a < b` in semver order (a pre-release sorts before its release).
+pub fn older(a: &str, b: &str) -> Option<bool> {
+    let (x, y) = (semver(a)?, semver(b)?);
+    Some((x.0, x.1, x.2, !x.3) < (y.0, y.1, y.2, !y.3))
+}
+
+fn versions_path(d: &Daemon, agent: &str) -> PathBuf {
+    d.cfg
+        .state_dir
+        .join("versions")
+        .join(format!("{agent}.json"))
+}
+
+pub fn load_versions(d: &Daemon, agent: &str) -> Versions {
+    let p = versions_path(d, agent);
+    sg::read_capped(&p, 64 * 1024, "versions")
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
+}
+
+fn save_versions(d: &Daemon, agent: &str, v: &Versions) -> Result<(), String> {
+    crate::agents::persist::write_json_atomic(&versions_path(d, agent), v, true)
+        .map_err(|e| format!("saving the version history: {e}"))
+}
+
+/// The manifest inside an archive, read without unpacking anything.
+fn manifest_of(file: &Path) -> Result<Manifest, String> {
+    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let stream = unpack::maybe_gunzip(f).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut r = tar::Reader::new(stream);
+    while let Some(h) = r
+        .next_header()
+        .map_err(|e| format!("malformed archive: {e}"))?
+    {
+        if h.path == "manifest.json" && h.kind == tar::Kind::File {
+            if h.size > crate::config::manifest::MAX_MANIFEST_BYTES {
+                return Err("manifest.json is larger than 64 KiB".into());
+            }
+            let mut buf = Vec::new();
+            r.copy_data(h.size, &mut buf)
+                .map_err(|e| format!("malformed archive: {e}"))?;
+            return Manifest::parse(&buf, Path::new("manifest.json")).map_err(|e| e.to_string());
+        }
+    }
+    Err("the archive has no manifest.json".into())
+}
+
+/// The first policy signer for `agent` whose signature verifies, described.
+fn verify_signature(
+    d: &Daemon,
+    agent: &str,
+    file: &Path,
+    digest: [u8; 32],
+) -> Result<String, String> {
+    let sig = PathBuf::from(format!("{}.sigstore.json", file.display()));
+    let json = match sg::read_capped(&sig, sg::MAX_BUNDLE_JSON, "signature") {
+        Ok(j) => j,
+        Err(_) if d.cfg.allow_unsigned => {
+            return Ok("UNSIGNED (allowed by allow_unsigned)".into());
+        }
+        Err(e) => return Err(format!("no signature: {e}")),
+    };
+    let root = match &d.cfg.trusted_root {
+        Some(p) => Some(sg::read_capped(p, sg::MAX_TRUSTED_ROOT, "trusted root")?),
+        None => None,
+    };
+    let signers: Vec<&crate::config::policy::Signer> = d
+        .policy
+        .signers
+        .iter()
+        .filter(|s| s.matches(agent))
+        .collect();
+    if signers.is_empty() {
+        return Err(format!("the policy lists no signer for agent {agent}"));
+    }
+    let mut errors = Vec::new();
+    for s in signers {
+        let signer = match &s.trust {
+            crate::config::policy::SignerTrust::Key(p) => {
+                match sg::read_capped(p, sg::MAX_KEY, "key").and_then(|k| sg::parse_key(&k)) {
+                    Ok(k) => Signer::Key(k),
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                }
+            }
+            crate::config::policy::SignerTrust::Identity { identity, issuer } => Signer::Identity {
+                identity: identity.clone(),
+                issuer: issuer.clone(),
+            },
+        };
+        // The digest suffices for ECDSA and certificates; Ed25519 needs the file.
+        let target = match &signer {
+            Signer::Key(_) => sg::Target::File(file),
+            Signer::Identity { .. } => sg::Target::Digest(digest),
+        };
+        match sg::verify(&json, root.as_deref(), &signer, target) {
+            Ok(v) => return Ok(format!("{v} (signers entry `{}`)", s.agents)),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(format!(
+        "the signature does not verify against the policy's signers for {agent}: {}",
+        errors.join("; ")
+    ))
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hash: sha2::Sha256,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hash, &buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Installs `file`; returns what happened. Every refusal is audited.
+pub fn install(ctx: &CtxRef, file: &Path) -> Result<String, String> {
+    let result = install_inner(ctx, file);
+    if let Err((agent, e)) = &result {
+        ctx.d.borrow_mut().audit(
+            agent,
+            AuditKind::InstallRefused,
+            &format!("{}: {e}", file.display()),
+            true,
+        );
+    }
+    result.map_err(|(_, e)| e)
+}
+
+fn install_inner(ctx: &CtxRef, file: &Path) -> Result<String, (String, String)> {
+    let none = |e: String| (String::new(), e);
+    let len = std::fs::metadata(file)
+        .map_err(|e| none(format!("{}: {e}", file.display())))?
+        .len();
+    if len > MAX_ARCHIVE {
+        return Err(none(format!("{len} bytes; at most {MAX_ARCHIVE}")));
+    }
+    let (digest, _) = bundle::sha256_file(file).map_err(|e| none(e.to_string()))?;
+    let manifest = manifest_of(file).map_err(none)?;
+    let name = manifest.name.clone();
+    let version = manifest.version.clone();
+    let named = |e: String| (name.clone(), e);
+    let (signed_by, staging, final_dir) = {
+        let d = ctx.d.borrow();
+        let signed_by = verify_signature(&d, &name, file, digest).map_err(named)?;
+        crate::admission::admit(&manifest, &d.policy).map_err(|e| named(e.to_string()))?;
+        if semver(&version).is_none() {
+            return Err(named(format!(
+                "version `{version}` is not MAJOR.MINOR.PATCH: signed installs need semantic versions for anti-rollback"
+            )));
+        }
+        let v = load_versions(&d, &name);
+        if let Some(min) = &v.min_version
+            && older(&version, min) == Some(true)
+        {
+            return Err(named(format!(
+                "version {version} is below the minimum {min} (anti-rollback: an older signed version is not installed again)"
+            )));
+        }
+        let dir = d.cfg.state_dir.join("bundles").join(&name);
+        (
+            signed_by,
+            dir.join(format!(".staging-{version}")),
+            dir.join(&version),
+        )
+    };
+    if final_dir.exists() {
+        return Err(named(format!("version {version} is already installed")));
+    }
+    if let Some(parent) = staging.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| named(format!("{}: {e}", parent.display())))?;
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    // Unpack while hashing again: only the bytes that were verified may be installed.
+    let f = std::fs::File::open(file).map_err(|e| named(format!("{}: {e}", file.display())))?;
+    let mut hashing = Hashing {
+        inner: f,
+        hash: <sha2::Sha256 as sha2::Digest>::new(),
+    };
+    let unpacked = {
+        let stream = unpack::maybe_gunzip(&mut hashing).map_err(|e| named(e.to_string()));
+        stream.and_then(|s| {
+            unpack::unpack(s, &staging, unpack::Limits::default()).map_err(|e| named(e.to_string()))
+        })
+    };
+    let unpacked = unpacked?;
+    // Drain what the tar reader did not need (padding), so the hash covers the whole file.
+    let _ = std::io::copy(&mut hashing, &mut std::io::sink());
+    let again: [u8; 32] = sha2::Digest::finalize(hashing.hash).into();
+    let fail = |e: String| {
+        let _ = std::fs::remove_dir_all(&staging);
+        named(e)
+    };
+    if again != digest {
+        return Err(fail(
+            "the archive changed while it was being installed".into(),
+        ));
+    }
+    let checked = crate::agents::install::check(&staging).map_err(|e| fail(e.to_string()))?;
+    if checked.manifest != manifest {
+        return Err(fail(
+            "the unpacked manifest differs from the verified one".into(),
+        ));
+    }
+    std::fs::rename(&staging, &final_dir)
+        .map_err(|e| fail(format!("{}: {e}", final_dir.display())))?;
+    sync_dir(final_dir.parent());
+    let d = ctx.d.borrow();
+    switch(&d, &name, &final_dir).map_err(named)?;
+    let mut v = load_versions(&d, &name);
+    v.installed.retain(|x| x != &version);
+    v.installed.push(version.clone());
+    v.current = Some(version.clone());
+    save_versions(&d, &name, &v).map_err(named)?;
+    drop(d);
+    let text = format!(
+        "installed {version} from {} (sha256:{}, {} entries, {} bytes), signed: {signed_by}",
+        file.display(),
+        bundle::hex(&digest),
+        unpacked.entries,
+        unpacked.data_bytes
+    );
+    ctx.d
+        .borrow_mut()
+        .audit(&name, AuditKind::Install, &text, true);
+    super::lifecycle::activate(ctx, &name);
+    Ok(text)
+}
+
+fn sync_dir(dir: Option<&Path>) {
+    if let Some(d) = dir
+        && let Ok(f) = std::fs::File::open(d)
+    {
+        let _ = f.sync_all();
+    }
+}
+
+/// Points `<agents_dir>/<name>` at `target` atomically (a new symlink renamed over the old).
+fn switch(d: &Daemon, name: &str, target: &Path) -> Result<(), String> {
+    let link = d.cfg.agents_dir.join(name);
+    if let Ok(m) = std::fs::symlink_metadata(&link)
+        && !m.file_type().is_symlink()
+    {
+        return Err(format!(
+            "{} is a bundle directory installed by hand; remove it to install signed versions",
+            link.display()
+        ));
+    }
+    let tmp = d.cfg.agents_dir.join(format!(".{name}.switch"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &link).map_err(|e| format!("{}: {e}", link.display()))?;
+    sync_dir(Some(&d.cfg.agents_dir));
+    Ok(())
+}
+
+/// `nanoclaw rollback AGENT`: back to the version installed before the current one, if it is
+/// not below the anti-rollback minimum.
+pub fn rollback(ctx: &CtxRef, agent: &str, why: &str) -> Result<String, String> {
+    let (prev, current) = {
+        let d = ctx.d.borrow();
+        let v = load_versions(&d, agent);
+        let current = v
+            .current
+            .clone()
+            .ok_or_else(|| format!("{agent} has no signed install to roll back"))?;
+        let pos = v.installed.iter().position(|x| x == &current).unwrap_or(0);
+        let prev = v.installed[..pos]
+            .iter()
+            .rev()
+            .find(|x| d.cfg.state_dir.join("bundles").join(agent).join(x).is_dir())
+            .cloned()
+            .ok_or_else(|| format!("{agent} has no earlier version to roll back to"))?;
+        if let Some(min) = &v.min_version
+            && older(&prev, min) == Some(true)
+        {
+            return Err(format!(
+                "{prev} is below the minimum version {min} (anti-rollback)"
+            ));
+        }
+        let target = d.cfg.state_dir.join("bundles").join(agent).join(&prev);
+        switch(&d, agent, &target)?;
+        let mut v = v;
+        v.current = Some(prev.clone());
+        save_versions(&d, agent, &v)?;
+        (prev, current)
+    };
+    let text = format!("rolled back from {current} to {prev}: {why}");
+    ctx.d
+        .borrow_mut()
+        .audit(agent, AuditKind::Rollback, &text, true);
+    super::lifecycle::activate(ctx, agent);
+    Ok(text)
+}
+
+/// Whether `dir` (an agents_dir entry) is a version that `nanoclaw install` verified: a symlink
+/// to `<state_dir>/bundles/<agent>/<current version>`.
+pub fn is_signed_install(d: &Daemon, agent: &str, dir: &Path) -> bool {
+    let Some(current) = load_versions(d, agent).current else {
+        return false;
+    };
+    let want = d.cfg.state_dir.join("bundles").join(agent).join(current);
+    std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink())
+        && std::fs::read_link(dir).is_ok_and(|t| t == want)
+}
+
+/// Starts the probation clock of a freshly started instance whose version is above the
+/// agent's minimum: if the same instance is still running `probation_s` later, its version
+/// becomes the minimum.
+pub fn watch_probation(ctx: &CtxRef, agent: &str, generation: u64) {
+    let (version, secs) = {
+        let d = ctx.d.borrow();
+        let Some(a) = d.agents.get(agent) else { return };
+        let v = load_versions(&d, agent);
+        if v.current.as_deref() != Some(a.manifest.version.as_str()) {
+            return;
+        }
+        if v.min_version.as_deref() == Some(a.manifest.version.as_str()) {
+            return;
+        }
+        (a.manifest.version.clone(), d.cfg.probation_s)
+    };
+    let c = ctx.clone();
+    let n = agent.to_owned();
+    ctx.ex
+        .spawn(async move {
+            smol::Timer::after(std::time::Duration::from_secs(u64::from(secs))).await;
+            let mut d = c.d.borrow_mut();
+            let still = d
+                .agents
+                .get(&n)
+                .is_some_and(|a| a.generation == generation && a.instance.is_some());
+            if still {
+                on_probation_passed(&mut d, &n, &version);
+            }
+        })
+        .detach();
+}
+
+/// After `probation_s` of running a version without failing, it becomes the minimum.
+pub fn on_probation_passed(d: &mut Daemon, agent: &str, version: &str) {
+    let mut v = load_versions(d, agent);
+    if v.current.as_deref() != Some(version) {
+        return;
+    }
+    let raises = match &v.min_version {
+        None => true,
+        Some(min) => older(min, version) == Some(true),
+    };
+    if !raises {
+        return;
+    }
+    v.min_version = Some(version.to_owned());
+    if save_versions(d, agent, &v).is_ok() {
+        d.audit(
+            agent,
+            AuditKind::Posture,
+            &format!(
+                "version {version} passed probation: it is the minimum version now (anti-rollback)"
+            ),
+            true,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semver_order() {
+        assert_eq!(older("1.2.3", "1.10.0"), Some(true));
+        assert_eq!(older("1.10.0", "1.2.3"), Some(false));
+        assert_eq!(older("2.0.0-rc1", "2.0.0"), Some(true));
+        assert_eq!(older("2.0.0", "2.0.0"), Some(false));
+        assert_eq!(older("1.0.0+build5", "1.0.0"), Some(false));
+        assert_eq!(semver("1.2"), None);
+        assert_eq!(semver("1.2.3.4"), None);
+        assert_eq!(semver("v1.2.3"), None);
+    }
+}

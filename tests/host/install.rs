@@ -1,0 +1,183 @@
+//! Signed bundle installs through the daemon (`nanoclaw install`): verification against the
+//! policy's signers before anything is unpacked, safe unpack, atomic switch, anti-rollback
+//! after probation, rollback by hand, and every bad input refused with nothing left behind.
+// Test support code: panicking on a broken fixture is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nanoclaw_tests::{Device, bins, grant, manifest, run};
+use serde_json::json;
+
+fn openssl(args: &[&str]) {
+    let out = run(Command::new("openssl").args(args));
+    assert_eq!(out.code, 0, "openssl {args:?}: {out:?}");
+}
+
+/// A P-256 key pair: (private PKCS#8 PEM, public PEM).
+fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub"));
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    (key, public)
+}
+
+fn nc(args: &[&str]) -> nanoclaw_tests::CliOut {
+    run(Command::new(&bins().nanoclaw).args(args))
+}
+
+/// Packs a bundle of agent `name` at `version` (running `demo-agent sleep`) and signs it.
+fn signed_bundle(dir: &Path, name: &str, version: &str, key: &Path) -> PathBuf {
+    let src = dir.join(format!("src-{name}-{version}"));
+    std::fs::create_dir_all(src.join("rootfs/bin")).unwrap();
+    std::fs::copy(&bins().demo_agent, src.join("rootfs/bin/demo-agent")).unwrap();
+    let mut m = manifest(name, "service", &["sleep"], "16MiB");
+    m["version"] = json!(version);
+    std::fs::write(src.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let file = dir.join(format!("{name}-{version}.nclaw"));
+    let out = nc(&[
+        "bundle",
+        "pack",
+        src.to_str().unwrap(),
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = nc(&[
+        "bundle",
+        "sign",
+        file.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    file
+}
+
+#[test]
+fn signed_installs_upgrades_rollback_and_bad_inputs() {
+    let mut dev = Device::new();
+    let keys = dev.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (vendor, vendor_pub) = keypair(&keys, "vendor");
+    std::fs::rename(&vendor_pub, keys.join("demo-vendor.pub")).unwrap();
+    let (stranger, _) = keypair(&keys, "stranger");
+    dev.device["allow_unsigned"] = json!(false);
+    dev.device["probation_s"] = json!(2);
+    dev.grant("svc", grant("16MiB"));
+    dev.start();
+    let work = dev.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+
+    // A good signed bundle installs and runs.
+    let v1 = signed_bundle(&work, "svc", "1.0.0", &vendor);
+    let out = dev.cli(&["install", v1.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("managed key"), "{out:?}");
+    let a = dev.wait_state("svc", "running");
+    assert_eq!(a["version"], "1.0.0");
+
+    let staging_left = |dev: &Device| {
+        std::fs::read_dir(dev.state_dir().join("bundles/svc"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with(".staging"))
+    };
+    let refused = |dev: &Device, file: &Path, want: &str| {
+        let before = std::fs::read_link(dev.path().join("agents/svc")).unwrap();
+        let out = dev.cli(&["install", file.to_str().unwrap()]);
+        assert_eq!(out.code, 1, "{file:?} was not refused: {out:?}");
+        assert!(out.stderr.contains(want), "{file:?}: {out:?}");
+        assert_eq!(
+            std::fs::read_link(dev.path().join("agents/svc")).unwrap(),
+            before
+        );
+        assert!(!staging_left(dev), "a staging directory was left behind");
+    };
+
+    // Tampered archive: one byte of the agent binary changed after signing.
+    let v2 = signed_bundle(&work, "svc", "2.0.0", &vendor);
+    let tampered = work.join("svc-2.0.0-tampered.nclaw");
+    let mut bytes = std::fs::read(&v2).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&tampered, &bytes).unwrap();
+    std::fs::copy(
+        format!("{}.sigstore.json", v2.display()),
+        format!("{}.sigstore.json", tampered.display()),
+    )
+    .unwrap();
+    refused(&dev, &tampered, "does not verify");
+    // Signed by a key the policy does not list.
+    let other = signed_bundle(&work, "svc", "2.0.1", &stranger);
+    refused(&dev, &other, "does not verify");
+    // No signature at all.
+    std::fs::remove_file(format!("{}.sigstore.json", other.display())).unwrap();
+    refused(&dev, &other, "no signature");
+    // Truncated, malformed signature JSON.
+    std::fs::write(
+        format!("{}.sigstore.json", other.display()),
+        b"{\"mediaType\":",
+    )
+    .unwrap();
+    refused(&dev, &other, "malformed bundle JSON");
+
+    // An upgrade switches the running agent to the new version.
+    let out = dev.cli(&["install", v2.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    dev.wait(Duration::from_secs(20), "svc 2.0.0 running", || {
+        let a = dev.agent("svc");
+        (a["version"] == "2.0.0" && a["state"] == "running").then_some(a)
+    });
+    // Rollback by hand, before 2.0.0 passed probation.
+    let out = dev.cli(&["rollback", "svc"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    dev.wait(Duration::from_secs(20), "svc 1.0.0 running again", || {
+        let a = dev.agent("svc");
+        (a["version"] == "1.0.0" && a["state"] == "running").then_some(a)
+    });
+    assert!(dev.audit_of("rollback").iter().any(|r| r["agent"] == "svc"));
+
+    // 2.0.0 again (already unpacked: refused as installed), so install 2.1.0; after its
+    // probation it is the minimum and an older signed version is refused (anti-rollback).
+    let v21 = signed_bundle(&work, "svc", "2.1.0", &vendor);
+    assert_eq!(dev.cli(&["install", v21.to_str().unwrap()]).code, 0);
+    dev.wait(Duration::from_secs(30), "2.1.0 passing probation", || {
+        dev.audit_of("posture").into_iter().find(|r| {
+            r["agent"] == "svc"
+                && r["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("2.1.0 passed probation")
+        })
+    });
+    let old = signed_bundle(&work, "svc", "1.5.0", &vendor);
+    refused(&dev, &old, "anti-rollback");
+    let out = dev.cli(&["rollback", "svc"]);
+    assert_eq!(
+        out.code, 1,
+        "rollback below the minimum must be refused: {out:?}"
+    );
+
+    // Every refusal is audited.
+    let refusals = dev.audit_of("install_refused");
+    assert!(refusals.len() >= 5, "{refusals:?}");
+}
