@@ -46,11 +46,22 @@ fn nc(args: &[&str]) -> nanoclaw_tests::CliOut {
 
 /// Packs a bundle of agent `name` at `version` (running `demo-agent sleep`) and signs it.
 fn signed_bundle(dir: &Path, name: &str, version: &str, key: &Path) -> PathBuf {
+    signed_bundle_running(dir, name, version, key, &["sleep"])
+}
+
+fn signed_bundle_running(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    key: &Path,
+    exec: &[&str],
+) -> PathBuf {
     let src = dir.join(format!("src-{name}-{version}"));
     std::fs::create_dir_all(src.join("rootfs/bin")).unwrap();
     std::fs::copy(&bins().demo_agent, src.join("rootfs/bin/demo-agent")).unwrap();
-    let mut m = manifest(name, "service", &["sleep"], "16MiB");
+    let mut m = manifest(name, "service", exec, "16MiB");
     m["version"] = json!(version);
+    m["restart"] = json!({ "policy": "always", "max_per_hour": 3 });
     std::fs::write(src.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     let file = dir.join(format!("{name}-{version}.nclaw"));
     let out = nc(&[
@@ -175,6 +186,26 @@ fn signed_installs_upgrades_rollback_and_bad_inputs() {
     assert_eq!(
         out.code, 1,
         "rollback below the minimum must be refused: {out:?}"
+    );
+
+    // A new version that crash-loops during its probation is rolled back automatically.
+    let bad = signed_bundle_running(&work, "svc", "3.0.0", &vendor, &["exit", "1"]);
+    assert_eq!(dev.cli(&["install", bad.to_str().unwrap()]).code, 0);
+    dev.wait(
+        Duration::from_secs(60),
+        "the automatic rollback to 2.1.0",
+        || {
+            let a = dev.agent("svc");
+            (a["version"] == "2.1.0" && a["state"] == "running").then_some(a)
+        },
+    );
+    assert!(
+        dev.audit_of("rollback").iter().any(|r| r["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("3.0.0 crash-looped during its probation")),
+        "{:?}",
+        dev.audit_of("rollback")
     );
 
     // Every refusal is audited.

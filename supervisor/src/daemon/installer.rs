@@ -349,6 +349,27 @@ pub fn rollback(ctx: &CtxRef, agent: &str, why: &str) -> Result<String, String> 
     Ok(text)
 }
 
+/// After a crash loop: if the agent's current version has not passed probation yet and an
+/// earlier version is installed, switch back to it (audited as `rollback`).
+pub fn rollback_if_in_probation(ctx: &CtxRef, agent: &str) {
+    let v = load_versions(&ctx.d.borrow(), agent);
+    let Some(current) = v.current.clone() else {
+        return;
+    };
+    if v.min_version.as_deref() == Some(current.as_str()) {
+        return;
+    }
+    let why = format!("{current} crash-looped during its probation");
+    if let Err(e) = rollback(ctx, agent, &why) {
+        ctx.d.borrow_mut().audit(
+            agent,
+            AuditKind::Rollback,
+            &format!("automatic rollback not possible: {e}"),
+            true,
+        );
+    }
+}
+
 /// Whether `dir` (an agents_dir entry) is a version that `nanoclaw install` verified: a symlink
 /// to `<state_dir>/bundles/<agent>/<current version>`.
 pub fn is_signed_install(d: &Daemon, agent: &str, dir: &Path) -> bool {

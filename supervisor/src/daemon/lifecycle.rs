@@ -695,6 +695,12 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
                 );
                 let reason = a.reason.clone();
                 d.audit(name, AuditKind::CrashLoop, &reason, true);
+                // A version still in probation goes back to the one before it.
+                let c = ctx.clone();
+                let n = name.to_owned();
+                ctx.ex
+                    .spawn(async move { super::installer::rollback_if_in_probation(&c, &n) })
+                    .detach();
             } else {
                 a.reason = format!("{exit}; restart policy does not restart it");
             }
