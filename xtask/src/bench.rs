@@ -1398,11 +1398,12 @@ fn ns_per_call(text: &str) -> Vec<f64> {
 const SAMPLE_ON: u32 = 2;
 const SAMPLE_EVERY: u32 = 60;
 
-/// ns/call of every round of a long getppid loop in an agent under sampled monitoring (the
-/// loop starts once the agent's baseline is learned).
-fn sampled_loop(ctx: &Ctx) -> Result<Vec<f64>> {
-    const ROUNDS: usize = 450;
-    let rounds = ROUNDS.to_string();
+/// ns/call of every round of a long getppid loop in an agent under a daemon, with sampled
+/// monitoring (the loop starts once the agent's baseline is learned) or with monitoring off
+/// (`sampled` false), so both sides run the same way.
+fn agent_loop(ctx: &Ctx, sampled: bool, rounds_n: usize) -> Result<Vec<f64>> {
+    let rounds = rounds_n.to_string();
+    let tag = if sampled { "sampled" } else { "unmonitored" };
     let cmd = [
         "/bin/demo-agent",
         "wait-file",
@@ -1411,7 +1412,7 @@ fn sampled_loop(ctx: &Ctx) -> Result<Vec<f64>> {
         "1000000",
         rounds.as_str(),
     ];
-    let dir = ctx.dir.join("monitor-sampled");
+    let dir = ctx.dir.join(format!("monitor-{tag}"));
     let bundles = [Bundle {
         name: "sampled".into(),
         network: &[],
@@ -1422,20 +1423,19 @@ fn sampled_loop(ctx: &Ctx) -> Result<Vec<f64>> {
         restart: r#"{ "policy": "never" }"#,
         grant_extra: "",
     }];
-    let config = write_device(ctx, &dir, &format!("{}-sampled", ctx.tag), &bundles)?;
+    let config = write_device(ctx, &dir, &format!("{}-{tag}", ctx.tag), &bundles)?;
     let text = fs::read_to_string(&config).map_err(|e| format!("{}: {e}", config.display()))?;
-    write(
-        &config,
-        &text.replace(
-            "\"stop_grace_s\": 2",
-            &format!(
-                "\"stop_grace_s\": 2,\n  \"syscall_baseline_s\": 2,\n  \"syscall_sampling\": {{ \"on_s\": {SAMPLE_ON}, \"every_s\": {SAMPLE_EVERY} }}"
-            ),
-        ),
-    )?;
+    let extra = if sampled {
+        format!(
+            "\"stop_grace_s\": 2,\n  \"syscall_baseline_s\": 2,\n  \"syscall_sampling\": {{ \"on_s\": {SAMPLE_ON}, \"every_s\": {SAMPLE_EVERY} }}"
+        )
+    } else {
+        "\"stop_grace_s\": 2,\n  \"syscall_monitor\": false".to_owned()
+    };
+    write(&config, &text.replace("\"stop_grace_s\": 2", &extra))?;
     let mut d = Daemon::start(&ctx.bins.nanoclaw, &config)?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    while sampled {
         d.alive()?;
         let audit = d
             .cli(&["audit", "--agent", "sampled", "-n", "50"])
@@ -1456,11 +1456,11 @@ fn sampled_loop(ctx: &Ctx) -> Result<Vec<f64>> {
             .cli(&["logs", "sampled", "-n", "1000"])
             .unwrap_or_default();
         let v = ns_per_call(&logs);
-        if v.len() >= ROUNDS {
+        if v.len() >= rounds_n {
             break v;
         }
         if Instant::now() > deadline {
-            return Err(format!("the sampled loop did not finish: {}", d.log_tail()));
+            return Err(format!("the {tag} loop did not finish: {}", d.log_tail()));
         }
         std::thread::sleep(Duration::from_millis(500));
     };
@@ -1523,7 +1523,8 @@ fn bench_monitor(ctx: &Ctx) -> Result<Section> {
     // The tracepoint is attached (the daemon runs) but this sandbox is not an agent of ours.
     let bystander = oneshot()?;
     d.stop()?;
-    let sampled = sampled_loop(ctx)?;
+    let sampled = agent_loop(ctx, true, 450)?;
+    let unmonitored = agent_loop(ctx, false, 60)?;
     // No tracepoint at all.
     let baseline = oneshot()?;
     let (Some(m), Some(b), Some(o)) = (stats(&monitored), stats(&baseline), stats(&bystander))
@@ -1531,7 +1532,7 @@ fn bench_monitor(ctx: &Ctx) -> Result<Section> {
         return Err("no loop timings".into());
     };
     let overhead = (m.p50 / b.p50 - 1.0) * 100.0;
-    let base_mean = baseline.iter().sum::<f64>() / baseline.len() as f64;
+    let base_mean = unmonitored.iter().sum::<f64>() / unmonitored.len().max(1) as f64;
     let s_mean = sampled.iter().sum::<f64>() / sampled.len().max(1) as f64;
     let s_overhead = (s_mean / base_mean - 1.0) * 100.0;
     let nc = ctx.rel(&ctx.bins.nanoclaw);
@@ -1553,7 +1554,8 @@ fn bench_monitor(ctx: &Ctx) -> Result<Section> {
          **Sampled monitoring** (device.json `\"syscall_sampling\": {{ \"on_s\": {SAMPLE_ON}, \"every_s\": {SAMPLE_EVERY} }}`): \
          after the agent's baseline is learned the tracepoint is attached {SAMPLE_ON} s of every \
          {SAMPLE_EVERY} s. The same loop, {} rounds (about {:.0} s, several sampling periods), \
-         mean ns/call {s_mean:.1} vs {base_mean:.1} unmonitored (mean): **{s_overhead:.1} %** \
+         mean ns/call {s_mean:.1} vs {base_mean:.1} for the same agent under a daemon with \
+         `syscall_monitor: false` ({} rounds, mean): **{s_overhead:.1} %** \
          averaged over time; inside a window a call costs as in the first row. Reproduce: \
          `cargo xtask bench --only monitor` (device config in `target/bench/monitor-sampled`).\n\n\
          Reproduce: `{nc} daemon --config {}` (agent `looper`; `{nc} --socket {} logs looper`), \
@@ -1572,6 +1574,7 @@ fn bench_monitor(ctx: &Ctx) -> Result<Section> {
         b.max,
         sampled.len(),
         sampled.iter().sum::<f64>() * 1e6 / 1e9,
+        unmonitored.len(),
         ctx.rel(&config),
         ctx.rel(&dir.join("ctl.sock")),
         ctx.rel(&rootfs),
