@@ -1435,18 +1435,20 @@ fn agent_loop(ctx: &Ctx, sampled: bool, rounds_n: usize) -> Result<Vec<f64>> {
     write(&config, &text.replace("\"stop_grace_s\": 2", &extra))?;
     let mut d = Daemon::start(&ctx.bins.nanoclaw, &config)?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sampled {
+    // Sampling starts once the baseline is learned (learning counts continuously).
+    let mut learned = !sampled;
+    while !learned {
         d.alive()?;
         let audit = d
             .cli(&["audit", "--agent", "sampled", "-n", "50"])
             .unwrap_or_default();
-        if audit.contains("learned the syscall baseline") {
-            break;
-        }
-        if Instant::now() > deadline {
+        learned = audit.contains("learned the syscall baseline");
+        if !learned && Instant::now() > deadline {
             return Err(format!("no baseline learned: {}", d.log_tail()));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        if !learned {
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     write(&dir.join("agents/sampled/rootfs/go"), "go")?;
     let deadline = Instant::now() + Duration::from_secs(600);
