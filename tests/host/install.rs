@@ -208,7 +208,144 @@ fn signed_installs_upgrades_rollback_and_bad_inputs() {
         dev.audit_of("rollback")
     );
 
+    // keep_versions (3): the oldest version went when the fourth was installed; the current
+    // one and the minimum stay.
+    let kept: Vec<String> = std::fs::read_dir(dev.state_dir().join("bundles/svc"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!kept.contains(&"1.0.0".to_owned()), "{kept:?}");
+    assert!(
+        kept.contains(&"2.1.0".to_owned()) && kept.contains(&"3.0.0".to_owned()),
+        "{kept:?}"
+    );
+
     // Every refusal is audited.
     let refusals = dev.audit_of("install_refused");
     assert!(refusals.len() >= 5, "{refusals:?}");
+}
+
+/// A `kill -9` of the daemon in the middle of an install leaves either the old or the new
+/// version in place, never a mix, and the next daemon clears what the install left behind. A
+/// bundle that does not fit on the disk (minus the reserve) is refused before it is unpacked.
+#[test]
+fn interrupted_and_full_installs_leave_nothing_half_done() {
+    let mut dev = Device::new();
+    let keys = dev.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (vendor, vendor_pub) = keypair(&keys, "vendor");
+    std::fs::rename(&vendor_pub, keys.join("demo-vendor.pub")).unwrap();
+    dev.device["allow_unsigned"] = json!(false);
+    dev.grant("svc", grant("16MiB"));
+    dev.start();
+    let work = dev.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let v1 = signed_bundle(&work, "svc", "1.0.0", &vendor);
+    assert_eq!(dev.cli(&["install", v1.to_str().unwrap()]).code, 0);
+    dev.wait_state("svc", "running");
+
+    // A 64 MiB payload makes the install take a while; kill the daemon during it.
+    let src = work.join("src-svc-1.0.0");
+    let noise: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(src.join("rootfs/payload"), &noise).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("manifest.json")).unwrap()).unwrap();
+    m["version"] = json!("2.0.0");
+    std::fs::write(src.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let big = work.join("svc-2.0.0.nclaw");
+    let packed = nc(&[
+        "bundle",
+        "pack",
+        src.to_str().unwrap(),
+        "-o",
+        big.to_str().unwrap(),
+    ]);
+    assert_eq!(packed.code, 0, "{packed:?}");
+    let signed = nc(&[
+        "bundle",
+        "sign",
+        big.to_str().unwrap(),
+        "--key",
+        vendor.to_str().unwrap(),
+    ]);
+    assert_eq!(signed.code, 0, "{signed:?}");
+    let mut cli = dev.command().arg("install").arg(&big).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    dev.kill9();
+    let _ = cli.wait();
+    dev.start();
+    // The control socket is up before start-up finished: wait for the re-adoption.
+    let a = dev.wait_state("svc", "running");
+    let link = std::fs::read_link(dev.path().join("agents/svc")).unwrap();
+    let version = link.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(version == "1.0.0" || version == "2.0.0", "{link:?}");
+    assert!(link.join("manifest.json").is_file() && link.join("rootfs/bin/demo-agent").is_file());
+    let leftovers: Vec<String> = std::fs::read_dir(dev.state_dir().join("bundles/svc"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "{leftovers:?}\n{}",
+        dev.daemon_stderr()
+    );
+    assert_eq!(a["version"], version.as_str());
+
+    // Not enough space: the state directory on a 48 MiB tmpfs (less than the 64 MiB payload,
+    // and than the 32 MiB reserve plus it).
+    let small = dev.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let out = run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(&small));
+    assert_eq!(out.code, 0, "{out:?}");
+    dev.sigterm();
+    let state = dev.state_dir();
+    let moved = run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", state.display()))
+        .arg(&small));
+    assert_eq!(moved.code, 0, "{moved:?}");
+    dev.device["state_dir"] = json!(small);
+    dev.start();
+    let mut m3 = m.clone();
+    m3["version"] = json!("3.0.0");
+    std::fs::write(src.join("manifest.json"), serde_json::to_vec(&m3).unwrap()).unwrap();
+    let huge = work.join("svc-3.0.0.nclaw");
+    assert_eq!(
+        nc(&[
+            "bundle",
+            "pack",
+            src.to_str().unwrap(),
+            "-o",
+            huge.to_str().unwrap()
+        ])
+        .code,
+        0
+    );
+    assert_eq!(
+        nc(&[
+            "bundle",
+            "sign",
+            huge.to_str().unwrap(),
+            "--key",
+            vendor.to_str().unwrap()
+        ])
+        .code,
+        0
+    );
+    let out = dev.cli(&["install", huge.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("does not fit"), "{out:?}");
+    assert!(
+        !small.join("bundles/svc/3.0.0").exists()
+            && !small.join("bundles/svc/.staging-3.0.0").exists()
+    );
+    dev.sigterm();
+    let _ = run(Command::new("umount").arg("-l").arg(&small));
 }

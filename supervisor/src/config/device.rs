@@ -77,6 +77,10 @@ pub struct DeviceConfig {
     /// agent's minimum version (anti-rollback).
     #[serde(default = "default_probation")]
     pub probation_s: u32,
+    /// Installed versions kept per agent for rollback (the current one and the minimum are
+    /// always kept).
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: u32,
     /// DNS resolvers (`ip:port`) for host names in egress grants; empty: /etc/resolv.conf.
     #[serde(default)]
     pub dns_servers: Vec<std::net::SocketAddr>,
@@ -92,6 +96,10 @@ pub struct Sampling {
 
 fn default_probation() -> u32 {
     300
+}
+
+fn default_keep_versions() -> u32 {
+    3
 }
 
 fn default_cgroup_root() -> PathBuf {

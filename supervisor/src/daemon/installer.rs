@@ -141,8 +141,8 @@ fn verify_signature(
         };
         // The digest suffices for ECDSA and certificates; Ed25519 needs the file.
         let target = match &signer {
-            Signer::Key(_) => sg::Target::File(file),
-            Signer::Identity { .. } => sg::Target::Digest(digest),
+            Signer::Key(k) if sg::key_needs_bytes(k) => sg::Target::File(file),
+            _ => sg::Target::Digest(digest),
         };
         match sg::verify(&json, root.as_deref(), &signer, target) {
             Ok(v) => return Ok(format!("{v} (signers entry `{}`)", s.agents)),
@@ -267,8 +267,12 @@ fn install_inner(ctx: &CtxRef, file: &Path) -> Result<String, (String, String)> 
     v.installed.retain(|x| x != &version);
     v.installed.push(version.clone());
     v.current = Some(version.clone());
+    let pruned = prune(&d, &name, &mut v);
     save_versions(&d, &name, &v).map_err(named)?;
     drop(d);
+    for p in pruned {
+        let _ = std::fs::remove_dir_all(p);
+    }
     let text = format!(
         "installed {version} from {} (sha256:{}, {} entries, {} bytes), signed: {signed_by}",
         file.display(),
@@ -281,6 +285,58 @@ fn install_inner(ctx: &CtxRef, file: &Path) -> Result<String, (String, String)> 
         .audit(&name, AuditKind::Install, &text, true);
     super::lifecycle::activate(ctx, &name);
     Ok(text)
+}
+
+/// Drops the oldest installed versions beyond `keep_versions` from `v` (never the current one
+/// or the minimum); returns their directories, to be removed once `v` is saved.
+fn prune(d: &Daemon, agent: &str, v: &mut Versions) -> Vec<PathBuf> {
+    let keep = d.cfg.keep_versions.max(1) as usize;
+    let mut gone = Vec::new();
+    while v.installed.len() > keep {
+        let Some(i) = v
+            .installed
+            .iter()
+            .position(|x| Some(x) != v.current.as_ref() && Some(x) != v.min_version.as_ref())
+        else {
+            break;
+        };
+        let old = v.installed.remove(i);
+        gone.push(d.cfg.state_dir.join("bundles").join(agent).join(old));
+    }
+    gone
+}
+
+/// At start-up: what an install interrupted by a power cut or `kill -9` left behind (staging
+/// directories, a half-made switch link) goes; the versions themselves are complete or absent.
+pub fn cleanup(d: &Daemon) {
+    let bundles = d.cfg.state_dir.join("bundles");
+    for agent in std::fs::read_dir(&bundles).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(agent.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with(".staging-") {
+                match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => eprintln!(
+                        "nanoclaw: removed {} (an interrupted install)",
+                        e.path().display()
+                    ),
+                    Err(err) => eprintln!("nanoclaw: removing {}: {err}", e.path().display()),
+                }
+            }
+        }
+    }
+    for e in std::fs::read_dir(&d.cfg.agents_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with('.') && n.ends_with(".switch") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn sync_dir(dir: Option<&Path>) {

@@ -292,6 +292,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
             true,
         );
     }
+    installer::cleanup(&ctx.d.borrow());
     egress::spawn_denial_reader(&ctx);
     lsm::spawn_event_reader(&ctx);
     names::spawn(&ctx);

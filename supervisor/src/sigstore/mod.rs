@@ -88,6 +88,13 @@ pub fn read_capped(path: &Path, max: u64, what: &str) -> Result<String, String> 
     Ok(s)
 }
 
+/// Whether signatures by `key` cover the artifact's bytes rather than its SHA-256 (Ed25519).
+pub fn key_needs_bytes(key: &DerPublicKey) -> bool {
+    sigstore_verify::crypto::KeyAlgorithm::from_spki(key).is_ok_and(|a| {
+        a.default_signing_scheme() == sigstore_verify::crypto::SigningScheme::Ed25519
+    })
+}
+
 pub fn parse_key(pem: &str) -> Result<DerPublicKey, String> {
     DerPublicKey::from_pem(pem).map_err(|e| format!("not a PEM public key: {e}"))
 }
