@@ -21,6 +21,8 @@ pub const BUILD: &[Pkg] = &[
 pub const TEST: &[Pkg] = &[
     ("qemu-user-static", "/usr/bin/qemu-aarch64-static"),
     ("util-linux", "/usr/bin/setpriv"),
+    // Key pairs for the signed-install tests (tests/host/install.rs).
+    ("openssl", "/usr/bin/openssl"),
 ];
 /// VM tier (the kernel image is downloaded, not installed, by xtask/src/vm.rs).
 /// (busybox for each guest architecture is downloaded by vm.rs, not installed.)
