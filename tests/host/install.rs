@@ -83,20 +83,29 @@ fn signed_bundle_running(
     file
 }
 
-#[test]
-fn signed_installs_upgrades_rollback_and_bad_inputs() {
+/// A started device that runs only signed bundles, its policy's signer `keys/demo-vendor.pub`
+/// (private key returned), agent `svc` granted, and a work directory.
+fn signed_device(tweak: impl FnOnce(&mut Device)) -> (Device, PathBuf, PathBuf) {
     let mut dev = Device::new();
     let keys = dev.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     let (vendor, vendor_pub) = keypair(&keys, "vendor");
     std::fs::rename(&vendor_pub, keys.join("demo-vendor.pub")).unwrap();
-    let (stranger, _) = keypair(&keys, "stranger");
     dev.device["allow_unsigned"] = json!(false);
-    dev.device["probation_s"] = json!(2);
     dev.grant("svc", grant("16MiB"));
+    tweak(&mut dev);
     dev.start();
     let work = dev.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
+    (dev, vendor, work)
+}
+
+#[test]
+fn signed_installs_upgrades_rollback_and_bad_inputs() {
+    let (dev, vendor, work) = signed_device(|dev| {
+        dev.device["probation_s"] = json!(2);
+    });
+    let (stranger, _) = keypair(&dev.path().join("keys"), "stranger");
 
     // A good signed bundle installs and runs.
     let v1 = signed_bundle(&work, "svc", "1.0.0", &vendor);
@@ -231,16 +240,7 @@ fn signed_installs_upgrades_rollback_and_bad_inputs() {
 /// bundle that does not fit on the disk (minus the reserve) is refused before it is unpacked.
 #[test]
 fn interrupted_and_full_installs_leave_nothing_half_done() {
-    let mut dev = Device::new();
-    let keys = dev.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let (vendor, vendor_pub) = keypair(&keys, "vendor");
-    std::fs::rename(&vendor_pub, keys.join("demo-vendor.pub")).unwrap();
-    dev.device["allow_unsigned"] = json!(false);
-    dev.grant("svc", grant("16MiB"));
-    dev.start();
-    let work = dev.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (mut dev, vendor, work) = signed_device(|_| {});
     let v1 = signed_bundle(&work, "svc", "1.0.0", &vendor);
     assert_eq!(dev.cli(&["install", v1.to_str().unwrap()]).code, 0);
     dev.wait_state("svc", "running");
