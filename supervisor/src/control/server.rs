@@ -191,7 +191,7 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
             Some(a) => Response::Ok(why(&ctx.d.borrow(), &agent, a)),
             None => not_found(&agent),
         },
-        Request::Install { path } => match crate::daemon::installer::install(ctx, &path) {
+        Request::Install { path } => match crate::daemon::installer::install(ctx, &path).await {
             Ok(m) => Response::Ok(json!({ "result": m })),
             Err(m) => Response::Error {
                 code: ErrorCode::Failed,

@@ -94,9 +94,15 @@ fn manifest_of(file: &Path) -> Result<Manifest, String> {
     Err("the archive has no manifest.json".into())
 }
 
-/// The first policy signer for `agent` whose signature verifies, described.
+/// The signers entries (`agents` pattern, trust) that apply to one agent.
+type Signers = Vec<(String, crate::config::policy::SignerTrust)>;
+
+/// The first policy signer for `agent` whose signature verifies, described. Plain data in,
+/// so it runs off the event loop.
 fn verify_signature(
-    d: &Daemon,
+    signers: &Signers,
+    trusted_root: Option<&Path>,
+    allow_unsigned: bool,
     agent: &str,
     file: &Path,
     digest: [u8; 32],
@@ -104,27 +110,21 @@ fn verify_signature(
     let sig = PathBuf::from(format!("{}.sigstore.json", file.display()));
     let json = match sg::read_capped(&sig, sg::MAX_BUNDLE_JSON, "signature") {
         Ok(j) => j,
-        Err(_) if d.cfg.allow_unsigned => {
+        Err(_) if allow_unsigned => {
             return Ok("UNSIGNED (allowed by allow_unsigned)".into());
         }
         Err(e) => return Err(format!("no signature: {e}")),
     };
-    let root = match &d.cfg.trusted_root {
+    let root = match trusted_root {
         Some(p) => Some(sg::read_capped(p, sg::MAX_TRUSTED_ROOT, "trusted root")?),
         None => None,
     };
-    let signers: Vec<&crate::config::policy::Signer> = d
-        .policy
-        .signers
-        .iter()
-        .filter(|s| s.matches(agent))
-        .collect();
     if signers.is_empty() {
         return Err(format!("the policy lists no signer for agent {agent}"));
     }
     let mut errors = Vec::new();
-    for s in signers {
-        let signer = match &s.trust {
+    for (pattern, trust) in signers {
+        let signer = match trust {
             crate::config::policy::SignerTrust::Key(p) => {
                 match sg::read_capped(p, sg::MAX_KEY, "key").and_then(|k| sg::parse_key(&k)) {
                     Ok(k) => Signer::Key(k),
@@ -145,7 +145,7 @@ fn verify_signature(
             _ => sg::Target::Digest(digest),
         };
         match sg::verify(&json, root.as_deref(), &signer, target) {
-            Ok(v) => return Ok(format!("{v} (signers entry `{}`)", s.agents)),
+            Ok(v) => return Ok(format!("{v} (signers entry `{pattern}`)")),
             Err(e) => errors.push(e),
         }
     }
@@ -169,9 +169,19 @@ impl<R: std::io::Read> std::io::Read for Hashing<R> {
     }
 }
 
-/// Installs `file`; returns what happened. Every refusal is audited.
-pub fn install(ctx: &CtxRef, file: &Path) -> Result<String, String> {
-    let result = install_inner(ctx, file);
+/// Installs `file`; returns what happened. Every refusal is audited. Hashing, verifying and
+/// unpacking run on a blocking thread, so the daemon keeps serving meanwhile; one install at
+/// a time.
+pub async fn install(ctx: &CtxRef, file: &Path) -> Result<String, String> {
+    let busy = {
+        let mut d = ctx.d.borrow_mut();
+        std::mem::replace(&mut d.installing, true)
+    };
+    if busy {
+        return Err("another install is in progress; try again when it is done".into());
+    }
+    let result = install_steps(ctx, file.to_path_buf()).await;
+    ctx.d.borrow_mut().installing = false;
     if let Err((agent, e)) = &result {
         ctx.d.borrow_mut().audit(
             agent,
@@ -183,22 +193,92 @@ pub fn install(ctx: &CtxRef, file: &Path) -> Result<String, String> {
     result.map_err(|(_, e)| e)
 }
 
-fn install_inner(ctx: &CtxRef, file: &Path) -> Result<String, (String, String)> {
-    let none = |e: String| (String::new(), e);
+/// Reads the archive once: its SHA-256 and the manifest inside.
+fn hash_and_manifest(file: &Path) -> Result<([u8; 32], Manifest), String> {
     let len = std::fs::metadata(file)
-        .map_err(|e| none(format!("{}: {e}", file.display())))?
+        .map_err(|e| format!("{}: {e}", file.display()))?
         .len();
     if len > MAX_ARCHIVE {
-        return Err(none(format!("{len} bytes; at most {MAX_ARCHIVE}")));
+        return Err(format!("{len} bytes; at most {MAX_ARCHIVE}"));
     }
-    let (digest, _) = bundle::sha256_file(file).map_err(|e| none(e.to_string()))?;
-    let manifest = manifest_of(file).map_err(none)?;
+    let (digest, _) = bundle::sha256_file(file).map_err(|e| e.to_string())?;
+    Ok((digest, manifest_of(file)?))
+}
+
+/// Unpacks `file` into `staging` while hashing it again (only the verified bytes may be
+/// installed), checks the result, and renames it to `final_dir`.
+fn unpack_verified(
+    file: &Path,
+    staging: &Path,
+    final_dir: &Path,
+    digest: [u8; 32],
+    manifest: &Manifest,
+) -> Result<unpack::Unpacked, String> {
+    if let Some(parent) = staging.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let _ = std::fs::remove_dir_all(staging);
+    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut hashing = Hashing {
+        inner: f,
+        hash: <sha2::Sha256 as sha2::Digest>::new(),
+    };
+    let unpacked = unpack::maybe_gunzip(&mut hashing)
+        .map_err(|e| e.to_string())
+        .and_then(|s| {
+            unpack::unpack(s, staging, unpack::Limits::default()).map_err(|e| e.to_string())
+        })?;
+    // Drain what the tar reader did not need (padding), so the hash covers the whole file.
+    let _ = std::io::copy(&mut hashing, &mut std::io::sink());
+    let again: [u8; 32] = sha2::Digest::finalize(hashing.hash).into();
+    let fail = |e: String| {
+        let _ = std::fs::remove_dir_all(staging);
+        e
+    };
+    if again != digest {
+        return Err(fail(
+            "the archive changed while it was being installed".into(),
+        ));
+    }
+    let checked = crate::agents::install::check(staging).map_err(|e| fail(e.to_string()))?;
+    if &checked.manifest != manifest {
+        return Err(fail(
+            "the unpacked manifest differs from the verified one".into(),
+        ));
+    }
+    std::fs::rename(staging, final_dir)
+        .map_err(|e| fail(format!("{}: {e}", final_dir.display())))?;
+    sync_dir(final_dir.parent());
+    Ok(unpacked)
+}
+
+async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, String)> {
+    let none = |e: String| (String::new(), e);
+    let f = file.clone();
+    let (digest, manifest) = smol::unblock(move || hash_and_manifest(&f))
+        .await
+        .map_err(none)?;
     let name = manifest.name.clone();
     let version = manifest.version.clone();
     let named = |e: String| (name.clone(), e);
-    let (signed_by, staging, final_dir) = {
+    let (signers, root, allow) = {
         let d = ctx.d.borrow();
-        let signed_by = verify_signature(&d, &name, file, digest).map_err(named)?;
+        let signers: Signers = d
+            .policy
+            .signers
+            .iter()
+            .filter(|s| s.matches(&name))
+            .map(|s| (s.agents.clone(), s.trust.clone()))
+            .collect();
+        (signers, d.cfg.trusted_root.clone(), d.cfg.allow_unsigned)
+    };
+    let (f, n) = (file.clone(), name.clone());
+    let signed_by =
+        smol::unblock(move || verify_signature(&signers, root.as_deref(), allow, &n, &f, digest))
+            .await
+            .map_err(named)?;
+    let (staging, final_dir) = {
+        let d = ctx.d.borrow();
         crate::admission::admit(&manifest, &d.policy).map_err(|e| named(e.to_string()))?;
         if semver(&version).is_none() {
             return Err(named(format!(
@@ -214,53 +294,15 @@ fn install_inner(ctx: &CtxRef, file: &Path) -> Result<String, (String, String)> 
             )));
         }
         let dir = d.cfg.state_dir.join("bundles").join(&name);
-        (
-            signed_by,
-            dir.join(format!(".staging-{version}")),
-            dir.join(&version),
-        )
+        (dir.join(format!(".staging-{version}")), dir.join(&version))
     };
     if final_dir.exists() {
         return Err(named(format!("version {version} is already installed")));
     }
-    if let Some(parent) = staging.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| named(format!("{}: {e}", parent.display())))?;
-    }
-    let _ = std::fs::remove_dir_all(&staging);
-    // Unpack while hashing again: only the bytes that were verified may be installed.
-    let f = std::fs::File::open(file).map_err(|e| named(format!("{}: {e}", file.display())))?;
-    let mut hashing = Hashing {
-        inner: f,
-        hash: <sha2::Sha256 as sha2::Digest>::new(),
-    };
-    let unpacked = {
-        let stream = unpack::maybe_gunzip(&mut hashing).map_err(|e| named(e.to_string()));
-        stream.and_then(|s| {
-            unpack::unpack(s, &staging, unpack::Limits::default()).map_err(|e| named(e.to_string()))
-        })
-    };
-    let unpacked = unpacked?;
-    // Drain what the tar reader did not need (padding), so the hash covers the whole file.
-    let _ = std::io::copy(&mut hashing, &mut std::io::sink());
-    let again: [u8; 32] = sha2::Digest::finalize(hashing.hash).into();
-    let fail = |e: String| {
-        let _ = std::fs::remove_dir_all(&staging);
-        named(e)
-    };
-    if again != digest {
-        return Err(fail(
-            "the archive changed while it was being installed".into(),
-        ));
-    }
-    let checked = crate::agents::install::check(&staging).map_err(|e| fail(e.to_string()))?;
-    if checked.manifest != manifest {
-        return Err(fail(
-            "the unpacked manifest differs from the verified one".into(),
-        ));
-    }
-    std::fs::rename(&staging, &final_dir)
-        .map_err(|e| fail(format!("{}: {e}", final_dir.display())))?;
-    sync_dir(final_dir.parent());
+    let (f, s, fd, m) = (file.clone(), staging, final_dir.clone(), manifest.clone());
+    let unpacked = smol::unblock(move || unpack_verified(&f, &s, &fd, digest, &m))
+        .await
+        .map_err(named)?;
     let d = ctx.d.borrow();
     switch(&d, &name, &final_dir).map_err(named)?;
     let mut v = load_versions(&d, &name);

@@ -96,6 +96,8 @@ pub struct Daemon {
     pub lsm: Option<crate::bpf::Lsm>,
     /// What host names in egress grants resolve to.
     pub names: names::Names,
+    /// An install is running (one at a time).
+    pub installing: bool,
 }
 
 /// Shared by every task.
@@ -268,6 +270,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         egress,
         lsm,
         names: names::Names::default(),
+        installing: false,
     };
     let ctx: CtxRef = Rc::new(Ctx {
         ex: LocalExecutor::new(),
