@@ -296,8 +296,8 @@ fn interrupted_and_full_installs_leave_nothing_half_done() {
     );
     assert_eq!(a["version"], version.as_str());
 
-    // Not enough space: the state directory on a 48 MiB tmpfs (less than the 64 MiB payload,
-    // and than the 32 MiB reserve plus it).
+    // Not enough space: a fresh state directory on a 48 MiB tmpfs (less than the 64 MiB
+    // payload, and than the 32 MiB reserve plus it).
     let small = dev.path().join("small");
     std::fs::create_dir_all(&small).unwrap();
     let out = run(Command::new("mount")
@@ -305,12 +305,7 @@ fn interrupted_and_full_installs_leave_nothing_half_done() {
         .arg(&small));
     assert_eq!(out.code, 0, "{out:?}");
     dev.sigterm();
-    let state = dev.state_dir();
-    let moved = run(Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", state.display()))
-        .arg(&small));
-    assert_eq!(moved.code, 0, "{moved:?}");
+    std::fs::remove_file(dev.path().join("agents/svc")).unwrap();
     dev.device["state_dir"] = json!(small);
     dev.start();
     let mut m3 = m.clone();
@@ -345,6 +340,46 @@ fn interrupted_and_full_installs_leave_nothing_half_done() {
     assert!(
         !small.join("bundles/svc/3.0.0").exists()
             && !small.join("bundles/svc/.staging-3.0.0").exists()
+    );
+
+    // The disk fills up in the middle of an unpack (13,000 one-byte files pass the space
+    // check by their bytes but need a page each): refused, and nothing stays behind.
+    dev.sigterm();
+    dev.device["install_reserve"] = json!("4KiB");
+    dev.start();
+    let tiny = work.join("src-tiny");
+    std::fs::create_dir_all(tiny.join("rootfs/bin")).unwrap();
+    std::fs::create_dir_all(tiny.join("rootfs/many")).unwrap();
+    std::fs::copy(&bins().demo_agent, tiny.join("rootfs/bin/demo-agent")).unwrap();
+    for i in 0..13_000 {
+        std::fs::write(tiny.join(format!("rootfs/many/{i}")), b"x").unwrap();
+    }
+    let mut m4 = m.clone();
+    m4["version"] = json!("4.0.0");
+    std::fs::write(tiny.join("manifest.json"), serde_json::to_vec(&m4).unwrap()).unwrap();
+    let many = work.join("svc-4.0.0.nclaw");
+    let packed = nc(&[
+        "bundle",
+        "pack",
+        tiny.to_str().unwrap(),
+        "-o",
+        many.to_str().unwrap(),
+    ]);
+    assert_eq!(packed.code, 0, "{packed:?}");
+    let signed = nc(&[
+        "bundle",
+        "sign",
+        many.to_str().unwrap(),
+        "--key",
+        vendor.to_str().unwrap(),
+    ]);
+    assert_eq!(signed.code, 0, "{signed:?}");
+    let out = dev.cli(&["install", many.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("No space left on device"), "{out:?}");
+    assert!(
+        !small.join("bundles/svc/4.0.0").exists()
+            && !small.join("bundles/svc/.staging-4.0.0").exists()
     );
     dev.sigterm();
     let _ = run(Command::new("umount").arg("-l").arg(&small));

@@ -272,13 +272,10 @@ fn unpack_into(
                 .map_err(|e| bad(&h.path, format!("creating the file: {e}")))?;
                 let mut f = std::fs::File::from(fd);
                 r.copy_data(h.size, &mut f).map_err(|e| match e {
-                    TarError::Bad { reason, .. } if reason.contains("No space") => {
-                        BundleError::NoSpace {
-                            needed: data,
-                            free,
-                            reserve: limits.reserve_bytes,
-                        }
-                    }
+                    TarError::Bad { reason, .. } if reason.contains("No space") => bad(
+                        &h.path,
+                        format!("the disk filled up while unpacking ({reason})"),
+                    ),
                     other => tar_err(other),
                 })?;
                 f.flush().map_err(|e| bad(&h.path, e.to_string()))?;

@@ -77,6 +77,9 @@ pub struct DeviceConfig {
     /// agent's minimum version (anti-rollback).
     #[serde(default = "default_probation")]
     pub probation_s: u32,
+    /// Space that must stay free on the state directory's filesystem after an install.
+    #[serde(default = "default_install_reserve")]
+    pub install_reserve: ByteSize,
     /// Installed versions kept per agent for rollback (the current one and the minimum are
     /// always kept).
     #[serde(default = "default_keep_versions")]
@@ -96,6 +99,10 @@ pub struct Sampling {
 
 fn default_probation() -> u32 {
     300
+}
+
+fn default_install_reserve() -> ByteSize {
+    ByteSize::mib(32)
 }
 
 fn default_keep_versions() -> u32 {

@@ -213,6 +213,7 @@ fn unpack_verified(
     final_dir: &Path,
     digest: [u8; 32],
     manifest: &Manifest,
+    reserve_bytes: u64,
 ) -> Result<unpack::Unpacked, String> {
     if let Some(parent) = staging.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
@@ -226,7 +227,11 @@ fn unpack_verified(
     let unpacked = unpack::maybe_gunzip(&mut hashing)
         .map_err(|e| e.to_string())
         .and_then(|s| {
-            unpack::unpack(s, staging, unpack::Limits::default()).map_err(|e| e.to_string())
+            let limits = unpack::Limits {
+                reserve_bytes,
+                ..unpack::Limits::default()
+            };
+            unpack::unpack(s, staging, limits).map_err(|e| e.to_string())
         })?;
     // Drain what the tar reader did not need (padding), so the hash covers the whole file.
     let _ = std::io::copy(&mut hashing, &mut std::io::sink());
@@ -277,7 +282,7 @@ async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, S
         smol::unblock(move || verify_signature(&signers, root.as_deref(), allow, &n, &f, digest))
             .await
             .map_err(named)?;
-    let (staging, final_dir) = {
+    let (staging, final_dir, reserve) = {
         let d = ctx.d.borrow();
         crate::admission::admit(&manifest, &d.policy).map_err(|e| named(e.to_string()))?;
         if semver(&version).is_none() {
@@ -294,13 +299,17 @@ async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, S
             )));
         }
         let dir = d.cfg.state_dir.join("bundles").join(&name);
-        (dir.join(format!(".staging-{version}")), dir.join(&version))
+        (
+            dir.join(format!(".staging-{version}")),
+            dir.join(&version),
+            d.cfg.install_reserve.bytes(),
+        )
     };
     if final_dir.exists() {
         return Err(named(format!("version {version} is already installed")));
     }
     let (f, s, fd, m) = (file.clone(), staging, final_dir.clone(), manifest.clone());
-    let unpacked = smol::unblock(move || unpack_verified(&f, &s, &fd, digest, &m))
+    let unpacked = smol::unblock(move || unpack_verified(&f, &s, &fd, digest, &m, reserve))
         .await
         .map_err(named)?;
     let d = ctx.d.borrow();
