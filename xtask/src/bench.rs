@@ -1328,6 +1328,29 @@ impl Daemon {
         Ok(())
     }
 
+    /// Polls the latest `n` lines of `agent`'s output until `f` finds what it waits for, at
+    /// most until `deadline`.
+    fn poll_logs<T>(
+        &mut self,
+        agent: &str,
+        n: usize,
+        deadline: Instant,
+        mut f: impl FnMut(&str) -> Option<T>,
+    ) -> Result<T> {
+        let n = n.to_string();
+        loop {
+            self.alive()?;
+            let logs = self.cli(&["logs", agent, "-n", &n]).unwrap_or_default();
+            if let Some(t) = f(&logs) {
+                return Ok(t);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{agent} did not report: {}", self.log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until `n` agents are listed and all are running; returns them.
     fn wait_running(&mut self, n: usize, timeout: Duration) -> Result<Vec<Json>> {
         let deadline = Instant::now() + timeout;
@@ -1459,20 +1482,9 @@ fn agent_loop(ctx: &Ctx, sampled: bool, rounds_n: usize) -> Result<Vec<f64>> {
     }
     write(&dir.join("agents/sampled/rootfs/go"), "go")?;
     let deadline = Instant::now() + Duration::from_secs(600);
-    let v = loop {
-        d.alive()?;
-        let logs = d
-            .cli(&["logs", "sampled", "-n", "1000"])
-            .unwrap_or_default();
-        let v = ns_per_call(&logs);
-        if v.len() >= rounds_n {
-            break v;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the {tag} loop did not finish: {}", d.log_tail()));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let v = d.poll_logs("sampled", 1000, deadline, |logs| {
+        Some(ns_per_call(logs)).filter(|v| v.len() >= rounds_n)
+    })?;
     d.stop()?;
     Ok(v)
 }
@@ -1509,21 +1521,9 @@ fn bench_monitor(ctx: &Ctx) -> Result<Section> {
 
     let mut d = Daemon::start(&ctx.bins.nanoclaw, &config)?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let monitored = loop {
-        d.alive()?;
-        let logs = d.cli(&["logs", "looper", "-n", "100"]).unwrap_or_default();
-        let v = ns_per_call(&logs);
-        if v.len() >= ROUNDS {
-            break v;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the monitored loop did not finish: {}",
-                d.log_tail()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let monitored = d.poll_logs("looper", 100, deadline, |logs| {
+        Some(ns_per_call(logs)).filter(|v| v.len() >= ROUNDS)
+    })?;
     let posture = d
         .json(&["status", "--json"])
         .ok()
@@ -1671,18 +1671,7 @@ fn bench_egress(ctx: &Ctx) -> Result<Section> {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut v = Vec::new();
         for n in &names {
-            loop {
-                d.alive()?;
-                let logs = d.cli(&["logs", n]).unwrap_or_default();
-                if let Some(us) = us_per_connect(&logs) {
-                    v.push(us);
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("{n} did not report: {}", d.log_tail()));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            v.push(d.poll_logs(n, 50, deadline, us_per_connect)?);
         }
         // Kernel memory of the pinned maps while the agents run with their rules, and again
         // once they are stopped (rules removed).
@@ -1840,23 +1829,17 @@ fn bench_revoke(ctx: &Ctx) -> Result<Vec<f64>> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut v = Vec::new();
     for b in &bundles {
-        loop {
-            d.alive()?;
-            let logs = d.cli(&["logs", &b.name]).unwrap_or_default();
-            if let Some(line) = logs.lines().find(|l| l.starts_with("revoke-probe: ")) {
-                let us = line
-                    .strip_prefix("revoke-probe: cut off after ")
-                    .and_then(|r| r.split(' ').next())
-                    .and_then(|n| n.parse::<f64>().ok())
-                    .ok_or_else(|| format!("{}: {line}", b.name))?;
-                v.push(us / 1000.0);
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("{} did not report: {}", b.name, d.log_tail()));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let line = d.poll_logs(&b.name, 50, deadline, |logs| {
+            logs.lines()
+                .find(|l| l.starts_with("revoke-probe: "))
+                .map(str::to_owned)
+        })?;
+        let us = line
+            .strip_prefix("revoke-probe: cut off after ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .ok_or_else(|| format!("{}: {line}", b.name))?;
+        v.push(us / 1000.0);
     }
     d.stop()?;
     Ok(v)

@@ -168,12 +168,7 @@ fn proto_number(p: Proto) -> u8 {
 impl Egress {
     /// Loads and verifies the programs, with maps pinned under `/sys/fs/bpf/<subtree>`.
     pub fn load(subtree: &str, syscall_monitor: bool) -> Result<Egress, BpfError> {
-        super::ensure_bpffs()?;
-        let pin_dir = Path::new("/sys/fs/bpf").join(subtree.replace('/', "_"));
-        std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| BpfError::PinDir {
-            path: pin_dir.clone(),
-            source: e,
-        })?;
+        let pin_dir = super::pin_dir(subtree, "links")?;
         let mut bpf = aya::EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .load(OBJECT)

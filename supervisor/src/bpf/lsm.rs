@@ -149,13 +149,8 @@ impl Lsm {
     /// Loads, attaches and pins all hooks. Links of an earlier supervisor are replaced only
     /// after the new ones are attached, so there is no moment without enforcement.
     pub fn load(subtree: &str) -> Result<Lsm, BpfError> {
-        super::ensure_bpffs()?;
-        let pin_dir = Path::new("/sys/fs/bpf").join(subtree.replace('/', "_"));
+        let pin_dir = super::pin_dir(subtree, "lsm")?;
         let links = pin_dir.join("lsm");
-        std::fs::create_dir_all(&links).map_err(|e| BpfError::PinDir {
-            path: links.clone(),
-            source: e,
-        })?;
         let btf = Btf::from_sys_fs().map_err(|e| BpfError::Load {
             object: NAME,
             source: Box::new(aya::EbpfError::BtfError(e)),
@@ -198,7 +193,7 @@ impl Lsm {
         use std::os::unix::fs::MetadataExt;
         let dev = std::fs::metadata(bundle_rootfs)
             .map(|m| kernel_dev(m.dev()))
-            .map_err(|e| BpfError::Cgroup {
+            .map_err(|e| BpfError::Rootfs {
                 path: bundle_rootfs.to_path_buf(),
                 source: e,
             })?;

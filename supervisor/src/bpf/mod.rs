@@ -56,6 +56,11 @@ pub enum BpfError {
         map: &'static str,
         source: Box<aya::maps::MapError>,
     },
+    #[error("reading the bundle's root filesystem {path}: {source}")]
+    Rootfs {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("opening cgroup {path}: {source}")]
     Cgroup {
         path: std::path::PathBuf,
@@ -158,6 +163,18 @@ pub(crate) fn pin_fd_link(
         reason: e.to_string(),
     })?;
     Ok(())
+}
+
+/// `/sys/fs/bpf/<subtree>` (bpffs mounted if missing), with its subdirectory `sub` created:
+/// where one supervisor pins its maps and links.
+pub(crate) fn pin_dir(subtree: &str, sub: &str) -> Result<std::path::PathBuf, BpfError> {
+    ensure_bpffs()?;
+    let dir = Path::new("/sys/fs/bpf").join(subtree.replace('/', "_"));
+    std::fs::create_dir_all(dir.join(sub)).map_err(|e| BpfError::PinDir {
+        path: dir.join(sub),
+        source: e,
+    })?;
+    Ok(dir)
 }
 
 /// Makes sure tracefs is mounted at /sys/kernel/tracing (tracepoint programs need it).

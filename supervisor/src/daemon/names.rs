@@ -130,7 +130,12 @@ async fn refresh(ctx: &CtxRef) -> u64 {
             .into_iter()
             .filter(|n| d.names.entries.get(n).is_none_or(|e| e.due_ms <= now))
             .collect();
-        (due, crate::dns::servers(&d.cfg.dns_servers))
+        let servers = if due.is_empty() {
+            Vec::new()
+        } else {
+            crate::dns::servers(&d.cfg.dns_servers)
+        };
+        (due, servers)
     };
     for name in due {
         // The daemon is not borrowed while the question is out.

@@ -120,13 +120,9 @@ fn read_artifact(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// Whether the bundle carries any transparency-log or timestamp evidence.
-fn has_evidence(bundle_json: &serde_json::Value) -> bool {
-    let vm = &bundle_json["verificationMaterial"];
-    let tlog = vm["tlogEntries"].as_array().is_some_and(|a| !a.is_empty());
-    let ts = vm["timestampVerificationData"]["rfc3161Timestamps"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty());
-    tlog || ts
+fn has_evidence(bundle: &Bundle) -> bool {
+    let vm = &bundle.verification_material;
+    !vm.tlog_entries.is_empty() || !vm.timestamp_verification_data.rfc3161_timestamps.is_empty()
 }
 
 /// Verifies `bundle_json` over `target` for `signer`, against `root` (an empty root when
@@ -138,10 +134,9 @@ pub fn verify(
     target: Target<'_>,
 ) -> Result<Verified, String> {
     provider::install();
-    let raw: serde_json::Value =
-        serde_json::from_str(bundle_json).map_err(|e| format!("malformed bundle JSON: {e}"))?;
-    let bundle = Bundle::from_json(bundle_json).map_err(|e| format!("bad bundle: {e}"))?;
-    if let (Signer::Key(key), false) = (signer, has_evidence(&raw)) {
+    let bundle = Bundle::from_json(bundle_json)
+        .map_err(|e| format!("malformed bundle JSON (not a Sigstore bundle v0.1-v0.3): {e}"))?;
+    if let (Signer::Key(key), false) = (signer, has_evidence(&bundle)) {
         return verify_key_only(&bundle, key, target).map(|()| Verified::KeyOnly);
     }
     let root = TrustedRoot::from_json(root.unwrap_or(EMPTY_ROOT))
