@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod dns;
 pub mod logring;
 pub mod oneshot;
+pub mod policy;
 pub mod sandbox;
 pub mod sigstore;
 pub mod sys;

@@ -95,8 +95,16 @@ pub struct Agent {
     pub last_lsm_cgid: Option<u64>,
     /// Syscall baseline and monitoring state (`daemon::monitor`).
     pub syscalls: crate::daemon::monitor::Watch,
-    /// Times of recent denied connections (bounded), for `on_violation` rules.
-    pub recent_denials: std::collections::VecDeque<u64>,
+    /// Recent events, `on_violation` state and the trust score (`policy::rules`).
+    pub rules: crate::policy::rules::Tracker,
+    /// An `on_violation` rule emptied its egress allowlist (until the next start).
+    pub network_revoked: bool,
+    /// An `on_violation` rule cut its CPU quota (until the next start).
+    pub throttled: bool,
+    /// Stopped by a `quarantine` rule; no start until an operator clears it (persisted).
+    pub quarantined: bool,
+    /// Last heartbeat on its agent socket (ms since the epoch), when it sends them.
+    pub last_heartbeat_ms: Option<u64>,
     /// When the last `oom_kill` record of this instance was written (coalescing).
     pub oom_audited_ms: u64,
     pub logs: LogRing,
@@ -123,7 +131,11 @@ impl Agent {
             oom_seen: 0,
             last_egress_cgid: None,
             last_lsm_cgid: None,
-            recent_denials: std::collections::VecDeque::new(),
+            rules: Default::default(),
+            network_revoked: false,
+            throttled: false,
+            quarantined: false,
+            last_heartbeat_ms: None,
             syscalls: Default::default(),
             oom_audited_ms: 0,
             logs: LogRing::new(log_bytes),
@@ -141,6 +153,7 @@ impl Agent {
     /// The persisted form of this agent's restart history and hold.
     pub fn record(&self) -> persist::Record {
         let held = match (self.held, self.state) {
+            _ if self.quarantined => Some(persist::HeldState::Quarantined),
             (true, State::Stopped) => Some(persist::HeldState::Stopped),
             (true, State::Exited) => Some(persist::HeldState::Exited),
             (true, State::Failed) => Some(persist::HeldState::Failed),
@@ -154,11 +167,25 @@ impl Agent {
                 state,
                 reason: self.reason.clone(),
             }),
+            trust: Some(self.rules.trust),
         }
     }
 
-    /// Restores history and hold from a record of the same bundle version.
+    /// Restores history and hold from a record of the same bundle version; a quarantine and
+    /// the trust score hold for every version.
     pub fn restore(&mut self, rec: persist::Record) {
+        if let Some(t) = rec.trust {
+            self.rules.trust = t;
+        }
+        if let Some(h) = &rec.held
+            && h.state == persist::HeldState::Quarantined
+        {
+            self.quarantined = true;
+            self.held = true;
+            self.state = State::Quarantined;
+            self.reason = h.reason.clone();
+            return;
+        }
         if rec.version != self.manifest.version {
             return;
         }

@@ -24,6 +24,9 @@ pub struct Record {
     pub restarts: u32,
     /// Set when the agent stays down until an operator starts it.
     pub held: Option<Held>,
+    /// The decaying penalty behind its trust score.
+    #[serde(default)]
+    pub trust: Option<crate::policy::rules::Trust>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +42,8 @@ pub enum HeldState {
     Stopped,
     Exited,
     Failed,
+    /// A `quarantine` rule fired; only `nanoclaw clear` lets it run again.
+    Quarantined,
 }
 
 impl HeldState {
@@ -47,6 +52,7 @@ impl HeldState {
             HeldState::Stopped => State::Stopped,
             HeldState::Exited => State::Exited,
             HeldState::Failed => State::Failed,
+            HeldState::Quarantined => State::Quarantined,
         }
     }
 }
@@ -110,6 +116,10 @@ mod tests {
             held: Some(Held {
                 state: HeldState::Failed,
                 reason: "crash loop".into(),
+            }),
+            trust: Some(crate::policy::rules::Trust {
+                penalty: 12.5,
+                at_ms: 7,
             }),
         };
         save(t.path(), "a", &rec).unwrap();

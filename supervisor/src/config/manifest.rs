@@ -20,6 +20,8 @@ pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
 pub const MAX_ENV_ENTRIES: usize = 64;
 pub const MAX_VERSION_LEN: usize = 32;
 pub const MAX_CPUS: f64 = 1024.0;
+/// The kernel's highest possible `pid_max`.
+pub const MAX_PIDS: u32 = 4_194_304;
 pub const MIN_MEMORY: u64 = MIB;
 /// Smallest scratch tmpfs: `size=0` means *unlimited* to tmpfs, so zero is refused.
 pub const MIN_SCRATCH: u64 = 4096;
@@ -677,10 +679,12 @@ pub(crate) fn check_limits(
             format!("{c} must be more than 0 and at most {MAX_CPUS}"),
         ));
     }
-    if pids == Some(0) {
+    if let Some(p) = pids
+        && !(1..=MAX_PIDS).contains(&p)
+    {
         return Err(FieldError::new(
             format!("{prefix}.pids"),
-            "must be at least 1",
+            format!("{p} is outside 1..={MAX_PIDS} (the kernel's pid_max ceiling)"),
         ));
     }
     if let Some(s) = scratch

@@ -9,7 +9,9 @@
 //! Intersecting manifests with policies is the job of `crate::admission`, not of this module.
 
 pub mod device;
+mod diagnose;
 pub mod manifest;
+pub mod master;
 pub mod policy;
 pub mod units;
 
@@ -23,13 +25,14 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 pub use device::DeviceConfig;
+pub(crate) use diagnose::parse_unique as diagnose_parse;
 pub use manifest::{
     Class, Destination, Endpoint, Health, Manifest, Mode, Proto, Requests, RestartPolicy,
     RestartSpec, SyscallProfile,
 };
 pub use policy::{
-    BatteryAction, BatteryRule, Capability, DevicePolicy, Energy, Grant, Policy, Signer,
-    SignerTrust, ViolationAction, ViolationRule,
+    BatteryAction, BatteryRule, Capability, Channel, DevicePolicy, Energy, Event, Grant, Policy,
+    Signer, SignerTrust, Trigger, ViolationAction, ViolationRule,
 };
 pub use units::ByteSize;
 
@@ -54,9 +57,17 @@ pub enum ConfigError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    /// Parsed, but a value is out of range or inconsistent.
-    #[error("{}: {source}", path.display())]
-    Invalid { path: PathBuf, source: FieldError },
+    /// Parsed, but a value is out of range or inconsistent: the first problem, and the rest.
+    #[error("{}: {source}{}", path.display(), more_text(more))]
+    Invalid {
+        path: PathBuf,
+        source: FieldError,
+        more: Vec<FieldError>,
+    },
+}
+
+fn more_text(more: &[FieldError]) -> String {
+    more.iter().map(|e| format!("; {e}")).collect()
 }
 
 impl ConfigError {
@@ -71,6 +82,20 @@ impl ConfigError {
         Self::Invalid {
             path: path.to_path_buf(),
             source,
+            more: Vec::new(),
+        }
+    }
+
+    /// Every problem of a document (`errs` is never empty when this is called).
+    pub(crate) fn invalid_all(path: &Path, errs: Vec<FieldError>) -> Self {
+        let mut it = errs.into_iter();
+        let source = it
+            .next()
+            .unwrap_or_else(|| FieldError::new("(document)", "invalid"));
+        Self::Invalid {
+            path: path.to_path_buf(),
+            source,
+            more: it.collect(),
         }
     }
 }

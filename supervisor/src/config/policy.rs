@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use super::manifest::{Destination, Endpoint, SyscallProfile, check_device, check_limits};
 use super::units::ByteSize;
+use serde_json::{Value, json};
+
 use super::{
-    ConfigError, FieldError, base_dir, check_len, check_name, read_capped, resolve, unique_map,
+    ConfigError, FieldError, base_dir, check_len, check_name, diagnose, read_capped, resolve,
 };
 
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
@@ -28,6 +30,26 @@ pub struct Policy {
     pub signers: Vec<Signer>,
     pub device: DevicePolicy,
     pub agents: BTreeMap<String, Grant>,
+    /// Which agent may send which topic to which agent over the agent sockets.
+    pub channels: Vec<Channel>,
+    /// Agent → the exact version that may be installed even below its anti-rollback minimum
+    /// (a signed fleet decision to go back to a known version).
+    pub pinned_versions: BTreeMap<String, String>,
+}
+
+/// One permitted direction of inter-agent messages. `topic` `*` allows any topic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub from: String,
+    pub to: String,
+    pub topic: String,
+}
+
+impl Channel {
+    pub fn allows(&self, from: &str, to: &str, topic: &str) -> bool {
+        self.from == from && self.to == to && (self.topic == "*" || self.topic == topic)
+    }
 }
 
 /// Who may sign bundles for the agents whose names match `agents` (a glob where `*`
@@ -161,22 +183,192 @@ pub struct Energy {
     pub action: BatteryAction,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// One `on_violation` rule: exactly one trigger (an event count within `within_s`, or
+/// `trust_below`) and the action to take when it is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ViolationRule {
-    pub denied_connects: u32,
-    pub within_s: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_connects: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_execs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_operations: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomalies: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_loops: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_messages: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_below: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within_s: Option<u32>,
     pub action: ViolationAction,
+}
+
+/// What an agent did that rules count (and that lowers its trust score).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    DeniedConnect,
+    DeniedExec,
+    DeniedOperation,
+    Anomaly,
+    OomKill,
+    CrashLoop,
+    BadMessage,
+}
+
+impl Event {
+    pub const ALL: [Event; 7] = [
+        Event::DeniedConnect,
+        Event::DeniedExec,
+        Event::DeniedOperation,
+        Event::Anomaly,
+        Event::OomKill,
+        Event::CrashLoop,
+        Event::BadMessage,
+    ];
+
+    /// The rule key that counts this event (`denied_connects`).
+    pub fn rule_key(self) -> &'static str {
+        match self {
+            Event::DeniedConnect => "denied_connects",
+            Event::DeniedExec => "denied_execs",
+            Event::DeniedOperation => "denied_operations",
+            Event::Anomaly => "anomalies",
+            Event::OomKill => "oom_kills",
+            Event::CrashLoop => "crash_loops",
+            Event::BadMessage => "bad_messages",
+        }
+    }
+}
+
+/// The one trigger of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Count {
+        event: Event,
+        count: u32,
+        within_s: u32,
+    },
+    TrustBelow(u8),
+}
+
+/// Longest rule window: a day (the counters are bounded by it).
+pub const MAX_WINDOW_S: u32 = 86_400;
+
+impl ViolationRule {
+    fn counts(&self) -> [(Event, Option<u32>); 7] {
+        [
+            (Event::DeniedConnect, self.denied_connects),
+            (Event::DeniedExec, self.denied_execs),
+            (Event::DeniedOperation, self.denied_operations),
+            (Event::Anomaly, self.anomalies),
+            (Event::OomKill, self.oom_kills),
+            (Event::CrashLoop, self.crash_loops),
+            (Event::BadMessage, self.bad_messages),
+        ]
+    }
+
+    /// The rule's trigger, or (sub-key, reason) naming what is wrong with it.
+    pub fn trigger(&self) -> Result<Trigger, (&'static str, String)> {
+        let set: Vec<(Event, u32)> = self
+            .counts()
+            .into_iter()
+            .filter_map(|(e, n)| n.map(|n| (e, n)))
+            .collect();
+        match (set.as_slice(), self.trust_below) {
+            ([(event, count)], None) => {
+                if *count == 0 {
+                    return Err((event.rule_key(), "must be at least 1".into()));
+                }
+                match self.within_s {
+                    None => Err((
+                        "within_s",
+                        "is missing; a count needs its window in seconds".into(),
+                    )),
+                    Some(w) if w == 0 || w > MAX_WINDOW_S => {
+                        Err(("within_s", format!("{w} is outside 1..={MAX_WINDOW_S}")))
+                    }
+                    Some(within_s) => Ok(Trigger::Count {
+                        event: *event,
+                        count: *count,
+                        within_s,
+                    }),
+                }
+            }
+            ([], Some(t)) => {
+                if self.within_s.is_some() {
+                    return Err((
+                        "within_s",
+                        "does not apply to trust_below; remove it".into(),
+                    ));
+                }
+                if !(1..=100).contains(&t) {
+                    return Err(("trust_below", format!("{t} is outside 1..=100")));
+                }
+                Ok(Trigger::TrustBelow(t))
+            }
+            ([], None) => Err((
+                "",
+                "names no trigger; use one of denied_connects, denied_execs, denied_operations, \
+                 anomalies, oom_kills, crash_loops, bad_messages or trust_below"
+                    .into(),
+            )),
+            _ => Err((
+                "",
+                "has more than one trigger; write one rule per trigger".into(),
+            )),
+        }
+    }
+
+    /// `5 denied_connects within 60 s`, for audit records.
+    pub fn describe(&self) -> String {
+        match self.trigger() {
+            Ok(Trigger::Count {
+                event,
+                count,
+                within_s,
+            }) => format!("{count} {} within {within_s} s", event.rule_key()),
+            Ok(Trigger::TrustBelow(t)) => format!("trust_below {t}"),
+            Err(_) => "invalid rule".into(),
+        }
+    }
 }
 
 /// snake_case like the audit kinds (`"revoke_network"` in DESIGN.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ViolationAction {
+    /// Only audit (and report upstream).
+    Alert,
+    /// Empty the agent's egress allowlist until a reload or restart.
     RevokeNetwork,
+    /// Cut the agent's CPU quota to a quarter of its grant.
+    Throttle,
+    /// Freeze the agent's cgroup.
     Freeze,
+    /// Stop the agent; it stays down until an operator starts it.
     Stop,
+    /// Stop it and refuse every start until an operator clears the quarantine.
     Quarantine,
+}
+
+impl fmt::Display for ViolationAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Alert => "alert",
+            Self::RevokeNetwork => "revoke_network",
+            Self::Throttle => "throttle",
+            Self::Freeze => "freeze",
+            Self::Stop => "stop",
+            Self::Quarantine => "quarantine",
+        })
+    }
 }
 
 /// A run-time grantable capability, parsed from a `grantable` entry.
@@ -211,18 +403,6 @@ impl fmt::Display for Capability {
             Self::Device(d) => write!(f, "dev:{d}"),
         }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    version: u64,
-    #[serde(default)]
-    signers: Vec<RawSigner>,
-    #[serde(default)]
-    device: DevicePolicy,
-    #[serde(default, deserialize_with = "unique_map")]
-    agents: BTreeMap<String, Grant>,
 }
 
 #[derive(Deserialize)]
@@ -279,54 +459,162 @@ impl RawSigner {
     }
 }
 
+/// Top-level keys of a policy document.
+const POLICY_KEYS: [&str; 6] = [
+    "version",
+    "signers",
+    "device",
+    "agents",
+    "channels",
+    "pinned_versions",
+];
+
 impl Policy {
     /// Parses and checks each field; `origin` names the document in errors and is the
-    /// base for relative key paths.
+    /// base for relative key paths. The error carries every problem found.
     pub fn parse(bytes: &[u8], origin: &Path) -> Result<Self, ConfigError> {
         check_len(bytes, origin, MAX_POLICY_BYTES)?;
-        let raw: RawPolicy =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError::json(origin, e))?;
-        let base = base_dir(origin);
-        let signers = raw
-            .signers
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| s.into_signer(i, base))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ConfigError::invalid(origin, e))?;
-        let p = Self {
-            version: raw.version,
-            signers,
-            device: raw.device,
-            agents: raw.agents,
-        };
-        p.validate().map_err(|e| ConfigError::invalid(origin, e))?;
-        Ok(p)
+        Self::check(bytes, base_dir(origin)).map_err(|errs| ConfigError::invalid_all(origin, errs))
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::parse(&read_capped(path, MAX_POLICY_BYTES)?, path)
     }
 
-    /// Field-by-field checks that need nothing but the policy itself.
+    /// Every problem of the document, each named by its JSON path, or the policy.
+    /// Relative key paths resolve against `base`.
+    pub fn check(bytes: &[u8], base: &Path) -> Result<Self, Vec<FieldError>> {
+        let doc = diagnose::parse_unique(bytes).map_err(|e| vec![e])?;
+        Self::from_value(&doc, base)
+    }
+
+    /// The same checks on an already parsed document (a signed envelope's payload).
+    pub fn from_value(doc: &Value, base: &Path) -> Result<Self, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let Some(top) = diagnose::object(doc, "(document)", &mut errs) else {
+            return Err(errs);
+        };
+        diagnose::unknown_keys(top, "", &POLICY_KEYS, &mut errs);
+        let version = match top.get("version") {
+            None => {
+                errs.push(FieldError::new(
+                    "version",
+                    "is missing; every policy carries a version number that only goes up",
+                ));
+                None
+            }
+            Some(v) => diagnose::section::<u64>(v, "version", &Value::Null, &mut errs),
+        };
+        let mut signers = Vec::new();
+        if let Some(v) = top.get("signers") {
+            match v.as_array() {
+                None => errs.push(FieldError::new("signers", "must be an array")),
+                Some(list) => {
+                    let min = json!({"agents": "*"});
+                    for (i, s) in list.iter().enumerate() {
+                        let path = format!("signers[{i}]");
+                        if let Some(raw) = diagnose::section::<RawSigner>(s, &path, &min, &mut errs)
+                        {
+                            match raw.into_signer(i, base) {
+                                Ok(s) => signers.push(s),
+                                Err(e) => errs.push(e),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let device = match top.get("device") {
+            None => Some(DevicePolicy::default()),
+            Some(v) => diagnose::section::<DevicePolicy>(v, "device", &json!({}), &mut errs),
+        };
+        let mut agents = BTreeMap::new();
+        let mut declared = std::collections::BTreeSet::new();
+        if let Some(v) = top.get("agents")
+            && let Some(m) = diagnose::object(v, "agents", &mut errs)
+        {
+            let min = json!({"memory": "1MiB"});
+            for (name, g) in m {
+                declared.insert(name.as_str());
+                if let Err(r) = check_name(name) {
+                    errs.push(FieldError::new(format!("agents.{name}"), r));
+                    continue;
+                }
+                let path = format!("agents.{name}");
+                if let Some(grant) = diagnose::section::<Grant>(g, &path, &min, &mut errs) {
+                    agents.insert(name.clone(), grant);
+                }
+            }
+        }
+        let channels = match top.get("channels") {
+            None => Some(Vec::new()),
+            Some(v) => diagnose::section::<Vec<Channel>>(v, "channels", &Value::Null, &mut errs),
+        };
+        let pinned_versions = match top.get("pinned_versions") {
+            None => Some(BTreeMap::new()),
+            Some(v) => diagnose::section::<BTreeMap<String, String>>(
+                v,
+                "pinned_versions",
+                &Value::Null,
+                &mut errs,
+            ),
+        };
+        let (Some(version), Some(device), Some(channels), Some(pinned_versions)) =
+            (version, device, channels, pinned_versions)
+        else {
+            return Err(errs);
+        };
+        let p = Self {
+            version,
+            signers,
+            device,
+            agents,
+            channels,
+            pinned_versions,
+        };
+        p.problems_declared(&declared, &mut errs);
+        if errs.is_empty() { Ok(p) } else { Err(errs) }
+    }
+
+    /// Field-by-field checks that need nothing but the policy itself; the first problem.
     pub fn validate(&self) -> Result<(), FieldError> {
+        let mut errs = Vec::new();
+        self.problems(&mut errs);
+        errs.into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every field-level problem, appended to `errs`.
+    pub fn problems(&self, errs: &mut Vec<FieldError>) {
+        let names: std::collections::BTreeSet<&str> =
+            self.agents.keys().map(String::as_str).collect();
+        self.problems_declared(&names, errs);
+    }
+
+    /// [`Self::problems`], where `declared` are the agent names the document lists (including
+    /// those whose grant had errors of its own, so a channel to them is not reported too).
+    fn problems_declared(
+        &self,
+        declared: &std::collections::BTreeSet<&str>,
+        errs: &mut Vec<FieldError>,
+    ) {
         for (i, s) in self.signers.iter().enumerate() {
-            check_pattern(&s.agents)
-                .map_err(|r| FieldError::new(format!("signers[{i}].agents"), r))?;
+            if let Err(r) = check_pattern(&s.agents) {
+                errs.push(FieldError::new(format!("signers[{i}].agents"), r));
+            }
             match &s.trust {
                 SignerTrust::Key(k) if k.as_os_str().is_empty() => {
-                    return Err(FieldError::new(format!("signers[{i}].key"), "is empty"));
+                    errs.push(FieldError::new(format!("signers[{i}].key"), "is empty"));
                 }
                 SignerTrust::Key(_) => {}
                 SignerTrust::Identity { identity, issuer } => {
                     if identity.is_empty() {
-                        return Err(FieldError::new(
+                        errs.push(FieldError::new(
                             format!("signers[{i}].identity"),
                             "is empty",
                         ));
                     }
                     if !issuer.starts_with("https://") || issuer.len() <= "https://".len() {
-                        return Err(FieldError::new(
+                        errs.push(FieldError::new(
                             format!("signers[{i}].issuer"),
                             format!("`{}` must be an https:// URL", issuer.escape_default()),
                         ));
@@ -339,18 +627,18 @@ impl Policy {
             let field = format!("device.battery[{i}].below_percent");
             let pct = rule.below_percent;
             if !(1..=100).contains(&pct) {
-                return Err(FieldError::new(field, format!("{pct} is outside 1..=100")));
+                errs.push(FieldError::new(&field, format!("{pct} is outside 1..=100")));
             }
             if let Some(p) = prev
                 && pct >= p
             {
-                return Err(FieldError::new(
+                errs.push(FieldError::new(
                     field,
                     format!("{pct} must be below the previous rule's {p} (strictly descending)"),
                 ));
             }
             if rule.background.is_none() && rule.normal.is_none() && rule.critical.is_none() {
-                return Err(FieldError::new(
+                errs.push(FieldError::new(
                     format!("device.battery[{i}]"),
                     "names no action for background, normal or critical",
                 ));
@@ -358,58 +646,136 @@ impl Policy {
             prev = Some(pct);
         }
         for (name, grant) in &self.agents {
-            grant.validate(name)?;
+            grant.problems(name, errs);
         }
-        Ok(())
+        for (i, c) in self.channels.iter().enumerate() {
+            for (key, agent) in [("from", &c.from), ("to", &c.to)] {
+                if !declared.contains(agent.as_str()) {
+                    errs.push(FieldError::new(
+                        format!("channels[{i}].{key}"),
+                        format!(
+                            "`{}` is not an agent of this policy; add it under agents or fix the name",
+                            agent.escape_default()
+                        ),
+                    ));
+                }
+            }
+            if c.from == c.to {
+                errs.push(FieldError::new(
+                    format!("channels[{i}]"),
+                    "sends to itself; a channel connects two different agents",
+                ));
+            }
+            if let Err(r) = check_topic(&c.topic) {
+                errs.push(FieldError::new(format!("channels[{i}].topic"), r));
+            }
+            if self.channels[..i].contains(c) {
+                errs.push(FieldError::new(
+                    format!("channels[{i}]"),
+                    "repeats an earlier channel; remove one",
+                ));
+            }
+        }
+        for (name, v) in &self.pinned_versions {
+            let field = format!("pinned_versions.{name}");
+            if !declared.contains(name.as_str()) {
+                errs.push(FieldError::new(
+                    &field,
+                    "names an agent this policy does not grant anything to",
+                ));
+            }
+            if crate::daemon::installer::semver(v).is_none() {
+                errs.push(FieldError::new(
+                    field,
+                    format!(
+                        "`{}` is not a semantic version such as 1.4.0",
+                        v.escape_default()
+                    ),
+                ));
+            }
+        }
     }
 }
 
+/// Channel topics: 1 to 64 of a-z 0-9 . _ - or exactly `*`.
+fn check_topic(t: &str) -> Result<(), String> {
+    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c);
+    if t == "*" || (!t.is_empty() && t.len() <= 64 && t.bytes().all(ok)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "topic `{}` must be `*` or 1 to 64 of a-z 0-9 . _ -",
+            t.escape_default()
+        ))
+    }
+}
+
+/// Topics in socket messages follow the same rule as in channels.
+pub fn valid_topic(t: &str) -> bool {
+    t != "*" && check_topic(t).is_ok()
+}
+
 impl Grant {
-    /// Checks one grant; fields are named `agents.NAME.FIELD`.
+    /// Checks one grant; the first problem (fields are named `agents.NAME.FIELD`).
     pub fn validate(&self, name: &str) -> Result<(), FieldError> {
-        check_name(name).map_err(|r| FieldError::new("agents", r))?;
+        let mut errs = Vec::new();
+        self.problems(name, &mut errs);
+        errs.into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem of one grant, appended to `errs`.
+    pub fn problems(&self, name: &str, errs: &mut Vec<FieldError>) {
+        if let Err(r) = check_name(name) {
+            errs.push(FieldError::new("agents", r));
+        }
         let prefix = format!("agents.{name}");
-        check_limits(
+        if let Err(e) = check_limits(
             &prefix,
             self.memory,
             self.cpus,
             self.pids,
             self.scratch,
             &self.devices,
-        )?;
+        ) {
+            errs.push(e);
+        }
         if let Some(e) = &self.energy {
             if e.budget_mwh == 0 {
-                return Err(FieldError::new(
+                errs.push(FieldError::new(
                     format!("{prefix}.energy.budget_mwh"),
                     "must be at least 1",
                 ));
             }
             if e.window_s == 0 {
-                return Err(FieldError::new(
+                errs.push(FieldError::new(
                     format!("{prefix}.energy.window_s"),
                     "must be at least 1",
                 ));
             }
         }
         for (i, cap) in self.grantable.iter().enumerate() {
-            cap.parse::<Capability>()
-                .map_err(|r| FieldError::new(format!("{prefix}.grantable[{i}]"), r))?;
+            if let Err(r) = cap.parse::<Capability>() {
+                errs.push(FieldError::new(format!("{prefix}.grantable[{i}]"), r));
+            }
         }
         for (i, rule) in self.on_violation.iter().enumerate() {
-            if rule.denied_connects == 0 {
-                return Err(FieldError::new(
-                    format!("{prefix}.on_violation[{i}].denied_connects"),
-                    "must be at least 1",
-                ));
-            }
-            if rule.within_s == 0 {
-                return Err(FieldError::new(
-                    format!("{prefix}.on_violation[{i}].within_s"),
-                    "must be at least 1",
-                ));
+            if let Err((key, r)) = rule.trigger() {
+                let field = if key.is_empty() {
+                    format!("{prefix}.on_violation[{i}]")
+                } else {
+                    format!("{prefix}.on_violation[{i}].{key}")
+                };
+                errs.push(FieldError::new(field, r));
             }
         }
-        Ok(())
+    }
+
+    /// The parsed `grantable` entries (validated at parse time; bad ones are skipped).
+    pub fn capabilities(&self) -> Vec<Capability> {
+        self.grantable
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
     }
 }
 
@@ -536,14 +902,16 @@ pub(crate) mod tests {
             g.grantable[0].parse::<Capability>(),
             Ok(Capability::Net("10.0.0.9:6379/tcp".parse().unwrap()))
         );
+        assert_eq!(g.on_violation.len(), 1);
         assert_eq!(
-            g.on_violation,
-            [ViolationRule {
-                denied_connects: 5,
-                within_s: 60,
-                action: ViolationAction::RevokeNetwork
-            }]
+            g.on_violation[0].trigger(),
+            Ok(Trigger::Count {
+                event: Event::DeniedConnect,
+                count: 5,
+                within_s: 60
+            })
         );
+        assert_eq!(g.on_violation[0].action, ViolationAction::RevokeNetwork);
     }
 
     #[test]
@@ -560,7 +928,7 @@ pub(crate) mod tests {
             parse(r#"{"version": 1, "agents": {"a": {}}}"#)
                 .unwrap_err()
                 .to_string()
-                .contains("missing field `memory`")
+                .contains("agents.a.memory: is missing")
         );
     }
 
@@ -592,7 +960,11 @@ pub(crate) mod tests {
             ),
         ] {
             let msg = parse(&with(from, to)).unwrap_err().to_string();
-            assert!(msg.contains(&format!("unknown field `{key}`")), "{msg}");
+            assert!(
+                msg.contains(&format!("unknown field `{key}`"))
+                    || msg.contains(&format!("{key}: is not a known key")),
+                "{msg}"
+            );
             assert!(msg.starts_with("/etc/nanoclaw/policy.json: "), "{msg}");
         }
     }
@@ -724,9 +1096,13 @@ pub(crate) mod tests {
             (
                 r#""agents": { "sensor""#,
                 r#""agents": { "Sensor""#,
-                "agents",
+                "agents.Sensor",
             ),
-            (r#""agents": { "sensor""#, r#""agents": { "../x""#, "agents"),
+            (
+                r#""agents": { "sensor""#,
+                r#""agents": { "../x""#,
+                "agents.../x",
+            ),
         ] {
             assert_eq!(invalid_field(&with(from, to)), field, "{to}");
         }
@@ -734,21 +1110,28 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_values_in_json() {
-        for (from, to, needle) in [
-            (r#""memory": "32MiB""#, r#""memory": "32 MiB""#, "`32 MiB`"),
+        for (from, to, needle, path) in [
+            (
+                r#""memory": "32MiB""#,
+                r#""memory": "32 MiB""#,
+                "`32 MiB`",
+                "agents.sensor.memory: ",
+            ),
             (
                 r#""network": ["10.0.0.5:6379/tcp"]"#,
                 r#""network": ["10.0.0.5"]"#,
                 "`10.0.0.5`",
+                "agents.sensor.network: ",
             ),
             (
                 r#""action": "throttle""#,
                 r#""action": "explode""#,
                 "unknown variant `explode`",
+                "agents.sensor.energy: ",
             ),
         ] {
             let msg = parse(&with(from, to)).unwrap_err().to_string();
-            assert!(msg.contains(needle) && msg.contains("line "), "{msg}");
+            assert!(msg.contains(needle) && msg.contains(path), "{msg}");
         }
         let dup = with(
             r#""agents": { "sensor""#,
@@ -758,8 +1141,88 @@ pub(crate) mod tests {
             parse(&dup)
                 .unwrap_err()
                 .to_string()
-                .contains("duplicate key `sensor`")
+                .contains("agents.sensor: appears twice")
         );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let doc = r#"{"version": 2, "verison": 3,
+          "agents": {
+            "a": {"memory": "1KiB", "cpus": "lots", "pids": 0, "memroy": "1MiB"},
+            "b": {"memory": "8MiB", "on_violation": [{"denied_connects": 3, "action": "stop"},
+                                                     {"anomalies": 1, "trust_below": 50, "action": "alert"}]}},
+          "channels": [{"from": "a", "to": "ghost", "topic": "x"}],
+          "pinned_versions": {"b": "one"}}"#;
+        let errs = Policy::check(doc.as_bytes(), Path::new("/")).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "verison",
+                "agents.a.cpus",
+                "agents.a.memroy",
+                "agents.b.on_violation[0].within_s",
+                "agents.b.on_violation[1]",
+                "channels[0].to",
+                "pinned_versions.b"
+            ],
+            "{errs:?}"
+        );
+        assert!(errs[2].reason.contains("memory"), "{}", errs[2]);
+        // Once the types are right, the range checks of every agent are reported too.
+        let doc = r#"{"version": 2, "agents": {"a": {"memory": "1KiB", "pids": 0}, "b": {"memory": "1MiB", "cpus": 9999}}}"#;
+        let errs = Policy::check(doc.as_bytes(), Path::new("/")).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["agents.a.memory", "agents.b.cpus"], "{errs:?}");
+    }
+
+    #[test]
+    fn violation_rules_and_channels() {
+        let p = parse(
+            r#"{"version": 1,
+              "agents": {"a": {"memory": "1MiB", "on_violation": [
+                  {"denied_execs": 1, "within_s": 10, "action": "quarantine"},
+                  {"trust_below": 40, "action": "throttle"},
+                  {"bad_messages": 3, "within_s": 5, "action": "alert"}]},
+                         "b": {"memory": "1MiB"}},
+              "channels": [{"from": "a", "to": "b", "topic": "readings"}, {"from": "b", "to": "a", "topic": "*"}]}"#,
+        )
+        .unwrap();
+        let r = &p.agents["a"].on_violation;
+        assert_eq!(r[1].trigger(), Ok(Trigger::TrustBelow(40)));
+        assert_eq!(r[0].describe(), "1 denied_execs within 10 s");
+        assert!(p.channels[0].allows("a", "b", "readings"));
+        assert!(!p.channels[0].allows("b", "a", "readings"));
+        assert!(p.channels[1].allows("b", "a", "anything"));
+        for (rule, field) in [
+            (r#"{"action": "stop"}"#, "agents.a.on_violation[0]"),
+            (
+                r#"{"oom_kills": 0, "within_s": 1, "action": "stop"}"#,
+                "agents.a.on_violation[0].oom_kills",
+            ),
+            (
+                r#"{"trust_below": 0, "action": "stop"}"#,
+                "agents.a.on_violation[0].trust_below",
+            ),
+            (
+                r#"{"trust_below": 50, "within_s": 9, "action": "stop"}"#,
+                "agents.a.on_violation[0].within_s",
+            ),
+            (
+                r#"{"crash_loops": 1, "within_s": 999999, "action": "stop"}"#,
+                "agents.a.on_violation[0].within_s",
+            ),
+        ] {
+            let doc = format!(
+                r#"{{"version": 1, "agents": {{"a": {{"memory": "1MiB", "on_violation": [{rule}]}}}}}}"#
+            );
+            assert_eq!(invalid_field(&doc), field, "{rule}");
+        }
+        let self_channel = r#"{"version": 1, "agents": {"a": {"memory": "1MiB"}}, "channels": [{"from": "a", "to": "a", "topic": "t"}]}"#;
+        assert_eq!(invalid_field(self_channel), "channels[0]");
+        let bad_topic = r#"{"version": 1, "agents": {"a": {"memory": "1MiB"}, "b": {"memory": "1MiB"}}, "channels": [{"from": "a", "to": "b", "topic": "A B"}]}"#;
+        assert_eq!(invalid_field(bad_topic), "channels[0].topic");
     }
 
     #[test]

@@ -165,98 +165,14 @@ pub fn spawn_denial_reader(ctx: &CtxRef) {
         move |c, item| {
             if let Some(den) = Denial::parse(item) {
                 record(c, &den, &mut limiter.borrow_mut());
-                on_violation(c, den.cgid);
+                let agent = agent_of(&c.d.borrow(), den.cgid);
+                if let Some(agent) = agent {
+                    super::violations::note(c, &agent, crate::config::policy::Event::DeniedConnect);
+                }
             }
         },
         move |c| flush_summaries(c, &mut l2.borrow_mut()),
     );
-}
-
-/// Most denial timestamps remembered per agent (bounds `on_violation` windows).
-const RECENT_DENIALS_MAX: usize = 1024;
-
-/// Applies the agent's `on_violation` rules after a denied connection: the first rule whose
-/// threshold (`denied_connects` within `within_s`) is reached fires, once per window.
-fn on_violation(ctx: &CtxRef, cgid: u64) {
-    use crate::config::policy::ViolationAction;
-    let fired = {
-        let mut guard = ctx.d.borrow_mut();
-        let d = &mut *guard;
-        let Some(name) = agent_of(d, cgid) else {
-            return;
-        };
-        let rules = d
-            .policy
-            .agents
-            .get(&name)
-            .map(|g| g.on_violation.clone())
-            .unwrap_or_default();
-        let Some(a) = d.agents.get_mut(&name) else {
-            return;
-        };
-        let now = now_ms();
-        a.recent_denials.push_back(now);
-        while a.recent_denials.len() > RECENT_DENIALS_MAX {
-            a.recent_denials.pop_front();
-        }
-        let hit = rules.iter().find(|r| {
-            let since = now.saturating_sub(u64::from(r.within_s) * 1000);
-            a.recent_denials.iter().filter(|&&t| t >= since).count() >= r.denied_connects as usize
-        });
-        let Some(rule) = hit.cloned() else {
-            return;
-        };
-        // Count afresh after acting, so one burst fires a rule once.
-        a.recent_denials.clear();
-        let what = format!(
-            "on_violation: {} denied connections within {} s → {:?}",
-            rule.denied_connects, rule.within_s, rule.action
-        );
-        match rule.action {
-            ViolationAction::RevokeNetwork => {
-                let r = match d.egress.as_mut() {
-                    Some(e) => e.clear_rules(cgid).map_err(|e| e.to_string()),
-                    None => Ok(()),
-                };
-                let text = match r {
-                    Ok(()) => format!(
-                        "{what}: network revoked until the agent is restarted or the policy reloaded"
-                    ),
-                    Err(e) => format!("{what}: revoking the network failed: {e}"),
-                };
-                if let Some(a) = d.agents.get_mut(&name) {
-                    a.reason = text.clone();
-                }
-                d.audit(&name, AuditKind::Violation, &text, true);
-                None
-            }
-            ViolationAction::Freeze => {
-                let r = d.cgroups.freeze(&name, true).map_err(|e| e.to_string());
-                if let (Ok(()), Some(a)) = (&r, d.agents.get_mut(&name)) {
-                    a.state = crate::agents::State::Frozen;
-                    a.reason = format!("{what}: frozen");
-                }
-                let text = match r {
-                    Ok(()) => format!("{what}: frozen"),
-                    Err(e) => format!("{what}: freezing failed: {e}"),
-                };
-                d.audit(&name, AuditKind::Violation, &text, true);
-                None
-            }
-            ViolationAction::Stop | ViolationAction::Quarantine => {
-                d.audit(
-                    &name,
-                    AuditKind::Violation,
-                    &format!("{what}: stopping"),
-                    true,
-                );
-                Some((name, what))
-            }
-        }
-    };
-    if let Some((name, what)) = fired {
-        super::lifecycle::stop(ctx, &name, &what, true);
-    }
 }
 
 fn agent_of(d: &Daemon, cgid: u64) -> Option<String> {

@@ -159,6 +159,15 @@ pub fn limits_for(e: &admission::Effective) -> Limits {
     }
 }
 
+/// The cgroup limits of an agent, with its CPU quota cut to a quarter when a rule throttled it.
+pub fn limits_for_agent(e: &admission::Effective, throttled: bool) -> Limits {
+    let mut l = limits_for(e);
+    if throttled {
+        l.cpu_quota_us = Some((e.cpu_quota_us / 4).max(admission::MIN_CPU_QUOTA_US));
+    }
+    l
+}
+
 /// Starts one agent now. Errors are audited and leave the agent `failed`.
 pub fn start(ctx: &CtxRef, name: &str) {
     let watched = {
@@ -250,9 +259,17 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
             return None;
         }
     };
+    if a.quarantined {
+        a.state = State::Quarantined;
+        a.held = true;
+        return None;
+    }
     a.generation += 1;
     a.stop_requested = false;
     a.state = State::Starting;
+    a.network_revoked = false;
+    a.throttled = false;
+    a.last_heartbeat_ms = None;
     let generation = a.generation;
     let uid = d.cfg.uid_base + a.slot;
     // A mechanism the policy requires and this kernel lacks: no silent fallback.
@@ -643,6 +660,13 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
     let Some(a) = d.agents.get_mut(name) else {
         return;
     };
+    if a.quarantined {
+        a.state = State::Quarantined;
+        a.held = true;
+        let _ = d.cgroups.remove(name);
+        persist_agent(d, name);
+        return;
+    }
     if stop_requested || d.shutting_down {
         a.state = State::Stopped;
         a.reason = format!("stopped on request ({exit})");

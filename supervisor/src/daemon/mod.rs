@@ -19,6 +19,7 @@ pub mod names;
 pub mod posture;
 pub mod ratelimit;
 mod rings;
+pub mod violations;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -154,9 +155,14 @@ pub fn kind_name(kind: AuditKind) -> String {
 }
 
 fn device_memory(cfg: &DeviceConfig) -> Result<u64, DaemonError> {
-    if let Some(m) = cfg.device_memory {
-        return Ok(m.0);
+    match cfg.device_memory {
+        Some(m) => Ok(m.0),
+        None => mem_total(),
     }
+}
+
+/// This machine's memory (`MemTotal` in /proc/meminfo), in bytes.
+pub fn mem_total() -> Result<u64, DaemonError> {
     let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| DaemonError::Io {
         what: "reading /proc/meminfo".into(),
         source: e,

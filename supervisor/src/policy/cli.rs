@@ -1,0 +1,287 @@
+//! `nanoclaw policy check|sign` and `nanoclaw grant sign`: offline tools for operators (no
+//! daemon). `policy reload|apply` talk to the daemon and live in `crate::cli`.
+//!
+//! Exit codes: 0 valid / written, 1 invalid (every problem printed, one per line as
+//! `PATH: problem`), 2 usage or an unreadable file.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::grant::{self, Token};
+use super::signed::{self, Kind, PublicKey};
+use super::{Judge, Refused};
+use crate::config::master::MasterPolicy;
+use crate::config::units::ByteSize;
+
+pub const USAGE: &str = "usage: nanoclaw policy check FILE [--master FILE] [--key PUB.pem] [--device-memory SIZE] [--allow-unsigned=false] [--json]
+       nanoclaw policy sign FILE --key KEY.pem [-o OUT]
+       nanoclaw policy reload | apply FILE      (to the running daemon)
+       nanoclaw grant sign --key KEY.pem --agent A --capability CAP (--ttl SECONDS | --not-after UNIX)
+                           [--device ID] [--nonce N]";
+
+const OK: u8 = 0;
+const INVALID: u8 = 1;
+const USAGE_ERR: u8 = 2;
+
+fn read(path: &str, max: u64) -> Result<Vec<u8>, String> {
+    crate::config::read_capped(Path::new(path), max).map_err(|e| e.to_string())
+}
+
+/// `nanoclaw policy check|sign ...`.
+pub fn policy_main(args: &[String]) -> u8 {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    match a.split_first() {
+        Some((&"check", rest)) => check(rest),
+        Some((&"sign", rest)) => sign_policy(rest),
+        _ => {
+            eprintln!("{USAGE}");
+            USAGE_ERR
+        }
+    }
+}
+
+fn check(args: &[&str]) -> u8 {
+    let (mut file, mut master, mut key, mut mem, mut json_out, mut allow_local) =
+        (None, None, None, None, false, true);
+    let mut it = args.iter();
+    while let Some(&a) = it.next() {
+        let mut val = || it.next().copied();
+        match a {
+            "--master" => master = val(),
+            "--key" => key = val(),
+            "--device-memory" => mem = val(),
+            "--json" => json_out = true,
+            "--allow-unsigned=false" => allow_local = false,
+            s if !s.starts_with('-') && file.is_none() => file = Some(s),
+            _ => {
+                eprintln!("{USAGE}");
+                return USAGE_ERR;
+            }
+        }
+    }
+    let Some(file) = file else {
+        eprintln!("{USAGE}");
+        return USAGE_ERR;
+    };
+    let loaded = Inputs::load(file, master, key, mem);
+    let Inputs {
+        bytes,
+        master,
+        key,
+        mem,
+        mem_src,
+    } = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("nanoclaw policy check: {e}");
+            return USAGE_ERR;
+        }
+    };
+    let judge = Judge {
+        key: key.as_ref(),
+        allow_local,
+        master: master.as_ref(),
+        device_memory: mem,
+        base: crate::config::base_dir(Path::new(file)),
+    };
+    match judge.accept(&bytes) {
+        Ok(a) => {
+            let p = &a.policy;
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"valid": true, "version": p.version, "agents": p.agents.len(),
+                           "origin": a.origin.to_string(), "problems": []})
+                );
+            } else {
+                println!(
+                    "{file}: valid: version {}, {} agent(s), {} signer(s), {} channel(s); {}; memory checked against {mem_src}",
+                    p.version,
+                    p.agents.len(),
+                    p.signers.len(),
+                    p.channels.len(),
+                    a.origin
+                );
+            }
+            OK
+        }
+        Err(e) => {
+            let problems = problems(&e);
+            if json_out {
+                let list: Vec<Value> = problems
+                    .iter()
+                    .map(|(p, r)| json!({"path": p, "problem": r}))
+                    .collect();
+                println!("{}", json!({"valid": false, "problems": list}));
+            } else {
+                println!("{file}: {} problem(s)", problems.len());
+                for (p, r) in &problems {
+                    println!("  {p}: {r}");
+                }
+            }
+            INVALID
+        }
+    }
+}
+
+/// What `policy check` reads before judging.
+struct Inputs {
+    bytes: Vec<u8>,
+    master: Option<MasterPolicy>,
+    key: Option<PublicKey>,
+    mem: u64,
+    mem_src: String,
+}
+
+impl Inputs {
+    fn load(
+        file: &str,
+        master: Option<&str>,
+        key: Option<&str>,
+        mem: Option<&str>,
+    ) -> Result<Inputs, String> {
+        let bytes = read(file, crate::config::policy::MAX_POLICY_BYTES)?;
+        let master = master
+            .map(|m| MasterPolicy::load(Path::new(m)).map_err(|e| e.to_string()))
+            .transpose()?;
+        let key = key
+            .map(|k| PublicKey::load(Path::new(k)).map_err(|e| e.to_string()))
+            .transpose()?;
+        let (mem, mem_src) = match mem {
+            Some(m) => (
+                m.parse::<ByteSize>()
+                    .map_err(|e| format!("--device-memory: {e}"))?
+                    .bytes(),
+                format!("--device-memory {m}"),
+            ),
+            None => (
+                crate::daemon::mem_total().map_err(|e| e.to_string())?,
+                "this machine's MemTotal".into(),
+            ),
+        };
+        Ok(Inputs {
+            bytes,
+            master,
+            key,
+            mem,
+            mem_src,
+        })
+    }
+}
+
+/// (JSON path, problem) pairs of a refusal.
+fn problems(e: &Refused) -> Vec<(String, String)> {
+    match e {
+        Refused::Invalid(errs) => errs
+            .iter()
+            .map(|f| (f.field.clone(), f.reason.clone()))
+            .collect(),
+        Refused::Master(errs) => errs
+            .iter()
+            .map(|f| (f.field.clone(), f.reason.clone()))
+            .collect(),
+        Refused::Signature(_) | Refused::NoKey | Refused::Unsigned => {
+            vec![("signature".into(), e.to_string())]
+        }
+        other => vec![("agents".into(), other.to_string())],
+    }
+}
+
+fn load_signing_key(path: &str) -> Result<crate::sigstore::SigningKey, String> {
+    let pem = crate::sigstore::read_capped(Path::new(path), crate::sigstore::MAX_KEY, "key")?;
+    crate::sigstore::SigningKey::from_pkcs8_pem(&pem).map_err(|e| format!("{path}: {e}"))
+}
+
+fn sign_policy(args: &[&str]) -> u8 {
+    let (file, key, out) = match args {
+        [f, "--key", k] => (*f, *k, None),
+        [f, "--key", k, "-o", o] => (*f, *k, Some(*o)),
+        _ => {
+            eprintln!("{USAGE}");
+            return USAGE_ERR;
+        }
+    };
+    let r = (|| -> Result<String, String> {
+        let bytes = read(file, crate::config::policy::MAX_POLICY_BYTES)?;
+        // Sign only what this device would accept field by field.
+        let doc = crate::config::diagnose_parse(&bytes).map_err(|e| e.to_string())?;
+        crate::config::policy::Policy::from_value(&doc, Path::new("/"))
+            .map_err(|errs| format!("{file}: {}", super::join(&errs)))?;
+        let env = signed::sign(Kind::Policy, doc, &load_signing_key(key)?)?;
+        let text = serde_json::to_string_pretty(&env).map_err(|e| e.to_string())?;
+        let out = out.map_or_else(|| format!("{file}.signed"), str::to_owned);
+        crate::agents::persist::write_file_atomic(Path::new(&out), text.as_bytes(), true)
+            .map_err(|e| format!("{out}: {e}"))?;
+        Ok(out)
+    })();
+    match r {
+        Ok(out) => {
+            println!("{out}");
+            OK
+        }
+        Err(e) => {
+            eprintln!("nanoclaw policy sign: {e}");
+            INVALID
+        }
+    }
+}
+
+/// `nanoclaw grant sign ...`: prints the token (one line of JSON) on stdout.
+pub fn grant_main(args: &[String]) -> u8 {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    if a.first() != Some(&"sign") {
+        eprintln!("{USAGE}");
+        return USAGE_ERR;
+    }
+    let (mut key, mut agent, mut cap, mut ttl, mut not_after, mut device, mut nonce) =
+        (None, None, None, None, None, None, None);
+    let mut it = a[1..].iter();
+    while let Some(&f) = it.next() {
+        let v = it.next().copied();
+        match f {
+            "--key" => key = v,
+            "--agent" => agent = v,
+            "--capability" => cap = v,
+            "--ttl" => ttl = v.and_then(|s| s.parse::<u64>().ok()),
+            "--not-after" => not_after = v.and_then(|s| s.parse::<u64>().ok()),
+            "--device" => device = v,
+            "--nonce" => nonce = v,
+            _ => {
+                eprintln!("{USAGE}");
+                return USAGE_ERR;
+            }
+        }
+    }
+    let now = crate::daemon::now_ms() / 1000;
+    let (Some(key), Some(agent), Some(cap), Some(not_after)) =
+        (key, agent, cap, not_after.or(ttl.map(|t| now + t)))
+    else {
+        eprintln!("{USAGE}");
+        return USAGE_ERR;
+    };
+    let token = Token {
+        agent: agent.into(),
+        capability: cap.into(),
+        not_after,
+        nonce: nonce.map_or_else(
+            || format!("{:016x}{:016x}", crate::daemon::random_u64(), now),
+            str::to_owned,
+        ),
+        device: device.map(str::to_owned),
+    };
+    if let Err(e) = cap.parse::<crate::config::policy::Capability>() {
+        eprintln!("nanoclaw grant sign: --capability: {e}");
+        return USAGE_ERR;
+    }
+    match load_signing_key(key).and_then(|k| grant::sign(&token, &k)) {
+        Ok(env) => {
+            println!("{}", serde_json::to_string(&env).unwrap_or_default());
+            OK
+        }
+        Err(e) => {
+            eprintln!("nanoclaw grant sign: {e}");
+            INVALID
+        }
+    }
+}
