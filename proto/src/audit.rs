@@ -63,6 +63,20 @@ pub enum AuditKind {
     InstallRefused,
     /// An agent was switched back to an earlier installed version.
     Rollback,
+    /// A grant token was accepted and its capability applied (capability, expiry, nonce).
+    GrantApplied,
+    /// A grant token was refused (the reason says which check failed).
+    GrantRefused,
+    /// A granted capability was removed (expired, or no longer grantable).
+    GrantExpired,
+    /// An agent sent a malformed, oversized or too frequent message on its socket.
+    BadMessage,
+    /// An inter-agent message along no declared channel was refused.
+    ChannelRefused,
+    /// An agent missed its heartbeat deadline (`health.heartbeat_s`).
+    HealthCheck,
+    /// An operator cleared an agent's quarantine.
+    Cleared,
 }
 
 /// One audit record. `seq` is assigned by the log and is strictly increasing per device.

@@ -229,6 +229,51 @@ pub fn admit(m: &Manifest, p: &Policy) -> Result<Effective, AdmissionError> {
     })
 }
 
+/// Admission for an agent that is already running when the policy changes: the strict
+/// [`admit`] if it passes; otherwise the intersection of its requests with the new grant (a
+/// budget lowered below the request, a network entry no longer granted), with the names of
+/// the narrowed fields. A running agent is narrowed live rather than stopped; fields that
+/// cannot be narrowed (syscalls, devices, scratch) still refuse.
+pub fn admit_running(
+    m: &Manifest,
+    p: &Policy,
+) -> Result<(Effective, Vec<&'static str>), AdmissionError> {
+    let strict = match admit(m, p) {
+        Ok(e) => return Ok((e, Vec::new())),
+        Err(e) => e,
+    };
+    let Some(grant) = p.agents.get(&m.name) else {
+        return Err(strict);
+    };
+    let mut clamped = m.clone();
+    let r = &mut clamped.requests;
+    let mut narrowed = Vec::new();
+    if r.memory > grant.memory {
+        r.memory = grant.memory;
+        narrowed.push("memory");
+    }
+    let cpus = grant.cpus.unwrap_or(DEFAULT_GRANT_CPUS);
+    if r.cpus.is_some_and(|c| c > cpus) {
+        r.cpus = Some(cpus);
+        narrowed.push("cpus");
+    }
+    let pids = grant.pids.unwrap_or(DEFAULT_GRANT_PIDS);
+    if r.pids.is_some_and(|n| n > pids) {
+        r.pids = Some(pids);
+        narrowed.push("pids");
+    }
+    let before = r.network.len();
+    r.network
+        .retain(|ep| grant.network.iter().any(|g| g.covers(ep)));
+    if r.network.len() != before {
+        narrowed.push("network");
+    }
+    match admit(&clamped, p) {
+        Ok(e) if !narrowed.is_empty() => Ok((e, narrowed)),
+        _ => Err(strict),
+    }
+}
+
 fn list<T: std::fmt::Display>(items: &[T]) -> String {
     let inner: Vec<String> = items.iter().map(T::to_string).collect();
     format!("[{}]", inner.join(", "))

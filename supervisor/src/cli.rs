@@ -23,6 +23,15 @@ commands:
                                 newest audit records (default 50)
   why AGENT [--json]            why an agent is not running, and what would allow it
   reload [--json]               re-read the policy and the agents directory
+  policy reload|apply FILE [--json]
+                                apply the configured policy file, or a (signed) policy
+                                file; prints per agent what changed live or by a restart
+  policy check FILE [--master M] [--key PUB] [--device-memory SIZE] [--json]
+  policy sign FILE --key KEY.pem [-o OUT]
+                                validate offline (every problem with its JSON path), sign
+  grant sign --key KEY.pem --agent A --capability CAP --ttl S [--device ID]
+                                print a signed grant token
+  clear AGENT                   lift a quarantine, reset the trust score, start the agent
   run --rootfs DIR [--memory SIZE] [--pids N] [--cpus F] [--scratch SIZE]
       [--syscalls default|strict] [--uid N] [--timing] -- CMD [ARGS]
                                 run one command in a full agent sandbox (no daemon)
@@ -50,6 +59,10 @@ pub enum Command {
     Run(crate::oneshot::RunOpts),
     /// `bundle …`: pack, inspect, unpack (files only, no daemon).
     Bundle(Vec<String>),
+    /// `policy check|sign …` (files only).
+    Policy(Vec<String>),
+    /// `grant sign …` (files only).
+    Grant(Vec<String>),
     /// `favordynmods [on|off] [--cgroup-root DIR]`: show or set the host's cgroup2 option.
     Favordynmods {
         set: Option<bool>,
@@ -61,6 +74,15 @@ pub enum Command {
 pub fn parse(args: &[String]) -> Result<Command, String> {
     if args.first().map(String::as_str) == Some("bundle") {
         return Ok(Command::Bundle(args[1..].to_vec()));
+    }
+    // Offline policy tools need no daemon.
+    if args.first().map(String::as_str) == Some("policy")
+        && matches!(args.get(1).map(String::as_str), Some("check" | "sign"))
+    {
+        return Ok(Command::Policy(args[1..].to_vec()));
+    }
+    if args.first().map(String::as_str) == Some("grant") {
+        return Ok(Command::Grant(args[1..].to_vec()));
     }
     if args.first().map(String::as_str) == Some("run") {
         return crate::oneshot::parse(&args[1..]).map(Command::Run);
@@ -143,6 +165,16 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         "status" => no_args(cmd).map(|()| Request::Status)?,
         "agents" => no_args(cmd).map(|()| Request::Agents)?,
         "reload" => no_args(cmd).map(|()| Request::Reload)?,
+        "policy" => match rest {
+            ["reload"] => Request::Reload,
+            ["apply", f] => Request::PolicyApply {
+                path: std::path::absolute(f).map_err(|e| format!("policy apply {f}: {e}"))?,
+            },
+            _ => return Err("policy takes reload, apply FILE, check FILE or sign FILE".into()),
+        },
+        "clear" => Request::Clear {
+            agent: one_agent(cmd)?,
+        },
         "install" => match rest {
             // The daemon opens the file: make the path independent of the CLI's directory.
             [f] => Request::Install {

@@ -5,6 +5,7 @@
 //! `unsafe_code = "deny"` lint.
 
 pub mod admission;
+pub mod agentapi;
 pub mod agents;
 pub mod audit;
 pub mod board;
@@ -18,6 +19,7 @@ pub mod daemon;
 pub mod dns;
 pub mod logring;
 pub mod oneshot;
+pub mod outbox;
 pub mod policy;
 pub mod sandbox;
 pub mod sigstore;

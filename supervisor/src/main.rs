@@ -44,6 +44,14 @@ fn main() -> ExitCode {
             nanoclaw::sys::default_signal(libc::SIGPIPE);
             ExitCode::from(nanoclaw::bundle::cli::main(&args))
         }
+        Ok(cli::Command::Policy(args)) => {
+            nanoclaw::sys::default_signal(libc::SIGPIPE);
+            ExitCode::from(nanoclaw::policy::cli::policy_main(&args))
+        }
+        Ok(cli::Command::Grant(args)) => {
+            nanoclaw::sys::default_signal(libc::SIGPIPE);
+            ExitCode::from(nanoclaw::policy::cli::grant_main(&args))
+        }
         Ok(cli::Command::Run(opts)) => match nanoclaw::oneshot::run(&opts) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {

@@ -102,7 +102,7 @@ pub fn parse(args: &[String]) -> Result<RunOpts, String> {
 
 /// Runs the command and returns its exit code (128 + signal when killed).
 pub fn run(o: &RunOpts) -> Result<u8, String> {
-    for mp in ["proc", "dev", "tmp"] {
+    for mp in crate::sandbox::mount::MOUNT_POINTS {
         let p = o.rootfs.join(mp);
         if !p.is_dir() {
             std::fs::create_dir_all(&p)
@@ -141,6 +141,7 @@ fn run_in(o: &RunOpts, cg: &dyn cgroup::Cgroups, name: &str) -> Result<u8, Strin
         seccomp_filter: sandbox::filter_for(&o.syscalls, false)?,
         host_network: false,
         devices: Vec::new(),
+        socket_dir: None,
     };
     let t0 = Instant::now();
     let v2 = cg.unified_dir(name);

@@ -24,6 +24,15 @@
 //!   `revoke_network` rule cuts the agent off (see the function).
 //! - `wait-file PATH ROLE [ARGS]`: waits until PATH exists, then runs ROLE (tests use it to
 //!   trigger a role at a moment of their choosing).
+//! - `sock STEP...`: talks to the supervisor over `/run/nanoclaw.sock`. A step is a JSON
+//!   request (sent; the answer is printed as `sock< ANSWER`), `raw:TEXT` (sent verbatim),
+//!   `flood:N` (N requests without waiting), `read:N` (print N more lines), `sleep:MS`,
+//!   `file:PATH` (send the file's first line: a grant token a test wrote into the bundle),
+//!   `connect:ADDR` (a TCP connect, reported like `connect`) or `stay` (print whatever
+//!   arrives, forever).
+//! - `heartbeat MS [COUNT]`: `hello`, then a heartbeat every MS ms; after COUNT heartbeats it
+//!   goes silent but keeps running (a health-check failure).
+//! - `memhold MIB`: allocates and touches MIB MiB, then sleeps.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -93,6 +102,21 @@ fn run(args: &[String]) -> ExitCode {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
+        Some("sock") => sock(&args[1..]),
+        Some("heartbeat") => heartbeat(
+            arg(1).and_then(|s| s.parse().ok()).unwrap_or(1000),
+            arg(2).and_then(|s| s.parse().ok()),
+        ),
+        Some("memhold") => {
+            let mib: usize = arg(1).and_then(|s| s.parse().ok()).unwrap_or(16);
+            let held = vec![0x5au8; mib << 20];
+            println!("memhold: holding {} MiB", held.len() >> 20);
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+                std::hint::black_box(&held);
+            }
+        }
         Some("wait-file") if args.len() >= 3 => {
             while std::fs::symlink_metadata(&args[1]).is_err() {
                 std::thread::sleep(Duration::from_millis(50));
@@ -106,6 +130,127 @@ fn run(args: &[String]) -> ExitCode {
             );
             ExitCode::from(2)
         }
+    }
+}
+
+const SOCKET: &str = "/run/nanoclaw.sock";
+
+/// Connects to the agent socket, retrying briefly (the supervisor creates it before the
+/// agent starts, so a failure here is real).
+fn sock_connect() -> Option<std::os::unix::net::UnixStream> {
+    for _ in 0..20 {
+        match std::os::unix::net::UnixStream::connect(SOCKET) {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                println!("sock: connect {SOCKET}: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    None
+}
+
+fn sock(steps: &[String]) -> ExitCode {
+    use std::io::{BufRead, BufReader};
+    let Some(stream) = sock_connect() else {
+        return ExitCode::from(1);
+    };
+    let mut w = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            println!("sock: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut r = BufReader::new(stream);
+    let read_line = |r: &mut BufReader<std::os::unix::net::UnixStream>| {
+        let mut l = String::new();
+        match r.read_line(&mut l) {
+            Ok(0) => println!("sock< EOF"),
+            Ok(_) => print!("sock< {l}"),
+            Err(e) => println!("sock< error {e}"),
+        }
+        let _ = std::io::stdout().flush();
+    };
+    for step in steps {
+        if let Some(ms) = step.strip_prefix("sleep:") {
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+        } else if let Some(n) = step.strip_prefix("read:") {
+            for _ in 0..n.parse::<usize>().unwrap_or(1) {
+                read_line(&mut r);
+            }
+        } else if let Some(n) = step.strip_prefix("flood:") {
+            let n: usize = n.parse().unwrap_or(1000);
+            let mut sent = 0;
+            for _ in 0..n {
+                if w.write_all(b"{\"op\":\"whoami\"}\n").is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            println!("sock: flooded {sent} requests");
+        } else if let Some(addr) = step.strip_prefix("connect:") {
+            let r = addr
+                .parse::<std::net::SocketAddr>()
+                .map_err(std::io::Error::other)
+                .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)));
+            match r {
+                Ok(_) => println!("connect {addr}: ok"),
+                Err(e) => println!("connect {addr}: denied ({e})"),
+            }
+        } else if step == "stay" {
+            loop {
+                read_line(&mut r);
+            }
+        } else {
+            let line = if let Some(t) = step.strip_prefix("raw:") {
+                t.to_owned()
+            } else if let Some(p) = step.strip_prefix("file:") {
+                std::fs::read_to_string(p)
+                    .map(|s| s.lines().next().unwrap_or_default().to_owned())
+                    .unwrap_or_else(|e| format!("(cannot read {p}: {e})"))
+            } else {
+                step.clone()
+            };
+            if let Err(e) = w.write_all(format!("{line}\n").as_bytes()) {
+                println!("sock: write: {e}");
+                let _ = std::io::stdout().flush();
+                continue;
+            }
+            read_line(&mut r);
+        }
+    }
+    let _ = std::io::stdout().flush();
+    ExitCode::SUCCESS
+}
+
+fn heartbeat(ms: u64, count: Option<u64>) -> ExitCode {
+    use std::io::{BufRead, BufReader};
+    let Some(stream) = sock_connect() else {
+        return ExitCode::from(1);
+    };
+    let Ok(mut w) = stream.try_clone() else {
+        return ExitCode::from(1);
+    };
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    let _ = w.write_all(b"{\"op\":\"hello\",\"protocol\":1}\n");
+    let _ = r.read_line(&mut line);
+    print!("heartbeat: hello {line}");
+    let mut n = 0u64;
+    loop {
+        if count.is_none_or(|c| n < c) {
+            line.clear();
+            let _ = w.write_all(b"{\"op\":\"heartbeat\",\"status\":\"fine\"}\n");
+            let _ = r.read_line(&mut line);
+            n += 1;
+            println!("heartbeat {n}");
+        } else if n == count.unwrap_or(0) {
+            println!("heartbeat: going silent after {n}");
+            n += 1;
+        }
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }
 

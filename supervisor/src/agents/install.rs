@@ -149,7 +149,7 @@ pub fn check(dir: &Path) -> Result<Bundle, InstallError> {
             "exec {exec} is not an executable regular file in rootfs/"
         )));
     }
-    for mp in ["proc", "dev", "tmp"] {
+    for mp in crate::sandbox::mount::MOUNT_POINTS {
         let p = rootfs.join(mp);
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {}
@@ -188,7 +188,7 @@ mod tests {
         bundle(t.path(), MANIFEST, Some(0o755));
         let b = check(t.path()).unwrap();
         assert_eq!(b.manifest.name, "a");
-        for mp in ["proc", "dev", "tmp"] {
+        for mp in crate::sandbox::mount::MOUNT_POINTS {
             assert!(t.path().join("rootfs").join(mp).is_dir());
         }
     }

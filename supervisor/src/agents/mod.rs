@@ -63,6 +63,8 @@ pub struct Instance {
     pub monitor_cgid: Option<u64>,
     /// The cgroup id the BPF LSM holds, when it runs here.
     pub lsm_cgid: Option<u64>,
+    /// Serves the agent's socket; dropped (and so stopped) with the instance.
+    pub socket: Option<smol::Task<()>>,
 }
 
 pub struct Agent {
@@ -105,6 +107,8 @@ pub struct Agent {
     pub quarantined: bool,
     /// Last heartbeat on its agent socket (ms since the epoch), when it sends them.
     pub last_heartbeat_ms: Option<u64>,
+    /// The status text of its last heartbeat.
+    pub health_status: String,
     /// When the last `oom_kill` record of this instance was written (coalescing).
     pub oom_audited_ms: u64,
     pub logs: LogRing,
@@ -136,6 +140,7 @@ impl Agent {
             throttled: false,
             quarantined: false,
             last_heartbeat_ms: None,
+            health_status: String::new(),
             syscalls: Default::default(),
             oom_audited_ms: 0,
             logs: LogRing::new(log_bytes),

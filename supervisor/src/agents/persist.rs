@@ -99,7 +99,14 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::R
     if durable {
         f.sync_data()?;
     }
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    if durable {
+        // The rename itself must reach the disk too.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

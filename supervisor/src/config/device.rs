@@ -34,6 +34,15 @@ pub struct DeviceConfig {
     pub allow_unsigned: bool,
     #[serde(default)]
     pub trusted_root: Option<PathBuf>,
+    /// The fleet's public key (PEM): policies and grant tokens must be signed by it.
+    #[serde(default)]
+    pub policy_key: Option<PathBuf>,
+    /// The fleet-wide master policy every device policy must stay within.
+    #[serde(default)]
+    pub master_policy: Option<PathBuf>,
+    /// This device's identity (grant tokens may be bound to it); empty: /etc/machine-id.
+    #[serde(default)]
+    pub device_id: String,
     #[serde(default = "default_cgroup_root")]
     pub cgroup_root: PathBuf,
     /// Relative to `cgroup_root`; must contain `nanoclaw` so nothing else is touched.
@@ -84,6 +93,9 @@ pub struct DeviceConfig {
     /// always kept).
     #[serde(default = "default_keep_versions")]
     pub keep_versions: u32,
+    /// Largest size of the store-and-forward outbox (records agents put for the fleet).
+    #[serde(default = "default_outbox_bytes")]
+    pub outbox_bytes: ByteSize,
     /// DNS resolvers (`ip:port`) for host names in egress grants; empty: /etc/resolv.conf.
     #[serde(default)]
     pub dns_servers: Vec<std::net::SocketAddr>,
@@ -103,6 +115,10 @@ fn default_probation() -> u32 {
 
 fn default_install_reserve() -> ByteSize {
     ByteSize::mib(32)
+}
+
+fn default_outbox_bytes() -> ByteSize {
+    ByteSize::mib(4)
 }
 
 fn default_keep_versions() -> u32 {
@@ -167,9 +183,21 @@ impl DeviceConfig {
             check_path(field, p)?;
             *p = resolve(base, p);
         }
-        if let Some(p) = &mut self.trusted_root {
-            check_path("trusted_root", p)?;
-            *p = resolve(base, p);
+        for (field, opt) in [
+            ("trusted_root", &mut self.trusted_root),
+            ("policy_key", &mut self.policy_key),
+            ("master_policy", &mut self.master_policy),
+        ] {
+            if let Some(p) = opt {
+                check_path(field, p)?;
+                *p = resolve(base, p);
+            }
+        }
+        if self.device_id.len() > 128 || self.device_id.contains(['\0', '\n']) {
+            return Err(FieldError::new(
+                "device_id",
+                "must be at most 128 bytes without NUL or newline",
+            ));
         }
         self.validate()
     }
@@ -255,6 +283,12 @@ impl DeviceConfig {
             self.audit_segment_bytes,
             ByteSize::kib(4),
             ByteSize::mib(64),
+        )?;
+        check_range(
+            "outbox_bytes",
+            self.outbox_bytes,
+            ByteSize::kib(64),
+            ByteSize::mib(1024),
         )?;
         if !(2..=1024).contains(&self.audit_segments) {
             return Err(FieldError::new(

@@ -48,6 +48,14 @@ pub enum Request {
     Rollback {
         agent: String,
     },
+    /// Judge and apply a policy document (bare or fleet-signed) from a file.
+    PolicyApply {
+        path: std::path::PathBuf,
+    },
+    /// Lift an agent's quarantine (and reset its trust score), then start it.
+    Clear {
+        agent: String,
+    },
 }
 
 /// Error classes, mapped one-to-one onto CLI exit codes (docs/CLI.md).

@@ -132,6 +132,15 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
             {
                 let mut d = ctx.d.borrow_mut();
                 if let Some(a) = d.agents.get_mut(&agent) {
+                    if a.quarantined {
+                        return Response::Error {
+                            code: ErrorCode::Failed,
+                            message: format!(
+                                "{agent} is quarantined ({}); lift it with `nanoclaw clear {agent}`",
+                                a.reason
+                            ),
+                        };
+                    }
                     if a.instance.is_some() {
                         return Response::Ok(
                             json!({"agent": agent, "state": "running", "note": "already running"}),
@@ -209,12 +218,60 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
                 },
             }
         }
-        Request::Reload => match lifecycle::reload(ctx) {
-            Ok(m) => Response::Ok(json!({ "result": m })),
-            Err(m) => Response::Error {
-                code: ErrorCode::Failed,
-                message: m,
-            },
+        Request::Reload => policy_result(crate::daemon::policy::reload(ctx)),
+        Request::PolicyApply { path } => {
+            policy_result(crate::daemon::policy::apply_file(ctx, &path))
+        }
+        Request::Clear { agent } if !exists(&agent) => not_found(&agent),
+        Request::Clear { agent } => {
+            {
+                let mut d = ctx.d.borrow_mut();
+                let Some(a) = d.agents.get_mut(&agent) else {
+                    return not_found(&agent);
+                };
+                let was = a.quarantined;
+                a.quarantined = false;
+                a.rules.reset();
+                a.tracker.reset();
+                a.held = false;
+                if a.instance.is_none() {
+                    a.state = State::Stopped;
+                }
+                let text = if was {
+                    "quarantine cleared by the control socket; trust reset to 100"
+                } else {
+                    "cleared by the control socket (was not quarantined); trust reset to 100"
+                };
+                d.audit(
+                    &agent,
+                    nanoclaw_proto::audit::AuditKind::Cleared,
+                    text,
+                    true,
+                );
+                lifecycle::persist_agent(&mut d, &agent);
+            }
+            lifecycle::start(ctx, &agent);
+            agent_result(ctx, &agent)
+        }
+    }
+}
+
+/// A reload/apply report, with a one-line `result` for people.
+fn policy_result(r: Result<Value, String>) -> Response {
+    match r {
+        Ok(mut v) => {
+            let changed = v["agents"].as_object().map_or(0, |m| m.len());
+            v["result"] = json!(format!(
+                "policy version {} in force (was {}; {}); {changed} agent(s) changed",
+                v["version"],
+                v["previous"],
+                v["origin"].as_str().unwrap_or("")
+            ));
+            Response::Ok(v)
+        }
+        Err(m) => Response::Error {
+            code: ErrorCode::Failed,
+            message: m,
         },
     }
 }
@@ -313,6 +370,21 @@ fn status(d: &Daemon) -> Value {
                     .and_then(|i| i.egress_cgid)
                     .and_then(|cgid| d.egress.as_ref().and_then(|e| e.traffic(cgid))),
                 "adopted": a.instance.as_ref().map(|i| i.adopted),
+                "trust": a.rules.trust.score(now_ms()),
+                "recent_events": a
+                    .rules
+                    .recent(now_ms(), 3_600_000)
+                    .into_iter()
+                    .map(|(e, n)| (e.rule_key().to_owned(), json!(n)))
+                    .collect::<serde_json::Map<_, _>>(),
+                "grants": d
+                    .grants
+                    .for_agent(n)
+                    .iter()
+                    .map(|g| json!({"capability": g.capability, "not_after": g.not_after}))
+                    .collect::<Vec<_>>(),
+                "network_revoked": a.network_revoked,
+                "quarantined": a.quarantined,
             })
         })
         .collect();
@@ -326,6 +398,8 @@ fn status(d: &Daemon) -> Value {
         "board_description": d.board.description,
         "uptime_s": now_ms().saturating_sub(d.started_ms) / 1000,
         "policy_version": d.policy.version,
+        "policy_origin": d.in_force.origin.to_string(),
+        "device_id": d.device_id,
         "device_memory_bytes": d.device_memory,
         "posture": d.posture,
         "agents": counts,

@@ -62,6 +62,17 @@ fn try_adopt(ctx: &CtxRef, name: &str) -> bool {
             .map_err(|e| eprintln!("nanoclaw: {name}: recovering the output pipe: {e}"))
             .ok();
             watch(ctx, name, generation, pidfd, log);
+            // A new socket in the directory the agent already sees at /run.
+            let task = super::agentsock::rebind(ctx, name);
+            if let Some(i) = ctx
+                .d
+                .borrow_mut()
+                .agents
+                .get_mut(name)
+                .and_then(|a| a.instance.as_mut())
+            {
+                i.socket = task;
+            }
             true
         }
         None => false,
@@ -72,7 +83,21 @@ type Adopted = (u64, Rc<smol::Async<std::os::fd::OwnedFd>>);
 
 fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
     let a = d.agents.get(name)?;
-    let eff = a.admission.clone().ok()?;
+    let eff = match a.admission.clone() {
+        Ok(e) => e,
+        // Narrowed by a reload before the restart: still within the policy, keep it running.
+        Err(_) => {
+            let (e, narrowed) = crate::admission::admit_running(&a.manifest, &d.policy).ok()?;
+            let text = format!(
+                "runs narrowed to its grant ({}): its requests exceed the policy",
+                narrowed.join(", ")
+            );
+            let a = d.agents.get_mut(name)?;
+            a.admission = Ok(e.clone());
+            d.audit(name, AuditKind::Posture, &text, true);
+            e
+        }
+    };
     let path = d.run_dir().join(format!("{name}.json"));
     let bytes = std::fs::read(&path).ok()?;
     let rec = serde_json::from_slice::<RunRecord>(&bytes).ok()?;
@@ -140,6 +165,7 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
         },
         monitor_cgid: None,
         lsm_cgid,
+        socket: None,
     });
     super::lifecycle::start_monitoring(d, name, false);
     let a = d.agents.get_mut(name)?;

@@ -69,7 +69,7 @@ pub struct Plan {
 /// otherwise it gets an empty network namespace. An attach failure is an error: the agent
 /// must not start with less than the posture says.
 pub fn prepare(d: &mut Daemon, name: &str, eff: &Effective) -> Result<Plan, String> {
-    if eff.network.is_empty() {
+    if eff.network.is_empty() && !net_grantable(d, name) {
         return Ok(Plan {
             host_network: false,
             cgid: None,
@@ -90,7 +90,7 @@ pub fn prepare(d: &mut Daemon, name: &str, eff: &Effective) -> Result<Plan, Stri
     };
     let dir = dir.ok_or("the agent has no cgroup2 directory to attach egress control to")?;
     // Names not resolved yet are allowed as soon as the refresh task has their addresses.
-    let endpoints = super::names::endpoints(d, eff);
+    let endpoints = rules(d, eff);
     d.names.wake();
     let Some(egress) = d.egress.as_mut() else {
         return Err("egress control is unavailable".into());
@@ -115,6 +115,7 @@ pub fn allowlist_posture(eff: &Effective) -> String {
         .map(ToString::to_string)
         .collect();
     match eff.network.len() {
+        0 => "egress allowlist (bpf): empty until a grant token opens an entry".into(),
         n if n <= 4 => format!("egress allowlist (bpf): {}", entries.join(", ")),
         n => format!(
             "egress allowlist (bpf): {n} entries ({}, ...)",
@@ -134,9 +135,30 @@ pub fn release(d: &mut Daemon, name: &str, cgid: Option<u64>) {
     }
 }
 
+/// Whether the policy lets `agent` be granted network access at run time (it then starts
+/// under egress control even with an empty list, so a grant can open it live).
+pub fn net_grantable(d: &Daemon, agent: &str) -> bool {
+    d.policy.agents.get(agent).is_some_and(|g| {
+        g.capabilities()
+            .iter()
+            .any(|c| matches!(c, crate::config::policy::Capability::Net(_)))
+    })
+}
+
+/// The endpoints an agent may reach now: its admitted network (names resolved) plus its
+/// granted capabilities, or nothing once a rule revoked its network.
+pub fn rules(d: &Daemon, eff: &Effective) -> Vec<crate::config::manifest::Endpoint> {
+    if d.agents.get(&eff.name).is_some_and(|a| a.network_revoked) {
+        return Vec::new();
+    }
+    let mut v = super::names::endpoints(d, eff);
+    v.extend(d.grants.endpoints(&eff.name, now_ms() / 1000));
+    v
+}
+
 /// Applies new rules to a running agent (policy reload): effective on its next connect.
 pub fn update(d: &mut Daemon, cgid: u64, eff: &Effective) -> Result<(), String> {
-    let endpoints = super::names::endpoints(d, eff);
+    let endpoints = rules(d, eff);
     d.names.wake();
     match d.egress.as_mut() {
         Some(e) => e.set_rules(cgid, &endpoints).map_err(|e| e.to_string()),

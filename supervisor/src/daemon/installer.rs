@@ -458,22 +458,26 @@ pub fn rollback(ctx: &CtxRef, agent: &str, why: &str) -> Result<String, String> 
 
 /// After a crash loop: if the agent's current version has not passed probation yet and an
 /// earlier version is installed, switch back to it (audited as `rollback`).
-pub fn rollback_if_in_probation(ctx: &CtxRef, agent: &str) {
+pub fn rollback_if_in_probation(ctx: &CtxRef, agent: &str, failure: &str) -> bool {
     let v = load_versions(&ctx.d.borrow(), agent);
     let Some(current) = v.current.clone() else {
-        return;
+        return false;
     };
     if v.min_version.as_deref() == Some(current.as_str()) {
-        return;
+        return false;
     }
-    let why = format!("{current} crash-looped during its probation");
-    if let Err(e) = rollback(ctx, agent, &why) {
-        ctx.d.borrow_mut().audit(
-            agent,
-            AuditKind::Rollback,
-            &format!("automatic rollback not possible: {e}"),
-            true,
-        );
+    let why = format!("{current} {failure} during its probation");
+    match rollback(ctx, agent, &why) {
+        Ok(_) => true,
+        Err(e) => {
+            ctx.d.borrow_mut().audit(
+                agent,
+                AuditKind::Rollback,
+                &format!("automatic rollback not possible: {e}"),
+                true,
+            );
+            false
+        }
     }
 }
 

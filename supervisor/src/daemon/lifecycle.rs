@@ -39,13 +39,13 @@ pub fn proc_start_ticks(pid: i32) -> Option<u64> {
 /// Agents refused by admission stay listed (state `failed`) so `why` can explain them.
 pub fn install_all(ctx: &CtxRef) -> Result<(), DaemonError> {
     let mut d = ctx.d.borrow_mut();
-    scan_and_register(&mut d)?;
+    rescan(&mut d)?;
     Ok(())
 }
 
 /// Scans `agents_dir`, audits every bundle that cannot be installed (under the name of its
 /// directory) and registers + admits the valid ones.
-fn scan_and_register(d: &mut Daemon) -> Result<(), install::InstallError> {
+pub fn rescan(d: &mut Daemon) -> Result<(), install::InstallError> {
     let (bundles, errors) = install::scan(&d.cfg.agents_dir)?;
     for e in errors {
         let text = e.to_string();
@@ -114,7 +114,13 @@ fn register(d: &mut Daemon, b: install::Bundle) {
 /// (Re-)runs admission for one agent against the current policy.
 fn admit(d: &mut Daemon, name: &str) {
     let Some(a) = d.agents.get(name) else { return };
-    let result = admission::admit(&a.manifest, &d.policy).map_err(|e| e.to_string());
+    // A running agent keeps what it may still have (narrowed to a shrunken grant).
+    let result = if a.instance.is_some() {
+        admission::admit_running(&a.manifest, &d.policy).map(|(e, _)| e)
+    } else {
+        admission::admit(&a.manifest, &d.policy)
+    }
+    .map_err(|e| e.to_string());
     if let Err(e) = &result {
         let e = e.clone();
         d.audit(name, AuditKind::AdmissionDenied, &e, true);
@@ -174,7 +180,23 @@ pub fn start(ctx: &CtxRef, name: &str) {
         let mut guard = ctx.d.borrow_mut();
         start_locked(&mut guard, name)
     };
-    if let Some((generation, pidfd, log)) = watched {
+    if let Some((generation, pidfd, log, listener)) = watched {
+        let uid = {
+            let d = ctx.d.borrow();
+            d.agents.get(name).map(|a| d.uid_of(a))
+        };
+        if let (Some(l), Some(uid)) = (listener, uid) {
+            let task = super::agentsock::serve(ctx, name, uid, l);
+            if let Some(i) = ctx
+                .d
+                .borrow_mut()
+                .agents
+                .get_mut(name)
+                .and_then(|a| a.instance.as_mut())
+            {
+                i.socket = task;
+            }
+        }
         watch(ctx, name, generation, pidfd, Some(log));
         super::installer::watch_probation(ctx, name, generation);
     }
@@ -209,7 +231,7 @@ pub async fn wait_down(ctx: &CtxRef, agent: &str) {
 pub fn activate(ctx: &CtxRef, name: &str) {
     {
         let mut d = ctx.d.borrow_mut();
-        if let Err(e) = scan_and_register(&mut d) {
+        if let Err(e) = rescan(&mut d) {
             let t = e.to_string();
             d.audit(name, AuditKind::SandboxError, &t, true);
         }
@@ -244,6 +266,7 @@ type Watched = (
     u64,
     Rc<smol::Async<std::os::fd::OwnedFd>>,
     std::os::fd::OwnedFd,
+    Option<std::os::unix::net::UnixListener>,
 );
 
 fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
@@ -317,6 +340,31 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
             .iter()
             .map(|d| d.trim_start_matches("/dev/").to_owned())
             .collect(),
+        socket_dir: None,
+    };
+    // The agent socket exists before the agent does (rootfs without /run: no socket).
+    let listener = if spec.rootfs.join("run").is_dir() {
+        match super::agentsock::bind(d, name, uid) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let a = d.agents.get_mut(name)?;
+                a.state = State::Failed;
+                a.reason = format!("sandbox setup failed: agent socket: {e}");
+                d.audit(
+                    name,
+                    AuditKind::SandboxError,
+                    &format!("agent socket: {e}"),
+                    true,
+                );
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    let spec = sandbox::Spec {
+        socket_dir: listener.as_ref().map(|_| super::agentsock::dir(d, name)),
+        ..spec
     };
     // A fresh cgroup per start: clean peak/OOM counters and no leftovers of the last run.
     let _ = d.cgroups.kill_all(name);
@@ -404,6 +452,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         network: net_posture.clone(),
         monitor_cgid: None,
         lsm_cgid,
+        socket: None,
     });
     start_monitoring(d, name, true);
     let a = d.agents.get_mut(name)?;
@@ -438,7 +487,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         ),
         true,
     );
-    Some((generation, pidfd, started.log))
+    Some((generation, pidfd, started.log, listener))
 }
 
 /// Puts the agent's cgroup into the syscall monitor's map (when it runs here); returns its id.
@@ -481,7 +530,7 @@ pub fn start_monitoring(d: &mut Daemon, name: &str, fresh: bool) {
 
 /// The first mechanism `agents.X.require` names that this kernel does not provide, as the
 /// reason the agent does not start.
-fn missing_requirement(d: &Daemon, eff: &admission::Effective) -> Option<String> {
+pub fn missing_requirement(d: &Daemon, eff: &admission::Effective) -> Option<String> {
     use crate::config::policy::Mechanism;
     eff.require.iter().find_map(|m| {
         let why = match m {
@@ -615,6 +664,9 @@ fn check_oom(ctx: &CtxRef, name: &str, generation: u64) -> bool {
             true,
         );
     }
+    if new > 0 {
+        d.event(name, crate::config::policy::Event::OomKill);
+    }
     true
 }
 
@@ -719,11 +771,14 @@ fn on_exit(ctx: &CtxRef, name: &str, generation: u64, exit: Exit) {
                 );
                 let reason = a.reason.clone();
                 d.audit(name, AuditKind::CrashLoop, &reason, true);
+                d.event(name, crate::config::policy::Event::CrashLoop);
                 // A version still in probation goes back to the one before it.
                 let c = ctx.clone();
                 let n = name.to_owned();
                 ctx.ex
-                    .spawn(async move { super::installer::rollback_if_in_probation(&c, &n) })
+                    .spawn(async move {
+                        super::installer::rollback_if_in_probation(&c, &n, "crash-looped");
+                    })
                     .detach();
             } else {
                 a.reason = format!("{exit}; restart policy does not restart it");
@@ -779,84 +834,6 @@ pub fn stop(ctx: &CtxRef, name: &str, why: &str, hold: bool) {
             }
         })
         .detach();
-}
-
-/// Re-reads the policy and the agents directory. An invalid policy is rejected and audited;
-/// the last good one stays in force.
-pub fn reload(ctx: &CtxRef) -> Result<String, String> {
-    let (path, mem) = {
-        let d = ctx.d.borrow();
-        (d.cfg.policy.clone(), d.device_memory)
-    };
-    let policy = match super::load_policy(&path, mem) {
-        Ok(p) => p,
-        Err(e) => {
-            let text = format!(
-                "{e}; keeping policy version {}",
-                ctx.d.borrow().policy.version
-            );
-            ctx.d
-                .borrow_mut()
-                .audit("", AuditKind::PolicyRejected, &text, true);
-            return Err(text);
-        }
-    };
-    let version = policy.version;
-    let mut refused = Vec::new();
-    {
-        let mut d = ctx.d.borrow_mut();
-        d.policy = policy;
-        d.audit(
-            "",
-            AuditKind::PolicyReload,
-            &format!("policy version {version} loaded from {}", path.display()),
-            true,
-        );
-        if let Err(e) = scan_and_register(&mut d) {
-            let t = e.to_string();
-            d.audit("", AuditKind::SandboxError, &t, true);
-        }
-        let names: Vec<String> = d.agents.keys().cloned().collect();
-        for n in names {
-            admit(&mut d, &n);
-            let d = &mut *d;
-            let Some(a) = d.agents.get(&n) else { continue };
-            match (&a.admission, &a.instance) {
-                (Ok(eff), Some(inst)) => {
-                    if let Err(e) = d.cgroups.set_limits(&n, &limits_for(eff)) {
-                        eprintln!("nanoclaw: {n}: applying new limits: {e}");
-                    }
-                    // Egress rules change live: the next connect sees them.
-                    if let Some(cgid) = inst.egress_cgid {
-                        let eff = eff.clone();
-                        if let Err(e) = super::egress::update(d, cgid, &eff) {
-                            eprintln!("nanoclaw: {n}: applying new egress rules: {e}");
-                        }
-                    }
-                }
-                (Err(_), Some(_)) => refused.push(n.clone()),
-                _ => {}
-            }
-        }
-    }
-    for n in &refused {
-        stop(ctx, n, "policy reload no longer admits this agent", false);
-    }
-    // Agents that were waiting for a grant (or are newly installed) start now.
-    {
-        let mut d = ctx.d.borrow_mut();
-        for a in d.agents.values_mut() {
-            if a.admission.is_ok()
-                && a.instance.is_none()
-                && a.state == State::Failed
-                && a.reason.starts_with("admission")
-            {
-                a.state = State::Stopped;
-            }
-        }
-    }
-    start_all(ctx);
-    Ok(format!("policy version {version} loaded"))
 }
 
 /// Saves the agent's restart history and hold (see `agents::persist`).

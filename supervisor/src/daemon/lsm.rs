@@ -195,6 +195,13 @@ fn record(ctx: &CtxRef, ev: &LsmEvent, limiter: &mut Limiter) {
     if let Some(n) = closed {
         d.audit(&agent, AuditKind::DeniedOperation, &summary(n), true);
     }
+    d.event(
+        &agent,
+        match ev.op {
+            Op::Exec => crate::config::policy::Event::DeniedExec,
+            _ => crate::config::policy::Event::DeniedOperation,
+        },
+    );
     if admit {
         let text = format!(
             "{} by pid {} denied by {}",

@@ -10,12 +10,16 @@
 //! running → start the rest → serve the control socket.
 
 mod adopt;
+pub mod agentsock;
 pub mod egress;
+pub mod grants;
+pub mod health;
 pub mod installer;
 pub mod lifecycle;
 pub mod lsm;
 pub mod monitor;
 pub mod names;
+pub mod policy;
 pub mod posture;
 pub mod ratelimit;
 mod rings;
@@ -31,7 +35,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nanoclaw_proto::audit::AuditKind;
 use smol::LocalExecutor;
 
-use crate::admission;
 use crate::agents::{Agent, install};
 use crate::audit::{AuditLimits, AuditLog};
 use crate::cgroup::{self, Cgroups};
@@ -99,6 +102,24 @@ pub struct Daemon {
     pub names: names::Names,
     /// An install is running (one at a time).
     pub installing: bool,
+    /// The fleet key and master policy pinned by device.json.
+    pub anchors: policy::Anchors,
+    /// The accepted policy document in force (`policy` is its parsed content).
+    pub in_force: crate::policy::Accepted,
+    /// This device's identity for grant tokens.
+    pub device_id: String,
+    /// Capabilities granted at run time by tokens.
+    pub grants: grants::Grants,
+    /// Wakes the grant expiry task when a grant is added.
+    pub grants_wake: Option<smol::channel::Sender<()>>,
+    /// Agent socket connections and queued inter-agent messages.
+    pub socks: BTreeMap<String, agentsock::Socks>,
+    /// Bounds the audit records misbehaving socket clients cause.
+    pub sock_limiter: ratelimit::Limiter,
+    /// Records agents put for the fleet (`None` when it cannot be opened).
+    pub outbox: Option<crate::outbox::Outbox>,
+    /// Violation events noted where no task context is at hand (`violations::drain`).
+    pub pending_events: Vec<(String, crate::config::policy::Event)>,
 }
 
 /// Shared by every task.
@@ -131,6 +152,15 @@ impl Daemon {
             eprintln!("nanoclaw: audit log write failed: {e}");
         }
         eprintln!("nanoclaw: [{}] {agent}: {reason}", kind_name(kind));
+    }
+
+    /// Notes a violation event for `agent`'s `on_violation` rules and trust score; acted on
+    /// by `violations::drain` within the next health tick.
+    pub fn event(&mut self, agent: &str, e: crate::config::policy::Event) {
+        if self.pending_events.len() >= 4096 {
+            self.pending_events.remove(0);
+        }
+        self.pending_events.push((agent.to_owned(), e));
     }
 
     pub fn uid_of(&self, a: &Agent) -> u32 {
@@ -177,14 +207,19 @@ pub fn mem_total() -> Result<u64, DaemonError> {
         })
 }
 
-/// Loads and validates the policy as a whole.
-pub fn load_policy(path: &Path, device_memory: u64) -> Result<Policy, DaemonError> {
-    let policy = Policy::load(path)?;
-    admission::validate_policy(&policy, device_memory).map_err(|e| DaemonError::Policy {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    Ok(policy)
+/// The configured `device_id`, else /etc/machine-id, else the host name.
+fn device_id(cfg: &DeviceConfig) -> String {
+    if !cfg.device_id.is_empty() {
+        return cfg.device_id.clone();
+    }
+    ["/etc/machine-id", "/proc/sys/kernel/hostname"]
+        .iter()
+        .find_map(|p| {
+            let s = std::fs::read_to_string(p).ok()?;
+            let s = s.trim();
+            (!s.is_empty() && s.len() <= 128).then(|| s.to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns the process exit code.
@@ -203,13 +238,10 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         reason,
     })?;
     let device_memory = device_memory(&cfg)?;
-    if !cfg.allow_local_policy {
-        return Err(DaemonError::Policy {
-            path: cfg.policy.clone(),
-            reason: "allow_local_policy is false and fleet sync is not available yet: no policy to enforce".into(),
-        });
-    }
-    let policy = load_policy(&cfg.policy, device_memory)?;
+    let anchors = policy::Anchors::load(&cfg)?;
+    let (in_force, policy_warnings) = policy::initial(&cfg, &anchors, device_memory)?;
+    let policy = in_force.policy.clone();
+    let device_id = device_id(&cfg);
     // Bind the control socket before touching cgroups, the audit log or agents: a second
     // daemon started on the same config must stop here (bind refuses a socket another daemon
     // listens on) instead of adopting, starting or killing the agents the first one supervises.
@@ -277,6 +309,15 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         lsm,
         names: names::Names::default(),
         installing: false,
+        anchors,
+        in_force,
+        device_id,
+        grants: grants::Grants::default(),
+        grants_wake: None,
+        socks: BTreeMap::new(),
+        sock_limiter: ratelimit::Limiter::new(agentsock::AUDITS_PER_SECOND),
+        outbox: None,
+        pending_events: Vec::new(),
     };
     let ctx: CtxRef = Rc::new(Ctx {
         ex: LocalExecutor::new(),
@@ -300,15 +341,43 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
             &format!("nanoclaw {} started; {summary}", env!("CARGO_PKG_VERSION")),
             true,
         );
+        for w in &policy_warnings {
+            d.audit("", AuditKind::PolicyRejected, w, true);
+        }
+        let in_force = d.in_force.clone();
+        policy::keep(&mut d, &in_force);
+        let text = format!(
+            "policy version {} in force ({})",
+            in_force.policy.version, in_force.origin
+        );
+        d.audit("", AuditKind::PolicyReload, &text, true);
+        d.grants = grants::Grants::load(&d);
+        let path = d.cfg.state_dir.join("outbox").join("outbox.log");
+        match crate::outbox::Outbox::open(&path, d.cfg.outbox_bytes.0) {
+            Ok(o) => {
+                if o.recovered > 0 {
+                    let text =
+                        format!("outbox recovered: cut a torn tail of {} bytes", o.recovered);
+                    d.audit("", AuditKind::DaemonStart, &text, true);
+                }
+                d.outbox = Some(o);
+            }
+            Err(e) => {
+                let text = format!("outbox unavailable: {e}");
+                d.audit("", AuditKind::Posture, &text, true);
+            }
+        }
     }
     installer::cleanup(&ctx.d.borrow());
     egress::spawn_denial_reader(&ctx);
     lsm::spawn_event_reader(&ctx);
     names::spawn(&ctx);
+    grants::spawn(&ctx);
     lifecycle::install_all(&ctx)?;
     adopt::adopt_or_clean(&ctx);
     lifecycle::start_all(&ctx);
     monitor::spawn(&ctx);
+    health::spawn(&ctx);
 
     let ctl = ctx.clone();
     ctx.ex
@@ -338,7 +407,7 @@ async fn signals(ctx: CtxRef, sigfd: OwnedFd) -> u8 {
             _ => continue,
         };
         if sig == libc::SIGHUP {
-            let _ = lifecycle::reload(&ctx);
+            let _ = policy::reload(&ctx);
             continue;
         }
         return shutdown(&ctx).await;

@@ -241,6 +241,7 @@ fn tick(ctx: &CtxRef) {
         let baseline = w.baseline.clone();
         for f in findings {
             d.audit(&name, AuditKind::SyscallAnomaly, &f, true);
+            d.event(&name, crate::config::policy::Event::Anomaly);
         }
         if finished {
             let path = baseline_path(d, &name);

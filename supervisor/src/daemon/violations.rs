@@ -145,6 +145,14 @@ fn freeze(d: &mut Daemon, agent: &str) -> Result<String, String> {
     Ok("frozen".into())
 }
 
+/// Acts on the events noted with `Daemon::event`.
+pub fn drain(ctx: &CtxRef) {
+    let events = std::mem::take(&mut ctx.d.borrow_mut().pending_events);
+    for (agent, e) in events {
+        note(ctx, &agent, e);
+    }
+}
+
 /// Re-checks `trust_below` rules of every agent (scores recover with time).
 pub fn tick(ctx: &CtxRef) {
     let mut fired = Vec::new();

@@ -17,6 +17,9 @@ pub struct Change {
     /// Take effect through a graceful restart.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub restart: Vec<&'static str>,
+    /// Requests the new grant no longer covers: the running agent gets the intersection.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub narrowed: Vec<&'static str>,
 }
 
 impl Change {

@@ -76,6 +76,7 @@ fn run(spec: &Spec, control: &mut impl Read, report: &mut File) -> Result<i32, S
         spec.uid,
         spec.gid,
         &spec.devices,
+        spec.socket_dir.as_deref(),
     )?;
     let devnull = File::options()
         .read(true)

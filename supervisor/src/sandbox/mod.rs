@@ -18,7 +18,7 @@
 
 pub mod init;
 pub mod landlock;
-mod mount;
+pub mod mount;
 pub mod seccomp;
 
 use std::fs::File;
@@ -67,6 +67,9 @@ pub struct Spec {
     pub host_network: bool,
     /// Extra device nodes bind-mounted into `/dev` (beyond null, zero, full, random, urandom).
     pub devices: Vec<String>,
+    /// Host directory holding the agent's socket, bound at `/run` (read-only).
+    #[serde(default)]
+    pub socket_dir: Option<PathBuf>,
 }
 
 /// The packed seccomp filter for a profile name (`default`, `strict`), compiled once.

@@ -9,6 +9,10 @@ use std::path::Path;
 
 use crate::sys;
 
+/// Directories every rootfs needs (created by the installer): mount points of `/proc`,
+/// `/dev`, the scratch `/tmp` and `/run`, which holds the agent socket.
+pub const MOUNT_POINTS: [&str; 4] = ["proc", "dev", "tmp", "run"];
+
 /// Device nodes every agent gets.
 pub const BASE_DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
 
@@ -49,6 +53,7 @@ pub fn build_root(
     uid: u32,
     gid: u32,
     devices: &[String],
+    socket_dir: Option<&Path>,
 ) -> Result<(), String> {
     let root = rootfs
         .to_str()
@@ -138,6 +143,31 @@ pub fn build_root(
             "size={scratch},nr_inodes=4096,mode=0700,uid={uid},gid={gid}"
         )),
     )?;
+
+    // The agent's socket directory at /run (it holds only `nanoclaw.sock`). Read-only: the
+    // agent connects to the socket, it cannot replace it. A rootfs without /run (installed
+    // before it was a mount point) simply has no socket.
+    if let Some(dir) = socket_dir
+        && rootfs.join("run").is_dir()
+    {
+        let src = dir
+            .to_str()
+            .ok_or_else(|| format!("socket directory {} is not UTF-8", dir.display()))?;
+        let target = format!("{root}/run");
+        mount(Some(src), &target, None, libc::MS_BIND, None)?;
+        mount(
+            None,
+            &target,
+            None,
+            libc::MS_REMOUNT
+                | libc::MS_BIND
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC,
+            None,
+        )?;
+    }
 
     // Read-only root, applied last so the mounts above could be made on it.
     mount(
