@@ -26,7 +26,7 @@
 //!   trigger a role at a moment of their choosing).
 //! - `sock STEP...`: talks to the supervisor over `/run/nanoclaw.sock`. A step is a JSON
 //!   request (sent; the answer is printed as `sock< ANSWER`), `raw:TEXT` (sent verbatim),
-//!   `flood:N` (N requests without waiting), `read:N` (print N more lines), `sleep:MS`,
+//!   `flood:N` (N requests without waiting), `big:N` (a request of about N bytes), `read:N` (print N more lines), `sleep:MS`,
 //!   `file:PATH` (send the file's first line: a grant token a test wrote into the bundle),
 //!   `connect:ADDR` (a TCP connect, reported like `connect`) or `stay` (print whatever
 //!   arrives, forever).
@@ -205,6 +205,11 @@ fn sock(steps: &[String]) -> ExitCode {
         } else {
             let line = if let Some(t) = step.strip_prefix("raw:") {
                 t.to_owned()
+            } else if let Some(n) = step.strip_prefix("big:") {
+                format!(
+                    "{{\"op\":\"whoami\",\"pad\":\"{}\"}}",
+                    "x".repeat(n.parse().unwrap_or(70_000))
+                )
             } else if let Some(p) = step.strip_prefix("file:") {
                 std::fs::read_to_string(p)
                     .map(|s| s.lines().next().unwrap_or_default().to_owned())
@@ -213,9 +218,9 @@ fn sock(steps: &[String]) -> ExitCode {
                 step.clone()
             };
             if let Err(e) = w.write_all(format!("{line}\n").as_bytes()) {
+                // The supervisor may have closed the connection: its last words are still
+                // there to read.
                 println!("sock: write: {e}");
-                let _ = std::io::stdout().flush();
-                continue;
             }
             read_line(&mut r);
         }

@@ -206,6 +206,7 @@ async fn read_loop(
                     bad_count += 1;
                     bad(ctx, agent, &format!("malformed message: {}", b.error));
                     if bad_count >= BAD_PER_CONNECTION {
+                        let _ = tx.send(agentapi::err(&b.id, &b.error)).await;
                         return Some(format!("{bad_count} malformed messages"));
                     }
                     agentapi::err(&b.id, &b.error)
