@@ -56,12 +56,24 @@ fn signed_bundle_running(
     key: &Path,
     exec: &[&str],
 ) -> PathBuf {
+    signed_bundle_with(dir, name, version, key, exec, |_| {})
+}
+
+fn signed_bundle_with(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    key: &Path,
+    exec: &[&str],
+    tweak: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
     let src = dir.join(format!("src-{name}-{version}"));
     std::fs::create_dir_all(src.join("rootfs/bin")).unwrap();
     std::fs::copy(&bins().demo_agent, src.join("rootfs/bin/demo-agent")).unwrap();
     let mut m = manifest(name, "service", exec, "16MiB");
     m["version"] = json!(version);
     m["restart"] = json!({ "policy": "always", "max_per_hour": 3 });
+    tweak(&mut m);
     std::fs::write(src.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     let file = dir.join(format!("{name}-{version}.nclaw"));
     let out = nc(&[
@@ -233,6 +245,101 @@ fn signed_installs_upgrades_rollback_and_bad_inputs() {
     // Every refusal is audited.
     let refusals = dev.audit_of("install_refused");
     assert!(refusals.len() >= 5, "{refusals:?}");
+}
+
+/// A new version that stops sending heartbeats during its probation is rolled back; an
+/// older version below the anti-rollback minimum installs only when a fleet-signed policy pins
+/// it (a local unsigned policy's pin is refused).
+#[test]
+fn health_check_rollback_and_signed_pins() {
+    let mut fleet = None;
+    let (dev, vendor, work) = signed_device(|dev| {
+        dev.device["probation_s"] = json!(6);
+        let (key, public) = keypair(dev.path(), "fleet");
+        dev.device["policy_key"] = json!(public);
+        fleet = Some(key);
+    });
+    let fleet = fleet.unwrap();
+    let beating = |version: &str, exec: &[&str]| {
+        signed_bundle_with(&work, "svc", version, &vendor, exec, |m| {
+            m["health"] = json!({ "heartbeat_s": 1 });
+        })
+    };
+    let v1 = beating("1.0.0", &["heartbeat", "300"]);
+    assert_eq!(dev.cli(&["install", v1.to_str().unwrap()]).code, 0);
+    dev.wait_state("svc", "running");
+    // 2.0.0 answers two heartbeats, then goes silent: rolled back within its probation.
+    let v2 = beating("2.0.0", &["heartbeat", "300", "2"]);
+    assert_eq!(dev.cli(&["install", v2.to_str().unwrap()]).code, 0);
+    dev.wait(Duration::from_secs(30), "the rollback to 1.0.0", || {
+        let r = dev.audit_of("rollback");
+        r.iter()
+            .any(|r| {
+                r["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("2.0.0 failed its health check during its probation")
+            })
+            .then_some(())
+    });
+    dev.wait(Duration::from_secs(20), "1.0.0 running again", || {
+        let a = dev.agent("svc");
+        (a["version"] == "1.0.0" && a["state"] == "running").then_some(a)
+    });
+    assert!(!dev.audit_of("health_check").is_empty());
+    // 1.0.0 passes probation and becomes the minimum; 0.9.0 is then refused...
+    dev.wait(Duration::from_secs(30), "1.0.0 passing probation", || {
+        dev.audit_of("posture").into_iter().find(|r| {
+            r["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("1.0.0 passed probation")
+        })
+    });
+    let old = beating("0.9.0", &["heartbeat", "300"]);
+    let out = dev.cli(&["install", old.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("anti-rollback"), "{out:?}");
+    // ...also when an unsigned local policy pins it...
+    let mut p = dev.policy.clone();
+    p["version"] = json!(2);
+    p["pinned_versions"] = json!({ "svc": "0.9.0" });
+    std::fs::write(dev.policy_path(), serde_json::to_vec(&p).unwrap()).unwrap();
+    assert_eq!(dev.cli(&["policy", "reload"]).code, 0);
+    let out = dev.cli(&["install", old.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("only in a fleet-signed policy"), "{out:?}");
+    // ...and installs when the fleet-signed policy pins it.
+    p["version"] = json!(3);
+    let plain = work.join("pin.json");
+    std::fs::write(&plain, serde_json::to_vec(&p).unwrap()).unwrap();
+    let signed = work.join("pin.signed.json");
+    let out = nc(&[
+        "policy",
+        "sign",
+        plain.to_str().unwrap(),
+        "--key",
+        fleet.to_str().unwrap(),
+        "-o",
+        signed.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = dev.cli(&["policy", "apply", signed.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = dev.cli(&["install", old.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let installs = dev.audit_of("install");
+    assert!(
+        installs.iter().any(|r| r["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("installed 0.9.0; below the anti-rollback minimum 1.0.0, pinned by fleet-signed policy version 3")),
+        "{installs:?}"
+    );
+    dev.wait(Duration::from_secs(20), "0.9.0 running", || {
+        let a = dev.agent("svc");
+        (a["version"] == "0.9.0" && a["state"] == "running").then_some(a)
+    });
 }
 
 /// A `kill -9` of the daemon in the middle of an install leaves either the old or the new

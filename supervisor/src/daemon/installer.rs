@@ -282,7 +282,7 @@ async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, S
         smol::unblock(move || verify_signature(&signers, root.as_deref(), allow, &n, &f, digest))
             .await
             .map_err(named)?;
-    let (staging, final_dir, reserve) = {
+    let (staging, final_dir, reserve, pin_note) = {
         let d = ctx.d.borrow();
         crate::admission::admit(&manifest, &d.policy).map_err(|e| named(e.to_string()))?;
         if semver(&version).is_none() {
@@ -291,18 +291,36 @@ async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, S
             )));
         }
         let v = load_versions(&d, &name);
+        let mut pin_note = String::new();
         if let Some(min) = &v.min_version
             && older(&version, min) == Some(true)
         {
-            return Err(named(format!(
-                "version {version} is below the minimum {min} (anti-rollback: an older signed version is not installed again)"
-            )));
+            let pinned = d.policy.pinned_versions.get(&name) == Some(&version);
+            match (&d.in_force.origin, pinned) {
+                (crate::policy::Origin::Signed(_), true) => {
+                    pin_note = format!(
+                        "; below the anti-rollback minimum {min}, pinned by fleet-signed policy version {}",
+                        d.policy.version
+                    );
+                }
+                (crate::policy::Origin::Local, true) => {
+                    return Err(named(format!(
+                        "version {version} is below the minimum {min}; pinned_versions allows it only in a fleet-signed policy, and the policy in force is an unsigned local file"
+                    )));
+                }
+                _ => {
+                    return Err(named(format!(
+                        "version {version} is below the minimum {min} (anti-rollback: an older signed version is not installed again unless a fleet-signed policy pins it in pinned_versions)"
+                    )));
+                }
+            }
         }
         let dir = d.cfg.state_dir.join("bundles").join(&name);
         (
             dir.join(format!(".staging-{version}")),
             dir.join(&version),
             d.cfg.install_reserve.bytes(),
+            pin_note,
         )
     };
     if final_dir.exists() {
@@ -325,7 +343,7 @@ async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, S
         let _ = std::fs::remove_dir_all(p);
     }
     let text = format!(
-        "installed {version} from {} (sha256:{}, {} entries, {} bytes), signed: {signed_by}",
+        "installed {version}{pin_note} from {} (sha256:{}, {} entries, {} bytes), signed: {signed_by}",
         file.display(),
         bundle::hex(&digest),
         unpacked.entries,
