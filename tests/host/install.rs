@@ -308,7 +308,10 @@ fn health_check_rollback_and_signed_pins() {
     assert_eq!(dev.cli(&["policy", "reload"]).code, 0);
     let out = dev.cli(&["install", old.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("only in a fleet-signed policy"), "{out:?}");
+    assert!(
+        out.stderr.contains("only in a fleet-signed policy"),
+        "{out:?}"
+    );
     // ...and installs when the fleet-signed policy pins it.
     p["version"] = json!(3);
     let plain = work.join("pin.json");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use nanoclaw_tests::{Device, LONG, bins, cgroup_v1, grant, manifest, run};
+use nanoclaw_tests::{Device, LONG, bins, cgroup_v1, grant, manifest, run, workspace_root};
 use serde_json::{Value, json};
 
 /// An Ed25519 key pair made with openssl: (private PEM path, public PEM path).
@@ -505,4 +505,107 @@ fn quarantine_survives_a_daemon_restart() {
         starts + 1,
         "clear starts it again"
     );
+}
+
+/// The fenced block after `<!-- example: NAME -->` in docs/POLICY.md.
+fn policy_doc_example(name: &str) -> String {
+    let text = std::fs::read_to_string(workspace_root().join("docs/POLICY.md")).unwrap();
+    let marker = format!("<!-- example: {name} -->");
+    let at = text
+        .find(&marker)
+        .unwrap_or_else(|| panic!("docs/POLICY.md has no {marker}"));
+    let block = &text[at..];
+    let body = &block[block.find("```").unwrap()..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("```").unwrap()].to_owned()
+}
+
+/// `nanoclaw policy check` on the documented examples: the example policy is valid under the
+/// example master policy, the bad one reports exactly the documented problems (every one, in
+/// order, by JSON path), excesses over the master are named, and a 10 MB file is refused by size.
+#[test]
+fn policy_check_on_the_documented_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let policy = write("policy.json", &policy_doc_example("policy"));
+    let master = write("master.json", &policy_doc_example("master"));
+    let out = nanoclaw(&[
+        "policy",
+        "check",
+        &policy,
+        "--master",
+        &master,
+        "--device-memory",
+        "1GiB",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("valid: version 7, 2 agent(s)"),
+        "{out:?}"
+    );
+
+    let bad = write("bad.json", &policy_doc_example("bad-policy"));
+    let out = nanoclaw(&["policy", "check", &bad, "--device-memory", "1GiB"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let paths = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("  "))
+            .filter_map(|l| l.split_once(": ").map(|(p, _)| p.to_owned()))
+            .collect()
+    };
+    let documented = policy_doc_example("bad-policy-output");
+    assert_eq!(paths(&out.stdout), paths(&documented), "{out:?}");
+    assert_eq!(
+        out.stdout.lines().next(),
+        documented
+            .lines()
+            .next()
+            .map(|l| l.replace("policy.json", &bad))
+            .as_deref()
+    );
+    let out = nanoclaw(&["policy", "check", &bad, "--device-memory", "1GiB", "--json"]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 4);
+
+    let mut over: Value = serde_json::from_str(&policy_doc_example("policy")).unwrap();
+    over["agents"]["sensor"]["memory"] = json!("128MiB");
+    over["agents"]["display"]["network"] = json!(["192.168.1.1:80/tcp"]);
+    let over = write("over.json", &over.to_string());
+    let out = nanoclaw(&[
+        "policy",
+        "check",
+        &over,
+        "--master",
+        &master,
+        "--device-memory",
+        "1GiB",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        paths(&out.stdout),
+        ["agents.display.network[0]", "agents.sensor.memory"],
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains("128MiB exceeds the master policy's limits.memory 64MiB"),
+        "{out:?}"
+    );
+    // Over the device's memory.
+    let out = nanoclaw(&["policy", "check", &policy, "--device-memory", "96MiB"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let big = write("big.json", &" ".repeat(10 << 20));
+    let out = nanoclaw(&["policy", "check", &big]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("larger than the 1048576-byte limit"),
+        "{out:?}"
+    );
+    let out = nanoclaw(&["policy", "check"]);
+    assert_eq!(out.code, 2, "{out:?}");
 }

@@ -183,6 +183,15 @@ pub(crate) fn section<T: DeserializeOwned>(
     None
 }
 
+/// `v` (an object) without `keys`, or `None` when it is not an object.
+pub(crate) fn without(v: &Value, keys: &[String]) -> Option<Value> {
+    let mut m = v.as_object()?.clone();
+    for k in keys {
+        m.remove(k);
+    }
+    Some(Value::Object(m))
+}
+
 /// serde_json's message without the ` at line 0 column 0` that values (not text) produce.
 fn plain(e: &serde_json::Error) -> String {
     let s = e.to_string();

@@ -541,8 +541,25 @@ impl Policy {
                     continue;
                 }
                 let path = format!("agents.{name}");
-                if let Some(grant) = diagnose::section::<Grant>(g, &path, &min, &mut errs) {
-                    agents.insert(name.clone(), grant);
+                let before = errs.len();
+                match diagnose::section::<Grant>(g, &path, &min, &mut errs) {
+                    Some(grant) => {
+                        agents.insert(name.clone(), grant);
+                    }
+                    // Without the keys that failed, the range checks still have something
+                    // to say about the rest (every problem at once).
+                    None => {
+                        let failed: Vec<String> = errs[before..]
+                            .iter()
+                            .filter_map(|e| e.field.strip_prefix(&format!("{path}.")))
+                            .map(str::to_owned)
+                            .collect();
+                        if let Some(rest) = diagnose::without(g, &failed)
+                            && let Ok(grant) = serde_json::from_value::<Grant>(rest)
+                        {
+                            grant.problems(name, &mut errs);
+                        }
+                    }
                 }
             }
         }
@@ -1162,6 +1179,7 @@ pub(crate) mod tests {
                 "verison",
                 "agents.a.cpus",
                 "agents.a.memroy",
+                "agents.a.memory",
                 "agents.b.on_violation[0].within_s",
                 "agents.b.on_violation[1]",
                 "channels[0].to",

@@ -64,6 +64,16 @@ fn check(args: &[&str]) -> u8 {
         eprintln!("{USAGE}");
         return USAGE_ERR;
     };
+    // A policy too large to parse is an invalid policy, not a usage error.
+    if let Ok(m) = std::fs::metadata(file)
+        && m.len() > crate::config::policy::MAX_POLICY_BYTES
+    {
+        let e = Refused::TooLarge {
+            len: usize::try_from(m.len()).unwrap_or(usize::MAX),
+        };
+        report(file, &[("(document)".into(), e.to_string())], json_out);
+        return INVALID;
+    }
     let loaded = Inputs::load(file, master, key, mem);
     let Inputs {
         bytes,
@@ -107,20 +117,23 @@ fn check(args: &[&str]) -> u8 {
             OK
         }
         Err(e) => {
-            let problems = problems(&e);
-            if json_out {
-                let list: Vec<Value> = problems
-                    .iter()
-                    .map(|(p, r)| json!({"path": p, "problem": r}))
-                    .collect();
-                println!("{}", json!({"valid": false, "problems": list}));
-            } else {
-                println!("{file}: {} problem(s)", problems.len());
-                for (p, r) in &problems {
-                    println!("  {p}: {r}");
-                }
-            }
+            report(file, &problems(&e), json_out);
             INVALID
+        }
+    }
+}
+
+fn report(file: &str, problems: &[(String, String)], json_out: bool) {
+    if json_out {
+        let list: Vec<Value> = problems
+            .iter()
+            .map(|(p, r)| json!({"path": p, "problem": r}))
+            .collect();
+        println!("{}", json!({"valid": false, "problems": list}));
+    } else {
+        println!("{file}: {} problem(s)", problems.len());
+        for (p, r) in problems {
+            println!("  {p}: {r}");
         }
     }
 }
