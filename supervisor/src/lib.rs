@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod fuzzing;
 pub mod logring;
 pub mod oneshot;
 pub mod outbox;

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::util::{self, Binaries, Result};
 
-const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|size|oom|monitor|egress|install]... [--out FILE]
+mod policy;
+
+const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|size|oom|monitor|egress|install|policy]... [--out FILE]
   --runs N        sandbox starts per tool (default 200)
   --oom-cycles N  OOM incidents to time (default 25)
   --only NAME     run only these sections; the report then goes to stdout unless --out is given
@@ -74,6 +76,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 for s in val()?.split(',') {
                     if ![
                         "start", "memory", "size", "oom", "monitor", "egress", "install",
+                        "policy",
                     ]
                     .contains(&s)
                     {
@@ -203,6 +206,9 @@ pub fn run(root: &Path, args: &[String], build: &dyn Fn(&str) -> Result<Binaries
     }
     if want("egress") {
         section("egress", &bench_egress);
+    }
+    if want("policy") {
+        section("policy", &policy::bench_policy);
     }
     if want("install") {
         section("install", &bench_install);

@@ -338,61 +338,7 @@ mod mutation_tests {
     use std::path::Path;
 
     use super::{DeviceConfig, Manifest, Policy};
-
-    /// xorshift64*: deterministic, so a failure names a reproducible case.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
-    const TOKENS: &[&[u8]] = &[
-        b"\"",
-        b"{",
-        b"}",
-        b"[",
-        b"]",
-        b",",
-        b":",
-        b"null",
-        b"-1",
-        b"1e999",
-        b"\"\\u0000\"",
-        b"\"../x\"",
-        b"\"18446744073709551616MiB\"",
-        b"\"unknown_key\": 1,",
-        b"\xff",
-    ];
-
-    fn mutate(rng: &mut Rng, doc: &[u8]) -> Vec<u8> {
-        let mut v = doc.to_vec();
-        for _ in 0..1 + rng.below(3) {
-            let at = rng.below(v.len() + 1);
-            match rng.below(4) {
-                0 if !v.is_empty() => {
-                    let i = rng.below(v.len());
-                    v[i] = rng.next() as u8;
-                }
-                1 => v.truncate(at),
-                2 => {
-                    let t = TOKENS[rng.below(TOKENS.len())];
-                    v.splice(at..at, t.iter().copied());
-                }
-                _ => {
-                    let end = (at + rng.below(16)).min(v.len());
-                    v.drain(at..end);
-                }
-            }
-        }
-        v
-    }
+    use crate::fuzzing::mutate::{Rng, mutate};
 
     fn check<T>(
         name: &str,

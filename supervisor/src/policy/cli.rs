@@ -14,7 +14,7 @@ use super::{Judge, Refused};
 use crate::config::master::MasterPolicy;
 use crate::config::units::ByteSize;
 
-pub const USAGE: &str = "usage: nanoclaw policy check FILE [--master FILE] [--key PUB.pem] [--device-memory SIZE] [--allow-unsigned=false] [--json]
+pub const USAGE: &str = "usage: nanoclaw policy check FILE [--master FILE] [--key PUB.pem] [--device-memory SIZE] [--allow-unsigned=false] [--json] [--timing]
        nanoclaw policy sign FILE --key KEY.pem [-o OUT]
        nanoclaw policy reload | apply FILE      (to the running daemon)
        nanoclaw grant sign --key KEY.pem --agent A --capability CAP (--ttl SECONDS | --not-after UNIX)
@@ -44,6 +44,7 @@ pub fn policy_main(args: &[String]) -> u8 {
 fn check(args: &[&str]) -> u8 {
     let (mut file, mut master, mut key, mut mem, mut json_out, mut allow_local) =
         (None, None, None, None, false, true);
+    let mut timing = false;
     let mut it = args.iter();
     while let Some(&a) = it.next() {
         let mut val = || it.next().copied();
@@ -53,6 +54,7 @@ fn check(args: &[&str]) -> u8 {
             "--device-memory" => mem = val(),
             "--json" => json_out = true,
             "--allow-unsigned=false" => allow_local = false,
+            "--timing" => timing = true,
             s if !s.starts_with('-') && file.is_none() => file = Some(s),
             _ => {
                 eprintln!("{USAGE}");
@@ -95,7 +97,12 @@ fn check(args: &[&str]) -> u8 {
         device_memory: mem,
         base: crate::config::base_dir(Path::new(file)),
     };
-    match judge.accept(&bytes) {
+    let t0 = std::time::Instant::now();
+    let judged = judge.accept(&bytes);
+    if timing {
+        eprintln!("check took {} µs", t0.elapsed().as_micros());
+    }
+    match judged {
         Ok(a) => {
             let p = &a.policy;
             if json_out {
