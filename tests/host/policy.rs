@@ -464,8 +464,23 @@ fn quarantine_survives_a_daemon_restart() {
         { "denied_connects": 1, "within_s": 60, "action": "alert" },
         { "denied_connects": 2, "within_s": 60, "action": "quarantine" }
     ]);
-    dev.add_agent("suspect", m, Some(g));
+    dev.add_agent("suspect", m, Some(g.clone()));
+    // Another agent's first denied connect throttles it: a quarter of its CPU grant.
+    let mut m = manifest("slowed", "service", &["connect", "--stay", bad], "16MiB");
+    m["requests"]["network"] = json!(["127.0.0.1:1/tcp"]);
+    g["on_violation"] = json!([{ "denied_connects": 1, "within_s": 60, "action": "throttle" }]);
+    dev.add_agent("slowed", m, Some(g));
     dev.start();
+    let slowed = dev.wait_state("slowed", "throttled");
+    let quota = if cgroup_v1() {
+        std::fs::read_to_string(dev.cgroup_file("cpu", "slowed", "cpu.cfs_quota_us")).unwrap()
+    } else {
+        std::fs::read_to_string(dev.cgroup_file("", "slowed", "cpu.max")).unwrap()
+    };
+    assert!(
+        quota.trim().starts_with("12500"),
+        "0.5 cpus / 4: {quota} {slowed}"
+    );
     let a = dev.wait_state("suspect", "quarantined");
     assert!(a["pid"].is_null(), "{a}");
     let v = dev.audit_of("violation");
@@ -482,7 +497,13 @@ fn quarantine_survives_a_daemon_restart() {
         ),
         "{reasons:?}"
     );
-    let trust = dev.json(&["status"])["enforcement"][0]["trust"]
+    let status = dev.json(&["status"]);
+    let trust = status["enforcement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["agent"] == "suspect")
+        .unwrap()["trust"]
         .as_u64()
         .unwrap();
     assert!(trust <= 96, "two denied connects cost trust: {trust}");

@@ -75,8 +75,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--only" => {
                 for s in val()?.split(',') {
                     if ![
-                        "start", "memory", "size", "oom", "monitor", "egress", "install",
-                        "policy",
+                        "start", "memory", "size", "oom", "monitor", "egress", "install", "policy",
                     ]
                     .contains(&s)
                     {

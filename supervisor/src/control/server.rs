@@ -428,6 +428,10 @@ fn why(d: &Daemon, name: &str, a: &Agent) -> Value {
                     | K::DeniedExec
                     | K::DeniedOperation
                     | K::Exit
+                    | K::HealthCheck
+                    | K::BadMessage
+                    | K::ChannelRefused
+                    | K::GrantRefused
             )
         })
         .rev()
@@ -464,6 +468,16 @@ fn why(d: &Daemon, name: &str, a: &Agent) -> Value {
                 ));
             }
         }
+    }
+    if a.quarantined {
+        hints.push(format!(
+            "an on_violation rule quarantined it: find out why (`nanoclaw audit --agent {name}`), then `nanoclaw clear {name}`"
+        ));
+    }
+    if seen(K::HealthCheck) {
+        hints.push(
+            "it missed its heartbeat deadline (2 × health.heartbeat_s): send `heartbeat` on /run/nanoclaw.sock more often, or raise health.heartbeat_s".into(),
+        );
     }
     if a.state == State::Failed && a.reason.starts_with("crash loop") {
         hints.push(format!(

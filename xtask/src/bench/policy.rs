@@ -29,7 +29,12 @@ fn big_policy(n: usize) -> String {
         })
         .collect();
     let channels: Vec<String> = (1..n)
-        .map(|i| format!(r#"{{ "from": "agent-{}", "to": "agent-{i}", "topic": "t{i}" }}"#, i - 1))
+        .map(|i| {
+            format!(
+                r#"{{ "from": "agent-{}", "to": "agent-{i}", "topic": "t{i}" }}"#,
+                i - 1
+            )
+        })
         .collect();
     format!(
         r#"{{ "version": 1,
@@ -49,17 +54,28 @@ fn micros_from_stderr(cmd: &mut Command) -> Result<f64> {
         .map_err(|e| format!("running policy check: {e}"))?;
     let err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        return Err(format!("policy check failed: {err}{}", String::from_utf8_lossy(&out.stdout)));
+        return Err(format!(
+            "policy check failed: {err}{}",
+            String::from_utf8_lossy(&out.stdout)
+        ));
     }
     err.lines()
-        .find_map(|l| l.strip_prefix("check took ")?.strip_suffix(" µs")?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("check took ")?
+                .strip_suffix(" µs")?
+                .parse()
+                .ok()
+        })
         .ok_or_else(|| format!("no timing in {err:?}"))
 }
 
 /// The memory limit file of the process `pid`'s cgroup (v1 or v2).
 fn memory_limit_of(pid: u32) -> Result<u64> {
     let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| format!("{e}"))?;
-    let path = if let Some(p) = cg.lines().find_map(|l| l.split_once(":memory:").map(|x| x.1)) {
+    let path = if let Some(p) = cg
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|x| x.1))
+    {
         format!("/sys/fs/cgroup/memory{p}/memory.limit_in_bytes")
     } else {
         let p = cg
@@ -105,12 +121,11 @@ pub(super) fn bench_policy(ctx: &Ctx) -> Result<Section> {
     for _ in 0..CHECKS {
         let t0 = Instant::now();
         inproc.push(
-            micros_from_stderr(
-                Command::new(nc)
-                    .args(["policy", "check"])
-                    .arg(&big)
-                    .args(["--device-memory", "64GiB", "--timing"]),
-            )? / 1000.0,
+            micros_from_stderr(Command::new(nc).args(["policy", "check"]).arg(&big).args([
+                "--device-memory",
+                "64GiB",
+                "--timing",
+            ]))? / 1000.0,
         );
         whole.push(super::ms(t0.elapsed()));
     }
@@ -141,7 +156,11 @@ pub(super) fn bench_policy(ctx: &Ctx) -> Result<Section> {
     let mut checked = 0;
     for i in 0..RELOADS {
         let budgets = i % 2 == 0;
-        let mem = if budgets && i % 4 == 0 { "24MiB" } else { "32MiB" };
+        let mem = if budgets && i % 4 == 0 {
+            "24MiB"
+        } else {
+            "32MiB"
+        };
         let net = if !budgets && i % 4 == 1 {
             r#"["127.0.0.1:9/tcp"]"#
         } else {
@@ -164,7 +183,9 @@ pub(super) fn bench_policy(ctx: &Ctx) -> Result<Section> {
         let want: u64 = if mem == "24MiB" { 24 << 20 } else { 32 << 20 };
         let have = memory_limit_of(pid)?;
         if have != want {
-            return Err(format!("after reload {i} the memory limit is {have}, not {want}"));
+            return Err(format!(
+                "after reload {i} the memory limit is {have}, not {want}"
+            ));
         }
         checked += 1;
         if budgets {
@@ -188,7 +209,8 @@ pub(super) fn bench_policy(ctx: &Ctx) -> Result<Section> {
         for _ in 0..PER_CONNECTION {
             line.clear();
             let t0 = Instant::now();
-            w.write_all(b"{\"op\":\"whoami\"}\n").map_err(|e| format!("{e}"))?;
+            w.write_all(b"{\"op\":\"whoami\"}\n")
+                .map_err(|e| format!("{e}"))?;
             r.read_line(&mut line).map_err(|e| format!("{e}"))?;
             rtt.push(t0.elapsed().as_secs_f64() * 1e6);
             if !line.contains("\"ok\":true") {
@@ -255,7 +277,10 @@ pub(super) fn bench_policy(ctx: &Ctx) -> Result<Section> {
             target(
                 "reload latency to kernel state, budgets and egress (whole CLI round trip, p99)",
                 "≤ 10 ms",
-                format!("{worst:.2} ms (in the daemon p50 {:.2} / {:.2} ms)", bi.p50, ei.p50),
+                format!(
+                    "{worst:.2} ms (in the daemon p50 {:.2} / {:.2} ms)",
+                    bi.p50, ei.p50
+                ),
                 Some(worst <= 10.0),
             ),
             target(
