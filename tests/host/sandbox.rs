@@ -75,7 +75,11 @@ fn probe_sees_a_locked_down_sandbox() {
         assert_eq!(p["nonewprivs"], "1", "{p}");
         assert_eq!(p["seccomp"], "2", "seccomp mode 2 = filter: {p}");
         assert_eq!(p["hostname"], name, "{p}");
-        assert_eq!(p["root"], json!(["bin", "dev", "proc", "tmp"]), "{p}");
+        assert_eq!(
+            p["root"],
+            json!(["bin", "dev", "proc", "run", "tmp"]),
+            "{p}"
+        );
         // Its own PID namespace: the init and the probe, nothing of the host.
         let pids: u32 = p["proc_pids"].as_str().map_or_else(
             || p["proc_pids"].as_u64().unwrap_or(99) as u32,
