@@ -70,8 +70,13 @@ fn reload_changes_memory_and_egress_live_with_the_same_pid() {
     let mut g = grant("32MiB");
     g["network"] = m["requests"]["network"].clone();
     dev.add_agent("live", m, Some(g.clone()));
+    // No scratch request: its scratch follows the grant, and a scratch size is fixed at start.
+    let mut roomy = manifest("roomy", "service", &["sleep"], "16MiB");
+    roomy["requests"].as_object_mut().unwrap().remove("scratch");
+    dev.add_agent("roomy", roomy, Some(grant("16MiB")));
     dev.start();
     let pid = dev.wait_state("live", "running")["pid"].clone();
+    let roomy_pid = dev.wait_state("roomy", "running")["pid"].clone();
     assert_eq!(memory_limit_file(&dev, "live"), 32 << 20);
     dev.wait_log("live", &format!("connect {b}: denied (Connection refused"));
 
@@ -80,10 +85,40 @@ fn reload_changes_memory_and_egress_live_with_the_same_pid() {
     narrow["memory"] = json!("24MiB");
     narrow["network"] = json!([format!("{a}/tcp")]);
     dev.grant("live", narrow);
+    let mut bigger = grant("16MiB");
+    bigger["scratch"] = json!("2MiB");
+    dev.grant("roomy", bigger);
     dev.policy["version"] = json!(2);
     dev.write_configs();
     let report = dev.json(&["policy", "reload"]);
     assert_eq!(report["version"], 2, "{report:#}");
+    assert_eq!(
+        report["agents"]["roomy"]["restart"],
+        json!(["scratch"]),
+        "{report:#}"
+    );
+    let restarted = dev.wait(LONG, "roomy restarted with the new scratch", || {
+        let a = dev.agent("roomy");
+        (a["state"] == "running" && a["pid"] != roomy_pid && !a["pid"].is_null()).then_some(a)
+    });
+    let stops = dev.audit_of("stop");
+    assert!(
+        stops.iter().any(|r| r["agent"] == "roomy"
+            && r["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("policy reload changes scratch; restarting to apply")),
+        "{stops:?} {restarted}"
+    );
+    let status = dev.json(&["status"]);
+    let roomy_scratch = status["enforcement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["agent"] == "roomy")
+        .unwrap()["scratch_bytes"]
+        .clone();
+    assert_eq!(roomy_scratch, 2 << 20);
     let change = &report["agents"]["live"];
     assert_eq!(change["live"], json!(["memory", "network"]), "{report:#}");
     assert_eq!(
