@@ -509,12 +509,123 @@ fn bench_size(ctx: &Ctx, build: &dyn Fn(&str) -> Result<Binaries>) -> Result<Sec
             }
         }
     }
+    match verifier_share(ctx) {
+        Ok((verifier, total, per_crate)) => {
+            let _ = writeln!(
+                body,
+                "\nWhat offline bundle verification costs: an unstripped build of the same \
+                 binary (`CARGO_PROFILE_RELEASE_STRIP=false CARGO_TARGET_DIR=target/bench/unstripped \
+                 cargo build --release --target x86_64-unknown-linux-musl -p nanoclaw`), symbol \
+                 sizes from `nm --size-sort -S`, summed by the crate that names them. The crates \
+                 only the Sigstore verifier uses ({}) hold **{} of {}** of named code and data \
+                 ({:.0} %). A lower bound: after LTO, code inlined into `nanoclaw::` or `core::` \
+                 symbols is not counted. Largest: {}.",
+                VERIFIER_CRATES.join(", "),
+                kib(verifier as f64),
+                kib(total as f64),
+                verifier as f64 * 100.0 / total.max(1) as f64,
+                per_crate
+            );
+            targets.push(target(
+                "offline Sigstore verifier's share of the binary (symbols, lower bound)",
+                "measured",
+                kib(verifier as f64),
+                None,
+            ));
+        }
+        Err(e) => {
+            let _ = writeln!(body, "\nVerifier share not measured: {e}");
+        }
+    }
     Ok(Section {
         title: "Static binary size".into(),
         body,
         targets,
         busy: None,
     })
+}
+
+/// Crates linked only for Sigstore bundle verification (the P-256/Ed25519 code that policies
+/// and grant tokens need too is not counted).
+const VERIFIER_CRATES: [&str; 20] = [
+    "sigstore_verify",
+    "sigstore_types",
+    "sigstore_bundle",
+    "sigstore_crypto",
+    "sigstore_merkle",
+    "sigstore_rekor",
+    "sigstore_trust_root",
+    "sigstore_tsa",
+    "x509_cert",
+    "x509_tsp",
+    "der",
+    "spki",
+    "cms",
+    "const_oid",
+    "p384",
+    "jiff",
+    "jiff_core",
+    "webpki",
+    "ryu_js",
+    "tls_codec",
+];
+
+/// (verifier bytes, all named bytes, the five largest verifier crates) from an unstripped
+/// x86_64 build.
+fn verifier_share(ctx: &Ctx) -> Result<(u64, u64, String)> {
+    let dir = ctx.root.join("target/bench/unstripped");
+    util::output(
+        util::cargo()
+            .current_dir(ctx.root)
+            .env("CARGO_PROFILE_RELEASE_STRIP", "false")
+            .env("CARGO_TARGET_DIR", &dir)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-musl",
+                "-p",
+                "nanoclaw",
+            ]),
+    )?;
+    let bin = dir.join("x86_64-unknown-linux-musl/release/nanoclaw");
+    let out = util::output(
+        Command::new("nm")
+            .args(["--size-sort", "-S", "--demangle=rust"])
+            .arg(&bin),
+    )?;
+    let mut by_crate = std::collections::BTreeMap::<String, u64>::new();
+    let mut total = 0;
+    for line in out.lines() {
+        let mut it = line.splitn(4, ' ');
+        let (Some(_), Some(size), Some(_), Some(name)) =
+            (it.next(), it.next(), it.next(), it.next())
+        else {
+            continue;
+        };
+        let Ok(size) = u64::from_str_radix(size, 16) else {
+            continue;
+        };
+        total += size;
+        let name = name
+            .trim_start_matches(['<', '&'])
+            .trim_start_matches("mut ");
+        if let Some((krate, _)) = name.split_once("::") {
+            *by_crate.entry(krate.to_owned()).or_default() += size;
+        }
+    }
+    let mut v: Vec<(u64, &str)> = VERIFIER_CRATES
+        .iter()
+        .map(|c| (by_crate.get(*c).copied().unwrap_or(0), *c))
+        .collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0));
+    let verifier = v.iter().map(|x| x.0).sum();
+    let top: Vec<String> = v
+        .iter()
+        .take(5)
+        .map(|(n, c)| format!("`{c}` {}", kib(*n as f64)))
+        .collect();
+    Ok((verifier, total, top.join(", ")))
 }
 
 /// Names in the `[dependencies]` table of a Cargo.toml.
