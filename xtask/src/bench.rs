@@ -618,7 +618,7 @@ fn verifier_share(ctx: &Ctx) -> Result<(u64, u64, String)> {
         .iter()
         .map(|c| (by_crate.get(*c).copied().unwrap_or(0), *c))
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|x| std::cmp::Reverse(x.0));
     let verifier = v.iter().map(|x| x.0).sum();
     let top: Vec<String> = v
         .iter()
