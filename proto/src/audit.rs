@@ -77,6 +77,10 @@ pub enum AuditKind {
     HealthCheck,
     /// An operator cleared an agent's quarantine.
     Cleared,
+    /// An agent's energy budget was used up (action in the reason) or its window rolled over.
+    Energy,
+    /// The battery tier in force changed, or what it does to an agent.
+    Battery,
 }
 
 /// One audit record. `seq` is assigned by the log and is strictly increasing per device.

@@ -32,6 +32,9 @@ commands:
   grant sign --key KEY.pem --agent A --capability CAP --ttl S [--device ID]
                                 print a signed grant token
   clear AGENT                   lift a quarantine, reset the trust score, start the agent
+  battery [--json]              power source, charge, time to empty, tier, energy per agent
+  sim set [charge=PCT] [charger=on|off] [speed=X]
+                                change the simulated battery (sim board)
   run --rootfs DIR [--memory SIZE] [--pids N] [--cpus F] [--scratch SIZE]
       [--syscalls default|strict] [--uid N] [--timing] -- CMD [ARGS]
                                 run one command in a full agent sandbox (no daemon)
@@ -175,6 +178,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         "clear" => Request::Clear {
             agent: one_agent(cmd)?,
         },
+        "battery" => no_args(cmd).map(|()| Request::Battery)?,
+        "sim" => sim_set(rest)?,
         "install" => match rest {
             // The daemon opens the file: make the path independent of the CLI's directory.
             [f] => Request::Install {
@@ -211,6 +216,39 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         other => return Err(format!("unknown command {other:?}")),
     };
     Ok(Command::Query { socket, req, json })
+}
+
+/// `sim set charge=PCT charger=on|off speed=X` (any subset).
+fn sim_set(rest: &[&str]) -> Result<Request, String> {
+    let usage = || "sim takes: set [charge=PERCENT] [charger=on|off] [speed=FACTOR]".to_owned();
+    let Some((&"set", kvs)) = rest.split_first() else {
+        return Err(usage());
+    };
+    let (mut percent, mut charger, mut speed) = (None, None, None);
+    for kv in kvs {
+        let (k, v) = kv.split_once('=').ok_or_else(usage)?;
+        let num = || {
+            v.parse::<f64>()
+                .map_err(|_| format!("{k} wants a number, got {v:?}"))
+        };
+        match k {
+            "charge" => percent = Some(num()?),
+            "speed" => speed = Some(num()?),
+            "charger" => {
+                charger = Some(match v {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("charger is on or off, not {v:?}")),
+                })
+            }
+            _ => return Err(usage()),
+        }
+    }
+    Ok(Request::SimSet {
+        percent,
+        charger,
+        speed,
+    })
 }
 
 /// Runs a query command and returns the exit code.
@@ -358,6 +396,51 @@ fn human(req: &Request, v: &Value) -> String {
                     s(r, "agent"),
                     s(r, "kind"),
                     s(r, "reason")
+                );
+            }
+        }
+        Request::Battery => {
+            let f =
+                |x: &Value, unit: &str| x.as_f64().map_or("-".into(), |n| format!("{n:.1} {unit}"));
+            out += &format!(
+                "source      {} (board {})\npower       {}\ncharge      {}{}\ntime left   {}\ntier        {}\n",
+                s(v, "source"),
+                s(v, "board"),
+                f(&v["power_w"], "W"),
+                f(&v["percent"], "%"),
+                if v["charging_or_powered"] == Value::Bool(true) {
+                    " (external power or charging)"
+                } else {
+                    ""
+                },
+                v["time_to_empty_s"]
+                    .as_f64()
+                    .map_or("-".into(), |t| format!("{:.0} min", t / 60.0)),
+                match v["tier"].get("below_percent") {
+                    Some(p) => format!("below {p} %"),
+                    None => "none".into(),
+                }
+            );
+            for a in v["agents"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "  {:<16} {:<10} {:<9} {:>8} mW  window {} of {} mWh{}\n",
+                    s(a, "agent"),
+                    s(a, "class"),
+                    s(a, "state"),
+                    a["power_mw"]
+                        .as_f64()
+                        .map_or("-".into(), |p| format!("{p:.0}")),
+                    a["window_mwh"]
+                        .as_f64()
+                        .map_or("-".into(), |p| format!("{p:.2}")),
+                    a["budget_mwh"]
+                        .as_u64()
+                        .map_or("∞".into(), |b| b.to_string()),
+                    match (a["energy_hold"].as_str(), a["tier_hold"].as_str()) {
+                        (Some(h), _) => format!("  held: {h} (budget)"),
+                        (None, Some(h)) => format!("  held: {h} (battery tier)"),
+                        _ => String::new(),
+                    }
                 );
             }
         }

@@ -22,6 +22,7 @@ pub mod logring;
 pub mod oneshot;
 pub mod outbox;
 pub mod policy;
+pub mod power;
 pub mod sandbox;
 pub mod sigstore;
 pub mod sys;

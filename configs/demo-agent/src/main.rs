@@ -33,6 +33,7 @@
 //! - `heartbeat MS [COUNT]`: `hello`, then a heartbeat every MS ms; after COUNT heartbeats it
 //!   goes silent but keeps running (a health-check failure).
 //! - `memhold MIB`: allocates and touches MIB MiB, then sleeps.
+//! - `burn`: spins on one core, printing the work done per second (`burn: N/s`).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -107,6 +108,7 @@ fn run(args: &[String]) -> ExitCode {
             arg(1).and_then(|s| s.parse().ok()).unwrap_or(1000),
             arg(2).and_then(|s| s.parse().ok()),
         ),
+        Some("burn") => burn(),
         Some("memhold") => {
             let mib: usize = arg(1).and_then(|s| s.parse().ok()).unwrap_or(16);
             let held = vec![0x5au8; mib << 20];
@@ -130,6 +132,24 @@ fn run(args: &[String]) -> ExitCode {
             );
             ExitCode::from(2)
         }
+    }
+}
+
+/// Spins on one core, printing how much work it got done each second (`burn: N/s`): a CPU
+/// throttle shows as a drop in N.
+fn burn() -> ExitCode {
+    let mut x: u64 = 1;
+    loop {
+        let t0 = std::time::Instant::now();
+        let mut n: u64 = 0;
+        while t0.elapsed() < Duration::from_secs(1) {
+            for _ in 0..10_000 {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            }
+            n += 1;
+        }
+        println!("burn: {n}/s ({})", x % 10);
+        let _ = std::io::stdout().flush();
     }
 }
 

@@ -109,6 +109,14 @@ pub struct Agent {
     pub last_heartbeat_ms: Option<u64>,
     /// The status text of its last heartbeat.
     pub health_status: String,
+    /// Energy attributed to it and its budget window (`daemon::energy`).
+    pub energy: crate::daemon::energy::AgentEnergy,
+    /// What the battery tier in force does to it.
+    pub tier_hold: Option<crate::config::policy::BatteryAction>,
+    /// An `on_violation` rule froze it (until the next start).
+    pub frozen_by_rule: bool,
+    /// Stopped by an energy budget or a battery tier: started again when that lifts.
+    pub power_stopped: bool,
     /// When the last `oom_kill` record of this instance was written (coalescing).
     pub oom_audited_ms: u64,
     pub logs: LogRing,
@@ -141,6 +149,10 @@ impl Agent {
             quarantined: false,
             last_heartbeat_ms: None,
             health_status: String::new(),
+            energy: Default::default(),
+            tier_hold: None,
+            frozen_by_rule: false,
+            power_stopped: false,
             syscalls: Default::default(),
             oom_audited_ms: 0,
             logs: LogRing::new(log_bytes),

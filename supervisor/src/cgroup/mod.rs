@@ -340,6 +340,9 @@ pub trait Cgroups: Send + Sync {
     /// Processes in the agent's cgroup (v1: the memory hierarchy), sorted.
     fn procs(&self, name: &str) -> Result<Vec<i32>, CgroupError>;
     fn memory(&self, name: &str) -> Result<MemoryStats, CgroupError>;
+    /// CPU time the agent's cgroup used so far, ns (v2 `cpu.stat` `usage_usec`; v1
+    /// `cpuacct.usage`, or the hybrid cgroup2 directory's `cpu.stat`).
+    fn cpu_usage_ns(&self, name: &str) -> Result<u64, CgroupError>;
     /// A file descriptor that becomes readable when something happened that may be an OOM
     /// kill: v1 = eventfd registered via `cgroup.event_control` with `memory.oom_control`; v2 =
     /// inotify `IN_MODIFY` on `memory.events`. Non-blocking and close-on-exec. The caller polls

@@ -253,6 +253,28 @@ impl Cgroups for V1Cgroups {
         procs_of(&self.agent(&self.memory, name))
     }
 
+    fn cpu_usage_ns(&self, name: &str) -> Result<u64, CgroupError> {
+        validate_name(name)?;
+        // cpuacct is co-mounted with cpu on every distribution we know; the hybrid cgroup2
+        // directory keeps the same count otherwise.
+        if let Some(cpu) = &self.cpu {
+            let p = self.agent(cpu, name).join("cpuacct.usage");
+            if p.exists() {
+                return read_u64(&p);
+            }
+        }
+        match &self.unified {
+            Some(u) => Ok(
+                read_keyed(&self.agent(u, name).join("cpu.stat"), "usage_usec")?
+                    .saturating_mul(1000),
+            ),
+            None => Err(CgroupError::ControllerMissing {
+                controller: "cpuacct",
+                operation: "read CPU time",
+            }),
+        }
+    }
+
     fn memory(&self, name: &str) -> Result<MemoryStats, CgroupError> {
         validate_name(name)?;
         let dir = self.agent(&self.memory, name);

@@ -200,6 +200,12 @@ impl Cgroups for V2Cgroups {
         procs_of(&self.agent(name))
     }
 
+    fn cpu_usage_ns(&self, name: &str) -> Result<u64, CgroupError> {
+        validate_name(name)?;
+        // cpu.stat's usage is kept by the core, with or without the cpu controller.
+        Ok(read_keyed(&self.agent(name).join("cpu.stat"), "usage_usec")?.saturating_mul(1000))
+    }
+
     fn memory(&self, name: &str) -> Result<MemoryStats, CgroupError> {
         validate_name(name)?;
         if self.missing("memory") {

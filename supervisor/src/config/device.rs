@@ -93,12 +93,54 @@ pub struct DeviceConfig {
     /// always kept).
     #[serde(default = "default_keep_versions")]
     pub keep_versions: u32,
+    /// How often energy is sampled and attributed (100 to 60,000 ms).
+    #[serde(default = "default_energy_period")]
+    pub energy_period_ms: u32,
+    /// Where the power readers look (`class/power_supply`, `class/hwmon`, `class/powercap`);
+    /// on the `sim` board it defaults to the simulated battery's tree in the state directory.
+    #[serde(default)]
+    pub sysfs_root: Option<PathBuf>,
+    /// The `sim` board's battery at start-up.
+    #[serde(default)]
+    pub sim: SimConfig,
     /// Largest size of the store-and-forward outbox (records agents put for the fleet).
     #[serde(default = "default_outbox_bytes")]
     pub outbox_bytes: ByteSize,
     /// DNS resolvers (`ip:port`) for host names in egress grants; empty: /etc/resolv.conf.
     #[serde(default)]
     pub dns_servers: Vec<std::net::SocketAddr>,
+}
+
+/// `sim`: the simulated battery's start charge and clock speed-up.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    #[serde(default = "default_sim_percent")]
+    pub start_percent: f64,
+    /// Simulated seconds per real second.
+    #[serde(default = "default_sim_speed")]
+    pub speed: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            start_percent: default_sim_percent(),
+            speed: default_sim_speed(),
+        }
+    }
+}
+
+fn default_sim_percent() -> f64 {
+    80.0
+}
+
+fn default_sim_speed() -> f64 {
+    1.0
+}
+
+fn default_energy_period() -> u32 {
+    1000
 }
 
 /// `syscall_sampling`: `on_s` seconds of every `every_s`.
@@ -184,6 +226,7 @@ impl DeviceConfig {
             *p = resolve(base, p);
         }
         for (field, opt) in [
+            ("sysfs_root", &mut self.sysfs_root),
             ("trusted_root", &mut self.trusted_root),
             ("policy_key", &mut self.policy_key),
             ("master_policy", &mut self.master_policy),
@@ -284,6 +327,24 @@ impl DeviceConfig {
             ByteSize::kib(4),
             ByteSize::mib(64),
         )?;
+        if !(100..=60_000).contains(&self.energy_period_ms) {
+            return Err(FieldError::new(
+                "energy_period_ms",
+                format!("{} is outside 100..=60000", self.energy_period_ms),
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.sim.start_percent) {
+            return Err(FieldError::new(
+                "sim.start_percent",
+                format!("{} is outside 0..=100", self.sim.start_percent),
+            ));
+        }
+        if !(0.0..=1e6).contains(&self.sim.speed) {
+            return Err(FieldError::new(
+                "sim.speed",
+                format!("{} is outside 0..=1000000", self.sim.speed),
+            ));
+        }
         check_range(
             "outbox_bytes",
             self.outbox_bytes,

@@ -654,10 +654,15 @@ impl Policy {
                     format!("{pct} must be below the previous rule's {p} (strictly descending)"),
                 ));
             }
-            if rule.background.is_none() && rule.normal.is_none() && rule.critical.is_none() {
+            if rule.critical.is_some() {
+                errs.push(FieldError::new(
+                    format!("device.battery[{i}].critical"),
+                    "critical agents are never touched by battery tiers; remove it",
+                ));
+            } else if rule.background.is_none() && rule.normal.is_none() {
                 errs.push(FieldError::new(
                     format!("device.battery[{i}]"),
-                    "names no action for background, normal or critical",
+                    "names no action for background or normal agents",
                 ));
             }
             prev = Some(pct);

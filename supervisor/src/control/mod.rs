@@ -56,6 +56,14 @@ pub enum Request {
     Clear {
         agent: String,
     },
+    /// Battery, power source, tier and per-agent energy.
+    Battery,
+    /// Change the simulated battery (the `sim` board).
+    SimSet {
+        percent: Option<f64>,
+        charger: Option<bool>,
+        speed: Option<f64>,
+    },
 }
 
 /// Error classes, mapped one-to-one onto CLI exit codes (docs/CLI.md).

@@ -219,6 +219,26 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
             }
         }
         Request::Reload => policy_result(crate::daemon::policy::reload(ctx)),
+        Request::Battery => Response::Ok(crate::daemon::energy::report(&ctx.d.borrow())),
+        Request::SimSet {
+            percent,
+            charger,
+            speed,
+        } => {
+            let r =
+                crate::daemon::energy::sim_set(&mut ctx.d.borrow_mut(), percent, charger, speed);
+            match r {
+                Ok(v) => {
+                    // Act on the new charge now rather than at the next period.
+                    crate::daemon::energy::sample(ctx);
+                    Response::Ok(v)
+                }
+                Err(m) => Response::Error {
+                    code: ErrorCode::Failed,
+                    message: m,
+                },
+            }
+        }
         Request::PolicyApply { path } => {
             policy_result(crate::daemon::policy::apply_file(ctx, &path))
         }

@@ -199,6 +199,16 @@ pub fn start(ctx: &CtxRef, name: &str) {
         }
         watch(ctx, name, generation, pidfd, Some(log));
         super::installer::watch_probation(ctx, name, generation);
+        // A battery tier or an energy budget in force holds a fresh instance too.
+        let held = ctx
+            .d
+            .borrow()
+            .agents
+            .get(name)
+            .is_some_and(|a| a.tier_hold.is_some() || a.energy.hold.is_some());
+        if held {
+            super::energy::reapply(ctx, name);
+        }
     }
 }
 
@@ -292,6 +302,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     a.state = State::Starting;
     a.network_revoked = false;
     a.throttled = false;
+    a.frozen_by_rule = false;
     a.last_heartbeat_ms = None;
     let generation = a.generation;
     let uid = d.cfg.uid_base + a.slot;

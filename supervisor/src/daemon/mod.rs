@@ -12,6 +12,7 @@
 mod adopt;
 pub mod agentsock;
 pub mod egress;
+pub mod energy;
 pub mod grants;
 pub mod health;
 pub mod installer;
@@ -120,6 +121,8 @@ pub struct Daemon {
     pub outbox: Option<crate::outbox::Outbox>,
     /// Violation events noted where no task context is at hand (`violations::drain`).
     pub pending_events: Vec<(String, crate::config::policy::Event)>,
+    /// Power sensing, attribution and battery tiers.
+    pub energy: Option<energy::Energy>,
 }
 
 /// Shared by every task.
@@ -207,6 +210,27 @@ pub fn mem_total() -> Result<u64, DaemonError> {
         })
 }
 
+/// The power readers (and, on `sim`, the simulated battery publishing where they read).
+fn energy_setup(cfg: &DeviceConfig, board: &crate::board::Board) -> energy::Energy {
+    let sim_root = cfg.state_dir.join("sim").join("sys");
+    let sim = board.power.battery.clone().map(|spec| {
+        let s = crate::power::sim::Sim::new(spec, &sim_root, cfg.sim.start_percent, cfg.sim.speed);
+        if let Err(e) = s.publish() {
+            eprintln!("nanoclaw: simulated battery: {e}");
+        }
+        s
+    });
+    let root = match (&cfg.sysfs_root, &sim) {
+        (Some(r), _) => r.clone(),
+        (None, Some(_)) => sim_root,
+        (None, None) => PathBuf::from("/sys"),
+    };
+    energy::Energy::new(
+        crate::power::Sensor::new(root, board.power.sources.clone()),
+        sim,
+    )
+}
+
 /// The configured `device_id`, else /etc/machine-id, else the host name.
 fn device_id(cfg: &DeviceConfig) -> String {
     if !cfg.device_id.is_empty() {
@@ -233,10 +257,11 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
             }
         })?;
     let cfg = DeviceConfig::load(config_path)?;
-    let board = crate::board::profile(&cfg.board).map_err(|reason| DaemonError::Board {
-        path: config_path.to_path_buf(),
-        reason,
-    })?;
+    let board =
+        crate::board::resolve(&cfg.board, Path::new("/")).map_err(|reason| DaemonError::Board {
+            path: config_path.to_path_buf(),
+            reason,
+        })?;
     let device_memory = device_memory(&cfg)?;
     let anchors = policy::Anchors::load(&cfg)?;
     let (in_force, policy_warnings) = policy::initial(&cfg, &anchors, device_memory)?;
@@ -318,6 +343,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         sock_limiter: ratelimit::Limiter::new(agentsock::AUDITS_PER_SECOND),
         outbox: None,
         pending_events: Vec::new(),
+        energy: None,
     };
     let ctx: CtxRef = Rc::new(Ctx {
         ex: LocalExecutor::new(),
@@ -352,6 +378,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         );
         d.audit("", AuditKind::PolicyReload, &text, true);
         d.grants = grants::Grants::load(&d);
+        d.energy = Some(energy_setup(&d.cfg, &d.board));
         let path = d.cfg.state_dir.join("outbox").join("outbox.log");
         match crate::outbox::Outbox::open(&path, d.cfg.outbox_bytes.0) {
             Ok(o) => {
@@ -378,6 +405,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     lifecycle::start_all(&ctx);
     monitor::spawn(&ctx);
     health::spawn(&ctx);
+    energy::spawn(&ctx);
 
     let ctl = ctx.clone();
     ctx.ex

@@ -141,6 +141,7 @@ fn freeze(d: &mut Daemon, agent: &str) -> Result<String, String> {
     d.cgroups.freeze(agent, true).map_err(|e| e.to_string())?;
     if let Some(a) = d.agents.get_mut(agent) {
         a.state = State::Frozen;
+        a.frozen_by_rule = true;
     }
     Ok("frozen".into())
 }
