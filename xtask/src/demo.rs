@@ -3,8 +3,9 @@
 //! Builds the static binaries, drops the demo agent into each example bundle's rootfs, runs the
 //! daemon with configs/demo/device.json, lets the agents meet their fates for a few seconds
 //! (the sensor runs, the memory hog is OOM-killed and restarted until its crash-loop limit, the
-//! fork bomb hits pids.max, the escape artist is contained), shows what a field engineer would
-//! look at, then stops the daemon with SIGTERM and cleans up.
+//! fork bomb hits pids.max, the escape artist is contained, the cruncher uses up its energy
+//! budget on the simulated battery and is throttled), shows what a field engineer would look
+//! at, then stops the daemon with SIGTERM and cleans up.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{self, Result};
 
-const AGENTS: [&str; 4] = ["sensor", "memhog", "forkbomb", "escape"];
+const AGENTS: [&str; 5] = ["sensor", "memhog", "forkbomb", "escape", "cruncher"];
 const SOCKET: &str = "/run/nanoclaw-demo/ctl.sock";
 
 pub fn main(args: &[String]) -> Result {
@@ -72,6 +73,8 @@ pub fn main(args: &[String]) -> Result {
     cli(&["logs", "forkbomb"]);
     cli(&["logs", "escape"]);
     cli(&["why", "memhog"]);
+    cli(&["battery"]);
+    cli(&["logs", "cruncher", "-n", "4"]);
     cli(&["audit", "-n", "12"]);
 
     println!("\n== SIGTERM to the daemon: agents stop gracefully ==");
