@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use crate::util::{self, Binaries, Result};
 
+mod energy;
 mod policy;
 
-const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|size|oom|monitor|egress|install|policy]... [--out FILE]
+const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|size|oom|monitor|egress|install|policy|energy]... [--out FILE]
   --runs N        sandbox starts per tool (default 200)
   --oom-cycles N  OOM incidents to time (default 25)
   --only NAME     run only these sections; the report then goes to stdout unless --out is given
@@ -76,6 +77,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 for s in val()?.split(',') {
                     if ![
                         "start", "memory", "size", "oom", "monitor", "egress", "install", "policy",
+                        "energy",
                     ]
                     .contains(&s)
                     {
@@ -208,6 +210,9 @@ pub fn run(root: &Path, args: &[String], build: &dyn Fn(&str) -> Result<Binaries
     }
     if want("policy") {
         section("policy", &policy::bench_policy);
+    }
+    if want("energy") {
+        section("energy", &energy::bench_energy);
     }
     if want("install") {
         section("install", &bench_install);
