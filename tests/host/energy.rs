@@ -97,6 +97,14 @@ fn energy_budget_throttles_until_the_window_rolls_over() {
         "normal",
         json!({ "energy": { "budget_mwh": 1, "window_s": 8, "action": "throttle" } }),
     );
+    // The same budget with `stop`: stopped, then started again when its window rolls over.
+    burner(
+        &mut dev,
+        "halter",
+        1.0,
+        "normal",
+        json!({ "energy": { "budget_mwh": 1, "window_s": 8, "action": "stop" } }),
+    );
     dev.start();
     dev.wait_state("cruncher", "running");
     let before = {
@@ -136,6 +144,37 @@ fn energy_budget_throttles_until_the_window_rolls_over() {
     assert!(
         texts.iter().any(|t| t.contains("rolled over: released")),
         "{texts:?}"
+    );
+    let halted = dev.wait(Duration::from_secs(30), "halter started again", || {
+        let t: Vec<Value> = dev
+            .audit_of("energy")
+            .into_iter()
+            .filter(|r| r["agent"] == "halter")
+            .collect();
+        t.iter()
+            .any(|r| {
+                r["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("started again")
+            })
+            .then_some(t)
+    });
+    assert!(
+        halted.iter().any(|r| r["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rolled over: released")),
+        "{halted:?}"
+    );
+    let stops = dev.audit_of("stop");
+    assert!(
+        stops.iter().any(|r| r["agent"] == "halter"
+            && r["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("energy budget used up")),
+        "{stops:?}"
     );
 }
 

@@ -114,11 +114,12 @@ pub fn sample(ctx: &CtxRef) {
         };
         e.last_busy_ns = busy;
         e.last_at = Some(now);
-        // Per-agent use in the period.
+        // Per-agent use in the period (an agent a budget stopped keeps its window running,
+        // so it rolls over and the agent starts again).
         let names: Vec<String> = d
             .agents
             .iter()
-            .filter(|(_, a)| a.instance.is_some())
+            .filter(|(_, a)| a.instance.is_some() || a.power_stopped)
             .map(|(n, _)| n.clone())
             .collect();
         let mut uses = Vec::with_capacity(names.len());
