@@ -6,3 +6,4 @@
 #![no_std]
 
 pub mod audit;
+pub mod sync;

@@ -1,0 +1,304 @@
+//! The device ↔ fleet sync protocol: messages (this module) and framing ([`frame`]).
+//!
+//! A session is device-initiated: the device sends [`Hello`] with everything the server needs
+//! to know what the device lacks (versions, digests, high-water marks), the server answers
+//! with [`Welcome`] and then only what is missing; the device pulls bundle chunks by offset and
+//! pushes audit and outbox batches by sequence number, each acknowledged; either side ends
+//! with `Bye`. Every request is idempotent and names exact offsets and sequences, so a session
+//! cut at any byte is resumed by the next one without repeating or losing anything.
+//!
+//! Wire rules (docs/PROTOCOL.md): postcard encoding, so field order is the contract — new
+//! fields only at the end of a struct and new variants only at the end of an enum, and a
+//! change that breaks an existing encoding needs a new protocol version. `Hello` carries the
+//! device's version range; the server answers in the highest version both speak or refuses
+//! with [`ErrorCode::Version`]. Payload slices borrow from the frame (no copies, no allocation).
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL: u16 = 1;
+/// The oldest version this build still speaks.
+pub const PROTOCOL_MIN: u16 = 1;
+/// Largest frame either side accepts (a bundle chunk of `CHUNK_MAX` plus headers).
+pub const FRAME_MAX: usize = 64 * 1024;
+/// Largest bundle chunk a device asks for.
+pub const CHUNK_MAX: u32 = 48 * 1024;
+
+/// SHA-256 digest.
+pub type Digest = [u8; 32];
+
+/// What the device says first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello<'a> {
+    /// Protocol versions the device speaks, inclusive.
+    pub protocol_min: u16,
+    pub protocol_max: u16,
+    /// `nanoclaw` version.
+    pub firmware: &'a str,
+    /// The policy version in force (0: none).
+    pub policy_version: u64,
+    /// Digest of the sorted list of installed `name@version` (the server compares it with what
+    /// it assigned and offers only on a mismatch).
+    pub bundles: Digest,
+    /// Highest audit sequence the device holds, and the highest the server acknowledged.
+    pub audit_high: u64,
+    pub audit_acked: u64,
+    /// The same for the outbox.
+    pub outbox_high: u64,
+    pub outbox_acked: u64,
+    /// Records the device had to drop because a bound forced it (reported, never hidden).
+    pub dropped: u64,
+}
+
+/// The server's answer to `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version this session speaks.
+    pub protocol: u16,
+    /// Seconds until the device should check in again.
+    pub poll_s: u32,
+    /// What the server already has (the device resends from here; duplicates are dropped by
+    /// sequence on the server).
+    pub audit_acked: u64,
+    pub outbox_acked: u64,
+    /// How many of the following messages carry something for the device.
+    pub pending: u16,
+}
+
+/// A bundle the device should install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub size: u64,
+    /// SHA-256 of the archive (also its name in the server's store).
+    pub digest: Digest,
+    /// The detached Sigstore bundle (JSON), small enough to send whole.
+    pub signature: &'a [u8],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceMsg<'a> {
+    Hello(Hello<'a>),
+    /// `len` bytes of the archive `digest` from `offset`.
+    Pull {
+        digest: Digest,
+        offset: u64,
+        len: u32,
+    },
+    /// Audit records `first..first + n`, each a postcard `AuditRecord`, concatenated in
+    /// `records` with a `u16` length prefix each.
+    Audit {
+        first: u64,
+        n: u16,
+        records: &'a [u8],
+    },
+    /// Outbox records the same way (JSON each).
+    Outbox {
+        first: u64,
+        n: u16,
+        records: &'a [u8],
+    },
+    /// The policy or grant version the device applied (or refused, with the reason).
+    Applied {
+        what: Applied,
+        version: u64,
+        ok: bool,
+        reason: &'a str,
+    },
+    Bye,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    Policy,
+    Bundle,
+    Grant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg<'a> {
+    Welcome(Welcome),
+    /// A signed policy envelope (JSON bytes), newer than the device's.
+    Policy {
+        version: u64,
+        envelope: &'a [u8],
+    },
+    Offer(Offer<'a>),
+    /// A signed grant token (JSON bytes).
+    Grant {
+        token: &'a [u8],
+    },
+    Chunk {
+        digest: Digest,
+        offset: u64,
+        data: &'a [u8],
+    },
+    /// Everything up to and including `upto` is stored.
+    AuditAck {
+        upto: u64,
+    },
+    OutboxAck {
+        upto: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+    },
+    Bye {
+        poll_s: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// No protocol version in common.
+    Version,
+    /// The device is not enrolled (or its certificate is not trusted).
+    Unknown,
+    /// A request the server cannot serve (no such bundle, offset past the end).
+    BadRequest,
+    /// Try again later.
+    Busy,
+}
+
+/// The version both sides speak: the highest in both ranges.
+pub fn negotiate(
+    device_min: u16,
+    device_max: u16,
+    server_min: u16,
+    server_max: u16,
+) -> Option<u16> {
+    let hi = device_max.min(server_max);
+    (hi >= device_min.max(server_min)).then_some(hi)
+}
+
+/// Length-prefixed frames: a `u32` little-endian length, then that many bytes of postcard.
+/// A length above [`FRAME_MAX`] is an error, not an allocation.
+pub mod frame {
+    use super::FRAME_MAX;
+
+    /// What a buffer holds at its start.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Next {
+        /// A whole frame: its body is `buf[4..4 + len]`, and it uses `4 + len` bytes.
+        Frame { len: usize },
+        /// Not enough bytes yet.
+        Partial,
+        /// The length field is beyond the limit: the stream is broken.
+        TooLong(usize),
+    }
+
+    pub fn next(buf: &[u8]) -> Next {
+        let Some(h) = buf.get(..4) else {
+            return Next::Partial;
+        };
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if len > FRAME_MAX {
+            Next::TooLong(len)
+        } else if buf.len() < 4 + len {
+            Next::Partial
+        } else {
+            Next::Frame { len }
+        }
+    }
+
+    /// Writes the header for a body of `len` bytes.
+    pub fn header(len: usize) -> [u8; 4] {
+        (len as u32).to_le_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate alloc;
+    use super::*;
+    use alloc::vec;
+
+    fn hello() -> Hello<'static> {
+        Hello {
+            protocol_min: 1,
+            protocol_max: 1,
+            firmware: "0.1.0",
+            policy_version: 7,
+            bundles: [0xab; 32],
+            audit_high: 1234,
+            audit_acked: 1200,
+            outbox_high: 5,
+            outbox_acked: 5,
+            dropped: 0,
+        }
+    }
+
+    /// The wire format is a contract: these bytes must not change by accident. A deliberate
+    /// change updates them together with docs/PROTOCOL.md and, if old peers cannot read it, a
+    /// new protocol version.
+    #[test]
+    fn golden_bytes() {
+        let bytes = postcard::to_allocvec(&DeviceMsg::Hello(hello())).unwrap();
+        let mut expected = vec![0x00, 0x01, 0x01, 0x05];
+        expected.extend_from_slice(b"0.1.0");
+        expected.push(0x07);
+        expected.extend_from_slice(&[0xab; 32]);
+        expected.extend_from_slice(&[0xd2, 0x09, 0xb0, 0x09, 0x05, 0x05, 0x00]);
+        assert_eq!(bytes, expected);
+        let idle = postcard::to_allocvec(&ServerMsg::Welcome(Welcome {
+            protocol: 1,
+            poll_s: 300,
+            audit_acked: 1234,
+            outbox_acked: 5,
+            pending: 0,
+        }))
+        .unwrap();
+        assert_eq!(idle, [0x00, 0x01, 0xac, 0x02, 0xd2, 0x09, 0x05, 0x00]);
+        assert_eq!(postcard::to_allocvec(&DeviceMsg::Bye).unwrap(), [0x05]);
+        // An idle sync: Hello + Bye up, Welcome + Bye down, with frame headers.
+        let up = 4 + bytes.len() + 4 + 1;
+        let down = 4 + idle.len() + 4 + 3;
+        assert!(up <= 64 && down <= 64, "idle sync {up} B up, {down} B down");
+    }
+
+    #[test]
+    fn round_trips_borrow_from_the_frame() {
+        let data = [1u8, 2, 3, 4];
+        let msg = ServerMsg::Chunk {
+            digest: [9; 32],
+            offset: 1 << 40,
+            data: &data,
+        };
+        let bytes = postcard::to_allocvec(&msg).unwrap();
+        let back: ServerMsg = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, msg);
+        let msg = DeviceMsg::Applied {
+            what: Applied::Policy,
+            version: 8,
+            ok: false,
+            reason: "older than 9",
+        };
+        let bytes = postcard::to_allocvec(&msg).unwrap();
+        assert_eq!(postcard::from_bytes::<DeviceMsg>(&bytes).unwrap(), msg);
+        // Truncated input is an error, never a panic.
+        for cut in 0..bytes.len() {
+            assert!(postcard::from_bytes::<DeviceMsg>(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn versions_and_frames() {
+        assert_eq!(negotiate(1, 3, 2, 5), Some(3));
+        assert_eq!(negotiate(1, 1, 2, 5), None);
+        assert_eq!(
+            negotiate(PROTOCOL_MIN, PROTOCOL, PROTOCOL_MIN, PROTOCOL),
+            Some(PROTOCOL)
+        );
+        let mut buf = frame::header(3).to_vec();
+        assert_eq!(frame::next(&buf), frame::Next::Partial);
+        buf.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(frame::next(&buf), frame::Next::Frame { len: 3 });
+        assert_eq!(frame::next(&[0, 0, 0]), frame::Next::Partial);
+        assert_eq!(
+            frame::next(&((FRAME_MAX as u32) + 1).to_le_bytes()),
+            frame::Next::TooLong(FRAME_MAX + 1)
+        );
+    }
+}
