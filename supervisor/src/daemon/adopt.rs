@@ -64,15 +64,7 @@ fn try_adopt(ctx: &CtxRef, name: &str) -> bool {
             watch(ctx, name, generation, pidfd, log);
             // A new socket in the directory the agent already sees at /run.
             let task = super::agentsock::rebind(ctx, name);
-            if let Some(i) = ctx
-                .d
-                .borrow_mut()
-                .agents
-                .get_mut(name)
-                .and_then(|a| a.instance.as_mut())
-            {
-                i.socket = task;
-            }
+            super::agentsock::keep(ctx, name, task);
             true
         }
         None => false,

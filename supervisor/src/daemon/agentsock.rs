@@ -94,6 +94,19 @@ pub fn serve(
     }))
 }
 
+/// Ties the socket's serving task to the agent's running instance (dropped with it).
+pub fn keep(ctx: &CtxRef, agent: &str, task: Option<smol::Task<()>>) {
+    if let Some(i) = ctx
+        .d
+        .borrow_mut()
+        .agents
+        .get_mut(agent)
+        .and_then(|a| a.instance.as_mut())
+    {
+        i.socket = task;
+    }
+}
+
 /// Re-creates the socket of an agent a previous supervisor started (re-adoption).
 pub fn rebind(ctx: &CtxRef, agent: &str) -> Option<smol::Task<()>> {
     let (uid, has_run) = {

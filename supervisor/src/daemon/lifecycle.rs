@@ -187,15 +187,7 @@ pub fn start(ctx: &CtxRef, name: &str) {
         };
         if let (Some(l), Some(uid)) = (listener, uid) {
             let task = super::agentsock::serve(ctx, name, uid, l);
-            if let Some(i) = ctx
-                .d
-                .borrow_mut()
-                .agents
-                .get_mut(name)
-                .and_then(|a| a.instance.as_mut())
-            {
-                i.socket = task;
-            }
+            super::agentsock::keep(ctx, name, task);
         }
         watch(ctx, name, generation, pidfd, Some(log));
         super::installer::watch_probation(ctx, name, generation);
