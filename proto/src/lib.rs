@@ -6,4 +6,5 @@
 #![no_std]
 
 pub mod audit;
+pub mod session;
 pub mod sync;
