@@ -11,33 +11,9 @@ use std::time::Duration;
 use nanoclaw_tests::{Device, bins, grant, manifest, run};
 use serde_json::json;
 
-fn openssl(args: &[&str]) {
-    let out = run(Command::new("openssl").args(args));
-    assert_eq!(out.code, 0, "openssl {args:?}: {out:?}");
-}
-
 /// A P-256 key pair: (private PKCS#8 PEM, public PEM).
 fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub"));
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        key.to_str().unwrap(),
-    ]);
-    openssl(&[
-        "pkey",
-        "-in",
-        key.to_str().unwrap(),
-        "-pubout",
-        "-out",
-        public.to_str().unwrap(),
-    ]);
-    (key, public)
+    nanoclaw_tests::keypair(dir, name, true)
 }
 
 fn nc(args: &[&str]) -> nanoclaw_tests::CliOut {

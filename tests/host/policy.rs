@@ -11,21 +11,9 @@ use std::time::Duration;
 use nanoclaw_tests::{Device, LONG, bins, cgroup_v1, grant, manifest, run, workspace_root};
 use serde_json::{Value, json};
 
-/// An Ed25519 key pair made with openssl: (private PEM path, public PEM path).
+/// An Ed25519 key pair: (private PKCS#8 PEM, public PEM).
 fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub"));
-    let out = run(Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&key));
-    assert_eq!(out.code, 0, "{out:?}");
-    let out = run(Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&public));
-    assert_eq!(out.code, 0, "{out:?}");
-    (key, public)
+    nanoclaw_tests::keypair(dir, name, false)
 }
 
 fn nanoclaw(args: &[&str]) -> nanoclaw_tests::CliOut {

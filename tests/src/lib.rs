@@ -774,3 +774,26 @@ pub fn manifest(name: &str, mode: &str, args: &[&str], memory: &str) -> Value {
 pub fn grant(memory: &str) -> Value {
     json!({ "memory": memory, "cpus": 0.5, "pids": 8, "scratch": "1MiB", "syscalls": "default" })
 }
+
+/// A key pair made with openssl, as PEM files `DIR/NAME.pem` (private, PKCS#8) and
+/// `DIR/NAME.pub`: `ec` true for ECDSA P-256, false for Ed25519.
+pub fn keypair(dir: &Path, name: &str, ec: bool) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub"));
+    let mut genpkey = Command::new("openssl");
+    genpkey.arg("genpkey");
+    if ec {
+        genpkey.args(["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    } else {
+        genpkey.args(["-algorithm", "ed25519"]);
+    }
+    let out = run(genpkey.arg("-out").arg(&key));
+    assert_eq!(out.code, 0, "openssl genpkey: {out:?}");
+    let out = run(Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public));
+    assert_eq!(out.code, 0, "openssl pkey: {out:?}");
+    (key, public)
+}

@@ -158,7 +158,8 @@ pub(crate) fn section<T: DeserializeOwned>(
     minimal: &Value,
     errs: &mut Vec<FieldError>,
 ) -> Option<T> {
-    let whole = match serde_json::from_value::<T>(v.clone()) {
+    // Deserializing from a borrowed value: no copy of the section on the good path.
+    let whole = match T::deserialize(v) {
         Ok(t) => return Some(t),
         Err(e) => e,
     };
@@ -170,7 +171,7 @@ pub(crate) fn section<T: DeserializeOwned>(
     for (k, val) in m {
         let mut probe = min.clone();
         probe.insert(k.clone(), val.clone());
-        if let Err(e) = serde_json::from_value::<T>(Value::Object(probe)) {
+        if let Err(e) = T::deserialize(&Value::Object(probe)) {
             errs.push(FieldError::new(join(path, k), plain(&e)));
         }
     }

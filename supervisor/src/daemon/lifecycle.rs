@@ -39,13 +39,14 @@ pub fn proc_start_ticks(pid: i32) -> Option<u64> {
 /// Agents refused by admission stay listed (state `failed`) so `why` can explain them.
 pub fn install_all(ctx: &CtxRef) -> Result<(), DaemonError> {
     let mut d = ctx.d.borrow_mut();
-    rescan(&mut d)?;
+    rescan(&mut d, true)?;
     Ok(())
 }
 
 /// Scans `agents_dir`, audits every bundle that cannot be installed (under the name of its
 /// directory) and registers + admits the valid ones.
-pub fn rescan(d: &mut Daemon) -> Result<(), install::InstallError> {
+/// With `admit` false only registers: a policy reload admits against the new policy itself.
+pub fn rescan(d: &mut Daemon, admit: bool) -> Result<(), install::InstallError> {
     let (bundles, errors) = install::scan(&d.cfg.agents_dir)?;
     for e in errors {
         let text = e.to_string();
@@ -57,13 +58,13 @@ pub fn rescan(d: &mut Daemon) -> Result<(), install::InstallError> {
         );
     }
     for b in bundles {
-        register(d, b);
+        register(d, b, admit);
     }
     Ok(())
 }
 
-/// Adds (or updates) one agent from a bundle and admits it.
-fn register(d: &mut Daemon, b: install::Bundle) {
+/// Adds (or updates) one agent from a bundle and, with `then_admit`, admits it.
+fn register(d: &mut Daemon, b: install::Bundle, then_admit: bool) {
     let name = b.manifest.name.clone();
     if !d.agents.contains_key(&name) {
         let used: Vec<u32> = d.agents.values().map(|a| a.slot).collect();
@@ -108,7 +109,9 @@ fn register(d: &mut Daemon, b: install::Bundle) {
         a.manifest = b.manifest;
         a.bundle = b.dir;
     }
-    admit(d, &name);
+    if then_admit {
+        admit(d, &name);
+    }
 }
 
 /// (Re-)runs admission for one agent against the current policy.
@@ -233,7 +236,7 @@ pub async fn wait_down(ctx: &CtxRef, agent: &str) {
 pub fn activate(ctx: &CtxRef, name: &str) {
     {
         let mut d = ctx.d.borrow_mut();
-        if let Err(e) = rescan(&mut d) {
+        if let Err(e) = rescan(&mut d, true) {
             let t = e.to_string();
             d.audit(name, AuditKind::SandboxError, &t, true);
         }

@@ -199,7 +199,8 @@ pub fn replace(
     };
     if rescan {
         let mut d = ctx.d.borrow_mut();
-        if let Err(e) = super::lifecycle::rescan(&mut d) {
+        // Registered only: `plan` admits every agent against the new policy below.
+        if let Err(e) = super::lifecycle::rescan(&mut d, false) {
             let t = e.to_string();
             d.audit("", AuditKind::SandboxError, &t, true);
         }
@@ -222,6 +223,7 @@ pub fn replace(
     let mut report = Map::new();
     let mut restarts = Vec::new();
     let mut stops = Vec::new();
+    let mut refused = Vec::new();
     {
         let mut guard = ctx.d.borrow_mut();
         let d = &mut *guard;
@@ -260,6 +262,7 @@ pub fn replace(
                     if let Err(e) = &r {
                         a.state = crate::agents::State::Failed;
                         a.reason = format!("admission refused: {e}");
+                        refused.push((name.clone(), e.clone()));
                     } else if was_refused
                         && a.state == crate::agents::State::Failed
                         && a.reason.starts_with("admission")
@@ -278,6 +281,9 @@ pub fn replace(
             if let Some(e) = entry {
                 report.insert(name, e);
             }
+        }
+        for (name, e) in &refused {
+            d.audit(name, AuditKind::AdmissionDenied, e, true);
         }
         let summary = summarize(&report);
         let text = format!(

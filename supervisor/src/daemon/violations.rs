@@ -161,14 +161,13 @@ pub fn tick(ctx: &CtxRef) {
         let mut guard = ctx.d.borrow_mut();
         let d = &mut *guard;
         let now = now_ms();
+        // Disjoint fields: the rules are borrowed from the policy, not copied per tick.
+        let policy = &d.policy;
         for (name, a) in d.agents.iter_mut() {
-            let rules = d
-                .policy
-                .agents
-                .get(name)
-                .map(|g| g.on_violation.clone())
-                .unwrap_or_default();
-            for i in a.rules.evaluate(now, None, &rules) {
+            let Some(rules) = policy.agents.get(name).map(|g| &g.on_violation) else {
+                continue;
+            };
+            for i in a.rules.evaluate(now, None, rules) {
                 fired.push((name.clone(), i, rules[i]));
             }
         }
