@@ -12,14 +12,16 @@ use crate::sync::{CHUNK_MAX, DeviceMsg, Digest, Hello, Offer, ServerMsg, Welcome
 /// What the session needs from the device.
 pub trait Host {
     fn hello(&self) -> Hello<'_>;
-    /// Encodes audit records from sequence `first` into `buf` (each `u16` length + body);
-    /// returns how many and the bytes used (0 when there is nothing to send).
-    fn audit(&self, first: u64, buf: &mut [u8]) -> (u16, usize);
+    /// Encodes consecutive audit records from sequence `first` into `buf` (each with a `u16`
+    /// length prefix); returns the sequence of the first one encoded (later than `first` when
+    /// the records before it are gone from the device), how many, and the bytes used (0
+    /// records when there is nothing to send).
+    fn audit(&self, first: u64, buf: &mut [u8]) -> (u64, u16, usize);
     /// The same for the outbox.
-    fn outbox(&self, first: u64, buf: &mut [u8]) -> (u16, usize);
+    fn outbox(&self, first: u64, buf: &mut [u8]) -> (u64, u16, usize);
     /// A policy newer than the one in force: apply it (`Err`: the reason it was refused).
-    fn policy(&mut self, version: u64, envelope: &[u8]) -> Result<(), &'static str>;
-    fn grant(&mut self, token: &[u8]);
+    fn policy(&mut self, version: u64, envelope: &[u8]) -> Result<(), &str>;
+    fn grant(&mut self, token: &[u8]) -> Result<(), &str>;
     /// An offered bundle: `Some(bytes already held)` to download it (resuming), `None` to skip.
     fn want(&mut self, offer: &Offer<'_>) -> Option<u64>;
     /// Stores `data` at `offset` of the partial archive (`false`: it does not fit there).
@@ -132,7 +134,15 @@ impl Session {
                             reason: r.err().unwrap_or(""),
                         });
                     }
-                    ServerMsg::Grant { token } => host.grant(token),
+                    ServerMsg::Grant { id, token } => {
+                        let r = host.grant(token);
+                        send(DeviceMsg::Applied {
+                            what: crate::sync::Applied::Grant,
+                            version: id,
+                            ok: r.is_ok(),
+                            reason: r.err().unwrap_or(""),
+                        });
+                    }
                     ServerMsg::Offer(o) => {
                         if let Some(have) = host.want(&o)
                             && let Some(slot) = self.downloads.iter_mut().find(|d| d.is_none())
@@ -215,19 +225,19 @@ impl Session {
             });
             return;
         }
-        let (n, used) = host.audit(self.audit_next, buf);
+        let (first, n, used) = host.audit(self.audit_next, buf);
         if n > 0 {
             send(DeviceMsg::Audit {
-                first: self.audit_next,
+                first: first.max(self.audit_next),
                 n,
                 records: &buf[..used],
             });
             return;
         }
-        let (n, used) = host.outbox(self.outbox_next, buf);
+        let (first, n, used) = host.outbox(self.outbox_next, buf);
         if n > 0 {
             send(DeviceMsg::Outbox {
-                first: self.outbox_next,
+                first: first.max(self.outbox_next),
                 n,
                 records: &buf[..used],
             });
@@ -271,20 +281,18 @@ mod tests {
                 dropped: 0,
             }
         }
-        fn audit(&self, first: u64, buf: &mut [u8]) -> (u16, usize) {
+        fn audit(&self, first: u64, buf: &mut [u8]) -> (u64, u16, usize) {
             // Records are their 8-byte sequence numbers; at most 50 per batch.
             let mut n = 0;
             let mut used = 0;
             for s in self.audit.iter().filter(|s| **s >= first).take(50) {
-                buf[used..used + 2].copy_from_slice(&8u16.to_le_bytes());
-                buf[used + 2..used + 10].copy_from_slice(&s.to_le_bytes());
-                used += 10;
+                assert!(crate::sync::records::push(buf, &mut used, &s.to_le_bytes()));
                 n += 1;
             }
-            (n, used)
+            (first, n, used)
         }
-        fn outbox(&self, _: u64, _: &mut [u8]) -> (u16, usize) {
-            (0, 0)
+        fn outbox(&self, first: u64, _: &mut [u8]) -> (u64, u16, usize) {
+            (first, 0, 0)
         }
         fn policy(&mut self, version: u64, _: &[u8]) -> Result<(), &'static str> {
             if version <= self.policy {
@@ -294,7 +302,9 @@ mod tests {
             self.applied.push(version);
             Ok(())
         }
-        fn grant(&mut self, _: &[u8]) {}
+        fn grant(&mut self, _: &[u8]) -> Result<(), &'static str> {
+            Ok(())
+        }
         fn want(&mut self, o: &Offer<'_>) -> Option<u64> {
             (!self.installed.contains(&o.digest)).then_some(self.archive.len() as u64)
         }

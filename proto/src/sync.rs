@@ -125,8 +125,10 @@ pub enum ServerMsg<'a> {
         envelope: &'a [u8],
     },
     Offer(Offer<'a>),
-    /// A signed grant token (JSON bytes).
+    /// A signed grant token (JSON bytes); the device answers `Applied {what: Grant, version:
+    /// id}` so the server stops sending it.
     Grant {
+        id: u64,
         token: &'a [u8],
     },
     Chunk {
@@ -175,6 +177,36 @@ pub fn negotiate(
 
 /// Length-prefixed frames: a `u32` little-endian length, then that many bytes of postcard.
 /// A length above [`FRAME_MAX`] is an error, not an allocation.
+/// Audit and outbox batches: records concatenated, each with a `u16` LE length prefix.
+pub mod records {
+    /// Appends `rec` to `buf[used..]`; false when it does not fit (or is over 65,535 bytes).
+    pub fn push(buf: &mut [u8], used: &mut usize, rec: &[u8]) -> bool {
+        let Ok(len) = u16::try_from(rec.len()) else {
+            return false;
+        };
+        let end = *used + 2 + rec.len();
+        if end > buf.len() {
+            return false;
+        }
+        buf[*used..*used + 2].copy_from_slice(&len.to_le_bytes());
+        buf[*used + 2..end].copy_from_slice(rec);
+        *used = end;
+        true
+    }
+
+    /// Splits a batch into exactly `n` records, or `None` when the bytes do not say so.
+    pub fn split<'a>(mut bytes: &'a [u8], n: u16, mut each: impl FnMut(&'a [u8])) -> Option<()> {
+        for _ in 0..n {
+            let (len, rest) = bytes.split_first_chunk::<2>()?;
+            let len = usize::from(u16::from_le_bytes(*len));
+            let (rec, rest) = (rest.get(..len)?, rest.get(len..)?);
+            each(rec);
+            bytes = rest;
+        }
+        bytes.is_empty().then_some(())
+    }
+}
+
 pub mod frame {
     use super::FRAME_MAX;
 
@@ -281,6 +313,30 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(postcard::from_bytes::<DeviceMsg>(&bytes[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn record_batches_split_exactly() {
+        let mut buf = [0u8; 16];
+        let mut used = 0;
+        assert!(records::push(&mut buf, &mut used, b"abc"));
+        assert!(records::push(&mut buf, &mut used, b""));
+        assert!(records::push(&mut buf, &mut used, b"defgh"));
+        assert!(
+            !records::push(&mut buf, &mut used, b"x"),
+            "16 bytes are full"
+        );
+        let mut got: heapless::Vec<heapless::Vec<u8, 8>, 4> = heapless::Vec::new();
+        let ok = records::split(&buf[..used], 3, |r| {
+            let _ = got.push(heapless::Vec::from_slice(r).unwrap_or_default());
+        });
+        assert_eq!(ok, Some(()));
+        assert_eq!(got.len(), 3);
+        assert_eq!(&got[2][..], b"defgh");
+        // Wrong count, truncated body, trailing bytes: all refused.
+        assert_eq!(records::split(&buf[..used], 2, |_| ()), None);
+        assert_eq!(records::split(&buf[..used], 4, |_| ()), None);
+        assert_eq!(records::split(&buf[..used - 1], 3, |_| ()), None);
     }
 
     #[test]

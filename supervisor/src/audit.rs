@@ -266,6 +266,55 @@ impl AuditLog {
         Ok(out.into())
     }
 
+    /// Up to `max_bytes` of consecutive records from the first seq `>= first` still on disk,
+    /// as their stored postcard bytes (what the fleet sync ships). Stops at a gap (a corrupt
+    /// frame), so the run is always consecutive; the caller asks again from after it.
+    pub fn since(&self, first: u64, max_bytes: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut used = 0;
+        // The newest segment starting at or before `first`, and every one after it.
+        let start = self.segments.iter().rposition(|&s| s <= first).unwrap_or(0);
+        for &seg in self.segments.iter().skip(start) {
+            let path = segment_path(&self.dir, seg);
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(AuditError::OpenSegment { path, source }),
+            };
+            let mut reader = FrameReader::new(BufReader::new(file));
+            loop {
+                let frame = reader
+                    .next_frame()
+                    .map_err(|source| AuditError::ReadSegment {
+                        path: path.clone(),
+                        source,
+                    })?;
+                match frame {
+                    Frame::Record(r) if r.seq >= first => {
+                        if out.last().is_some_and(|(s, _)| *s + 1 != r.seq) {
+                            return Ok(out);
+                        }
+                        used += reader.buf.len();
+                        if used > max_bytes && !out.is_empty() {
+                            return Ok(out);
+                        }
+                        out.push((r.seq, reader.buf.clone()));
+                    }
+                    Frame::Record(_) => {}
+                    Frame::Corrupt if !out.is_empty() => return Ok(out),
+                    Frame::Corrupt => {}
+                    Frame::End | Frame::Torn => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The oldest seq still on disk (records before it were rotated away).
+    pub fn first_seq(&self) -> u64 {
+        self.segments.front().copied().unwrap_or(self.next_seq)
+    }
+
     /// The seq the next appended record will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
@@ -548,6 +597,26 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn since_returns_consecutive_stored_bytes_for_the_fleet() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(tmp.path(), SMALL).unwrap();
+        append_n(&mut log, 40);
+        // Rotation dropped the oldest: asking from 1 starts at the oldest still there.
+        let first = log.first_seq();
+        assert!(first > 1);
+        let all = log.since(1, usize::MAX).unwrap();
+        assert_eq!(all[0].0, first);
+        assert_eq!(all.last().unwrap().0, 40);
+        assert!(all.windows(2).all(|w| w[0].0 + 1 == w[1].0));
+        let rec: AuditRecord = postcard::from_bytes(&all[1].1).unwrap();
+        assert_eq!(rec.seq, first + 1);
+        // A byte cap bounds the batch but always returns at least one record.
+        let few = log.since(35, 1).unwrap();
+        assert_eq!(few.iter().map(|r| r.0).collect::<Vec<_>>(), [35]);
+        assert!(log.since(41, usize::MAX).unwrap().is_empty());
     }
 
     fn seqs(records: &[AuditRecord]) -> Vec<u64> {

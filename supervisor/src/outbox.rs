@@ -176,6 +176,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// The seq the next record will get (everything below it was put at some point).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod fleet;
+
 /// Where cgroup filesystems are mounted on the test host.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Hierarchies the supervisor may create directories in (cgroup v1 + the hybrid cgroup2 mount;

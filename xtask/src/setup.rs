@@ -15,6 +15,8 @@ type Pkg = (&'static str, &'static str);
 /// against libbpf's headers.
 pub const BUILD: &[Pkg] = &[
     ("clang", "/usr/bin/clang"),
+    // llvm-ar archives ring's C objects for the musl targets (.cargo/config.toml).
+    ("llvm", "/usr/bin/llvm-ar"),
     ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h"),
 ];
 /// Host tier and aarch64 unit tests.

@@ -36,6 +36,29 @@ pub enum BundleError {
     },
 }
 
+/// The manifest inside an archive, parsed and checked (the archive is not verified here).
+pub fn manifest_of(file: &Path) -> Result<crate::config::manifest::Manifest, String> {
+    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let stream = unpack::maybe_gunzip(f).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut r = tar::Reader::new(stream);
+    while let Some(h) = r
+        .next_header()
+        .map_err(|e| format!("malformed archive: {e}"))?
+    {
+        if h.path == "manifest.json" && h.kind == tar::Kind::File {
+            if h.size > crate::config::manifest::MAX_MANIFEST_BYTES {
+                return Err("manifest.json is larger than 64 KiB".into());
+            }
+            let mut buf = Vec::new();
+            r.copy_data(h.size, &mut buf)
+                .map_err(|e| format!("malformed archive: {e}"))?;
+            return crate::config::manifest::Manifest::parse(&buf, Path::new("manifest.json"))
+                .map_err(|e| e.to_string());
+        }
+    }
+    Err("the archive has no manifest.json".into())
+}
+
 /// SHA-256 and length of a file, read in 64 KiB chunks.
 pub fn sha256_file(path: &Path) -> Result<([u8; 32], u64), BundleError> {
     let mut f = std::fs::File::open(path).map_err(|e| BundleError::Io {

@@ -109,6 +109,81 @@ pub struct DeviceConfig {
     /// DNS resolvers (`ip:port`) for host names in egress grants; empty: /etc/resolv.conf.
     #[serde(default)]
     pub dns_servers: Vec<std::net::SocketAddr>,
+    /// The fleet server this device syncs with (absent: standalone).
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `fleet`: where the server is and the TLS identity to reach it with (docs/FLEET.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `host:port` of `nanoclaw-fleet serve`.
+    pub server: String,
+    /// The name the server certificate must carry (default: the host part of `server`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// The fleet CA (PEM): the only issuer trusted for the server's certificate.
+    pub ca: PathBuf,
+    /// This device's certificate and key (PEM), issued by `nanoclaw-fleet enrol`.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Check-in interval until the server suggests one, in seconds.
+    #[serde(default = "default_poll_s")]
+    pub poll_s: u32,
+    /// Bytes per day the link may carry (metered links); when spent only security alerts go
+    /// out. Absent: no limit.
+    #[serde(default)]
+    pub daily_bytes: Option<ByteSize>,
+    /// Shortest gap between sessions that security events trigger, in seconds.
+    #[serde(default = "default_urgent_gap_s")]
+    pub urgent_gap_s: u32,
+}
+
+impl FleetConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        let Some((host, port)) = self.server.rsplit_once(':') else {
+            return Err(FieldError::new(
+                "fleet.server",
+                format!("`{}` is not host:port", self.server),
+            ));
+        };
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(FieldError::new(
+                "fleet.server",
+                format!("`{}` is not host:port", self.server),
+            ));
+        }
+        if !(5..=7 * 86_400).contains(&self.poll_s) {
+            return Err(FieldError::new(
+                "fleet.poll_s",
+                format!("{} is outside 5..=604800", self.poll_s),
+            ));
+        }
+        if self.urgent_gap_s > 86_400 {
+            return Err(FieldError::new(
+                "fleet.urgent_gap_s",
+                format!("{} is over 86400", self.urgent_gap_s),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The TLS server name: `server_name`, else the host part of `server`.
+    pub fn name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or_else(|| {
+            let host = self.server.rsplit_once(':').map_or("", |(h, _)| h);
+            host.trim_start_matches('[').trim_end_matches(']')
+        })
+    }
+}
+
+fn default_poll_s() -> u32 {
+    300
+}
+
+fn default_urgent_gap_s() -> u32 {
+    10
 }
 
 /// `sim`: the simulated battery's start charge and clock speed-up.
@@ -236,6 +311,16 @@ impl DeviceConfig {
                 *p = resolve(base, p);
             }
         }
+        if let Some(f) = &mut self.fleet {
+            for (field, p) in [
+                ("fleet.ca", &mut f.ca),
+                ("fleet.cert", &mut f.cert),
+                ("fleet.key", &mut f.key),
+            ] {
+                check_path(field, p)?;
+                *p = resolve(base, p);
+            }
+        }
         if self.device_id.len() > 128 || self.device_id.contains(['\0', '\n']) {
             return Err(FieldError::new(
                 "device_id",
@@ -257,6 +342,9 @@ impl DeviceConfig {
             ));
         }
         check_name(&self.board).map_err(|r| FieldError::new("board", r))?;
+        if let Some(f) = &self.fleet {
+            f.validate()?;
+        }
         check_path("cgroup_root", &self.cgroup_root)?;
         if !self.cgroup_root.is_absolute() || has_dot_components(&self.cgroup_root) {
             return Err(FieldError::new(

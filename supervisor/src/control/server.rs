@@ -423,8 +423,13 @@ fn status(d: &Daemon) -> Value {
         "device_memory_bytes": d.device_memory,
         "posture": d.posture,
         "agents": counts,
+        "fleet": d.fleet.as_ref().map(fleet_status),
         "enforcement": per_agent,
     })
+}
+
+fn fleet_status(f: &crate::daemon::fleet::Status) -> Value {
+    f.json()
 }
 
 fn why(d: &Daemon, name: &str, a: &Agent) -> Value {

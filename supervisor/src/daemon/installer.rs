@@ -15,7 +15,7 @@ use nanoclaw_proto::audit::AuditKind;
 use serde::{Deserialize, Serialize};
 
 use super::{CtxRef, Daemon};
-use crate::bundle::{self, tar, unpack};
+use crate::bundle::{self, unpack};
 use crate::config::Manifest;
 use crate::sigstore::{self as sg, Signer};
 
@@ -73,27 +73,6 @@ fn save_versions(d: &Daemon, agent: &str, v: &Versions) -> Result<(), String> {
 }
 
 /// The manifest inside an archive, read without unpacking anything.
-fn manifest_of(file: &Path) -> Result<Manifest, String> {
-    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let stream = unpack::maybe_gunzip(f).map_err(|e| format!("{}: {e}", file.display()))?;
-    let mut r = tar::Reader::new(stream);
-    while let Some(h) = r
-        .next_header()
-        .map_err(|e| format!("malformed archive: {e}"))?
-    {
-        if h.path == "manifest.json" && h.kind == tar::Kind::File {
-            if h.size > crate::config::manifest::MAX_MANIFEST_BYTES {
-                return Err("manifest.json is larger than 64 KiB".into());
-            }
-            let mut buf = Vec::new();
-            r.copy_data(h.size, &mut buf)
-                .map_err(|e| format!("malformed archive: {e}"))?;
-            return Manifest::parse(&buf, Path::new("manifest.json")).map_err(|e| e.to_string());
-        }
-    }
-    Err("the archive has no manifest.json".into())
-}
-
 /// The signers entries (`agents` pattern, trust) that apply to one agent.
 type Signers = Vec<(String, crate::config::policy::SignerTrust)>;
 
@@ -202,7 +181,7 @@ fn hash_and_manifest(file: &Path) -> Result<([u8; 32], Manifest), String> {
         return Err(format!("{len} bytes; at most {MAX_ARCHIVE}"));
     }
     let (digest, _) = bundle::sha256_file(file).map_err(|e| e.to_string())?;
-    Ok((digest, manifest_of(file)?))
+    Ok((digest, bundle::manifest_of(file)?))
 }
 
 /// Unpacks `file` into `staging` while hashing it again (only the verified bytes may be

@@ -13,6 +13,7 @@ mod adopt;
 pub mod agentsock;
 pub mod egress;
 pub mod energy;
+pub mod fleet;
 pub mod grants;
 pub mod health;
 pub mod installer;
@@ -123,6 +124,8 @@ pub struct Daemon {
     pub pending_events: Vec<(String, crate::config::policy::Event)>,
     /// Power sensing, attribution and battery tiers.
     pub energy: Option<energy::Energy>,
+    /// Fleet sync counters and its wake-up (when device.json has `fleet`).
+    pub fleet: Option<fleet::Status>,
 }
 
 /// Shared by every task.
@@ -153,6 +156,11 @@ impl Daemon {
     pub fn audit(&mut self, agent: &str, kind: AuditKind, reason: &str, durable: bool) {
         if let Err(e) = self.audit.append(now_ms(), agent, kind, reason, durable) {
             eprintln!("nanoclaw: audit log write failed: {e}");
+        }
+        if fleet::is_urgent(kind)
+            && let Some(w) = self.fleet.as_ref().and_then(|f| f.wake.as_ref())
+        {
+            let _ = w.try_send(());
         }
         eprintln!("nanoclaw: [{}] {agent}: {reason}", kind_name(kind));
     }
@@ -344,6 +352,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         outbox: None,
         pending_events: Vec::new(),
         energy: None,
+        fleet: None,
     };
     let ctx: CtxRef = Rc::new(Ctx {
         ex: LocalExecutor::new(),
@@ -406,6 +415,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     monitor::spawn(&ctx);
     health::spawn(&ctx);
     energy::spawn(&ctx);
+    fleet::spawn(&ctx);
 
     let ctl = ctx.clone();
     ctx.ex

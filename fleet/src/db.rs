@@ -1,0 +1,736 @@
+//! The fleet database: SQLite (one machine) or PostgreSQL (several stateless replicas), one
+//! schema and one set of queries through sqlx's `Any` driver.
+//!
+//! Why the queries look the way they do:
+//! - Only types both backends share (`BIGINT`, `TEXT`, a blob type) and `$n` parameters,
+//!   which SQLite accepts too; the two DDL differences are substituted in [`migrate`].
+//! - Exactly-once ingestion: records are keyed `(device, seq)` and inserted with
+//!   `ON CONFLICT DO NOTHING` inside the transaction that moves the device's acked mark, so a
+//!   batch repeated after a cut, or raced by a second replica, is stored once.
+//! - Bundles are stored as fixed-size chunks, so a `Pull` at any offset reads one or two rows
+//!   and every replica can serve any download.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Row};
+
+/// Bundle chunk size in the store (the protocol's largest chunk).
+pub const CHUNK: u64 = nanoclaw_proto::sync::CHUNK_MAX as u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Which SQL dialect the pool speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+/// One schema step. `{blob}` and `{serial}` become the backend's spelling.
+const MIGRATIONS: &[&str] = &[
+    // 1: the whole first schema.
+    "CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL UNIQUE,
+        grp TEXT NOT NULL,
+        enrolled_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL DEFAULT 0,
+        firmware TEXT NOT NULL DEFAULT '',
+        policy_version BIGINT NOT NULL DEFAULT 0,
+        bundles TEXT NOT NULL DEFAULT '',
+        audit_acked BIGINT NOT NULL DEFAULT 0,
+        outbox_acked BIGINT NOT NULL DEFAULT 0,
+        audit_high BIGINT NOT NULL DEFAULT 0,
+        outbox_high BIGINT NOT NULL DEFAULT 0,
+        dropped BIGINT NOT NULL DEFAULT 0,
+        gaps BIGINT NOT NULL DEFAULT 0,
+        sessions BIGINT NOT NULL DEFAULT 0);
+     CREATE INDEX devices_grp ON devices (grp);
+     CREATE TABLE policies (
+        id {serial},
+        target TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        envelope {blob} NOT NULL,
+        created_ms BIGINT NOT NULL);
+     CREATE INDEX policies_target ON policies (target, version);
+     CREATE TABLE bundles (
+        digest TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        signature {blob} NOT NULL,
+        created_ms BIGINT NOT NULL);
+     CREATE TABLE bundle_chunks (
+        digest TEXT NOT NULL,
+        idx BIGINT NOT NULL,
+        data {blob} NOT NULL,
+        PRIMARY KEY (digest, idx));
+     CREATE TABLE assignments (
+        target TEXT NOT NULL,
+        name TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (target, name));
+     CREATE TABLE grants (
+        id {serial},
+        target TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        capability TEXT NOT NULL,
+        token {blob} NOT NULL,
+        not_after_ms BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL);
+     CREATE TABLE grant_acks (
+        grant_id BIGINT NOT NULL,
+        device TEXT NOT NULL,
+        ok BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (grant_id, device));
+     CREATE TABLE audit (
+        device TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        record {blob} NOT NULL,
+        received_ms BIGINT NOT NULL,
+        PRIMARY KEY (device, seq));
+     CREATE TABLE outbox (
+        device TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        record {blob} NOT NULL,
+        received_ms BIGINT NOT NULL,
+        PRIMARY KEY (device, seq));
+     CREATE TABLE applied (
+        device TEXT NOT NULL,
+        what TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        ok BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (device, what, version))",
+];
+
+impl Db {
+    /// Connects (`sqlite:PATH` creates the file) and runs pending migrations.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(DbError::Invalid(format!(
+                "--db {url}: expected sqlite:PATH or postgres://USER@HOST/DB"
+            )));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_owned(),
+        };
+        let opts: AnyConnectOptions = url.parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL: readers never block the writer. FULL: a commit is on disk
+                        // before it returns, so an ack sent after it survives power loss.
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                             PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        let db = Db { pool, backend };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Applies the migrations this database lacks, in one transaction each. Replicas starting
+    /// together on PostgreSQL serialize on an advisory lock.
+    async fn migrate(&self) -> Result<(), DbError> {
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            conn.execute("SELECT pg_advisory_lock(7411)").await?;
+        }
+        let result = async {
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+                .await?;
+            let have: Option<i64> = sqlx::query("SELECT MAX(version) FROM schema_version")
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?;
+            let have = usize::try_from(have.unwrap_or(0)).unwrap_or(0);
+            if have > MIGRATIONS.len() {
+                return Err(DbError::Invalid(format!(
+                    "the database has schema version {have}, newer than this server's {}; \
+                     run a newer nanoclaw-fleet",
+                    MIGRATIONS.len()
+                )));
+            }
+            for (i, step) in MIGRATIONS.iter().enumerate().skip(have) {
+                let sql = self.dialect(step);
+                let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+                for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    tx.execute(stmt).await?;
+                }
+                sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                    .bind(i as i64 + 1)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Ok(())
+        }
+        .await;
+        if self.backend == Backend::Postgres {
+            conn.execute("SELECT pg_advisory_unlock(7411)").await?;
+        }
+        result
+    }
+
+    fn dialect(&self, sql: &str) -> String {
+        let (blob, serial) = match self.backend {
+            Backend::Sqlite => ("BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+            Backend::Postgres => ("BYTEA", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+        };
+        sql.replace("{blob}", blob).replace("{serial}", serial)
+    }
+}
+
+/// A device as the registry knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Device {
+    pub id: String,
+    pub group: String,
+    pub enrolled_ms: i64,
+    pub last_seen_ms: i64,
+    pub firmware: String,
+    pub policy_version: i64,
+    pub bundles: String,
+    pub audit_acked: i64,
+    pub outbox_acked: i64,
+    pub audit_high: i64,
+    pub outbox_high: i64,
+    pub dropped: i64,
+    pub gaps: i64,
+    pub sessions: i64,
+}
+
+const DEVICE_COLS: &str = "id, grp, enrolled_ms, last_seen_ms, firmware, policy_version, bundles, \
+     audit_acked, outbox_acked, audit_high, outbox_high, dropped, gaps, sessions";
+
+fn device_of(r: &sqlx::any::AnyRow) -> Result<Device, sqlx::Error> {
+    Ok(Device {
+        id: r.try_get(0)?,
+        group: r.try_get(1)?,
+        enrolled_ms: r.try_get(2)?,
+        last_seen_ms: r.try_get(3)?,
+        firmware: r.try_get(4)?,
+        policy_version: r.try_get(5)?,
+        bundles: r.try_get(6)?,
+        audit_acked: r.try_get(7)?,
+        outbox_acked: r.try_get(8)?,
+        audit_high: r.try_get(9)?,
+        outbox_high: r.try_get(10)?,
+        dropped: r.try_get(11)?,
+        gaps: r.try_get(12)?,
+        sessions: r.try_get(13)?,
+    })
+}
+
+/// A signed policy waiting for a device.
+#[derive(Debug, Clone)]
+pub struct PolicyRow {
+    pub version: i64,
+    pub envelope: Vec<u8>,
+}
+
+/// A bundle a device should have.
+#[derive(Debug, Clone)]
+pub struct BundleRow {
+    pub name: String,
+    pub version: String,
+    pub size: i64,
+    pub digest: String,
+    pub signature: Vec<u8>,
+}
+
+/// A grant not yet acknowledged by a device.
+#[derive(Debug, Clone)]
+pub struct GrantRow {
+    pub id: i64,
+    pub token: Vec<u8>,
+}
+
+/// Which stream a batch belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Audit,
+    Outbox,
+}
+
+impl Stream {
+    fn table(self) -> &'static str {
+        match self {
+            Stream::Audit => "audit",
+            Stream::Outbox => "outbox",
+        }
+    }
+    fn acked(self) -> &'static str {
+        match self {
+            Stream::Audit => "audit_acked",
+            Stream::Outbox => "outbox_acked",
+        }
+    }
+}
+
+/// What a device reported in its Hello, recorded at the end of a session.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub id: String,
+    pub at_ms: i64,
+    pub firmware: String,
+    pub policy_version: i64,
+    pub bundles: String,
+    pub audit_high: i64,
+    pub outbox_high: i64,
+    pub dropped: i64,
+}
+
+pub fn group_target(g: &str) -> String {
+    format!("group:{g}")
+}
+
+pub fn device_target(d: &str) -> String {
+    format!("device:{d}")
+}
+
+impl Db {
+    pub async fn enrol(
+        &self,
+        id: &str,
+        fingerprint: &str,
+        group: &str,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        let r = sqlx::query(
+            "INSERT INTO devices (id, fingerprint, grp, enrolled_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(fingerprint)
+        .bind(group)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(DbError::Invalid(
+                format!("device `{id}` or its certificate is already enrolled"),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The device a client certificate belongs to.
+    pub async fn device_by_fingerprint(&self, fp: &str) -> Result<Option<Device>, DbError> {
+        let q = format!("SELECT {DEVICE_COLS} FROM devices WHERE fingerprint = $1");
+        let row = sqlx::query(&q).bind(fp).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(device_of).transpose()?)
+    }
+
+    pub async fn device(&self, id: &str) -> Result<Option<Device>, DbError> {
+        let q = format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1");
+        let row = sqlx::query(&q).bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(device_of).transpose()?)
+    }
+
+    pub async fn devices(&self, limit: i64) -> Result<Vec<Device>, DbError> {
+        let q = format!("SELECT {DEVICE_COLS} FROM devices ORDER BY id LIMIT $1");
+        let rows = sqlx::query(&q).bind(limit).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(device_of).collect::<Result<_, _>>()?)
+    }
+
+    /// The newest policy version across all targets (versions are global so that a device
+    /// moving between a group policy and its own never sees one go down).
+    pub async fn max_policy_version(&self) -> Result<i64, DbError> {
+        let v: Option<i64> = sqlx::query("SELECT MAX(version) FROM policies")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(v.unwrap_or(0))
+    }
+
+    pub async fn store_policy(
+        &self,
+        target: &str,
+        version: i64,
+        envelope: &[u8],
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO policies (target, version, envelope, created_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(target)
+        .bind(version)
+        .bind(envelope)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest policy addressed to the device or its group.
+    pub async fn policy_for(&self, d: &Device) -> Result<Option<PolicyRow>, DbError> {
+        let row = sqlx::query(
+            "SELECT version, envelope FROM policies WHERE target = $1 OR target = $2 \
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(device_target(&d.id))
+        .bind(group_target(&d.group))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(PolicyRow {
+                version: r.try_get(0)?,
+                envelope: r.try_get(1)?,
+            }),
+            None => None,
+        })
+    }
+
+    /// Stores a bundle's bytes (chunked) and metadata; publishing the same digest twice is a
+    /// no-op.
+    pub async fn store_bundle(
+        &self,
+        b: &BundleRow,
+        data: &[u8],
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let have = sqlx::query("SELECT digest FROM bundles WHERE digest = $1")
+            .bind(&b.digest)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if have.is_none() {
+            for (i, chunk) in data.chunks(CHUNK as usize).enumerate() {
+                sqlx::query("INSERT INTO bundle_chunks (digest, idx, data) VALUES ($1, $2, $3)")
+                    .bind(&b.digest)
+                    .bind(i as i64)
+                    .bind(chunk)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "INSERT INTO bundles (digest, name, version, size, signature, created_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&b.digest)
+            .bind(&b.name)
+            .bind(&b.version)
+            .bind(b.size)
+            .bind(&b.signature)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Makes `digest` the bundle `name` that `target` should run.
+    pub async fn assign(&self, target: &str, name: &str, digest: &str) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO assignments (target, name, digest) VALUES ($1, $2, $3) \
+             ON CONFLICT (target, name) DO UPDATE SET digest = excluded.digest",
+        )
+        .bind(target)
+        .bind(name)
+        .bind(digest)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The bundles a device should run: its own assignments override its group's per name.
+    pub async fn bundles_for(&self, d: &Device) -> Result<Vec<BundleRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT a.target, b.name, b.version, b.size, b.digest, b.signature \
+             FROM assignments a JOIN bundles b ON a.digest = b.digest \
+             WHERE a.target = $1 OR a.target = $2 ORDER BY b.name",
+        )
+        .bind(device_target(&d.id))
+        .bind(group_target(&d.group))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<(bool, BundleRow)> = Vec::new();
+        for r in rows {
+            let own = r.try_get::<String, _>(0)?.starts_with("device:");
+            let b = BundleRow {
+                name: r.try_get(1)?,
+                version: r.try_get(2)?,
+                size: r.try_get(3)?,
+                digest: r.try_get(4)?,
+                signature: r.try_get(5)?,
+            };
+            match out.iter_mut().find(|(_, x)| x.name == b.name) {
+                Some(slot) if own => *slot = (own, b),
+                Some(_) => {}
+                None => out.push((own, b)),
+            }
+        }
+        Ok(out.into_iter().map(|(_, b)| b).collect())
+    }
+
+    /// Up to `len` bytes of a bundle from `offset` (may be shorter at a chunk boundary).
+    pub async fn chunk(&self, digest: &str, offset: u64, len: u32) -> Result<Vec<u8>, DbError> {
+        let idx = offset / CHUNK;
+        let row = sqlx::query("SELECT data FROM bundle_chunks WHERE digest = $1 AND idx = $2")
+            .bind(digest)
+            .bind(idx as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(Vec::new());
+        };
+        let data: Vec<u8> = row.try_get(0)?;
+        let from = (offset % CHUNK) as usize;
+        let to = (from + len as usize).min(data.len());
+        Ok(data.get(from..to).map(<[u8]>::to_vec).unwrap_or_default())
+    }
+
+    pub async fn store_grant(
+        &self,
+        target: &str,
+        agent: &str,
+        capability: &str,
+        token: &[u8],
+        not_after_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO grants (target, agent, capability, token, not_after_ms, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(target)
+        .bind(agent)
+        .bind(capability)
+        .bind(token)
+        .bind(not_after_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Unexpired grants for the device (or its group) that it has not acknowledged.
+    pub async fn grants_for(&self, d: &Device, now_ms: i64) -> Result<Vec<GrantRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT g.id, g.token FROM grants g WHERE (g.target = $1 OR g.target = $2) \
+             AND g.not_after_ms > $3 AND NOT EXISTS \
+             (SELECT 1 FROM grant_acks k WHERE k.grant_id = g.id AND k.device = $4) \
+             ORDER BY g.id LIMIT 16",
+        )
+        .bind(device_target(&d.id))
+        .bind(group_target(&d.group))
+        .bind(now_ms)
+        .bind(&d.id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(GrantRow {
+                    id: r.try_get(0)?,
+                    token: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a batch of records numbered `first..`; returns the device's new acked mark.
+    /// Records at or below the mark are already stored and skipped; a batch starting beyond
+    /// mark + 1 means the device dropped records (its bound forced them out), counted as a gap.
+    pub async fn ingest(
+        &self,
+        stream: Stream,
+        device: &str,
+        first: u64,
+        records: &[&[u8]],
+        now_ms: i64,
+    ) -> Result<i64, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let acked: i64 = sqlx::query(&format!(
+            "SELECT {} FROM devices WHERE id = $1{lock}",
+            stream.acked()
+        ))
+        .bind(device)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let first = i64::try_from(first).map_err(|_| DbError::Invalid("seq overflow".into()))?;
+        let last = first + records.len() as i64 - 1;
+        if last <= acked {
+            tx.rollback().await?;
+            return Ok(acked);
+        }
+        let gap = (first - acked - 1).max(0);
+        // Multi-row inserts: one statement per 200 records.
+        let fresh: Vec<(i64, &[u8])> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (first + i as i64, *r))
+            .filter(|(s, _)| *s > acked)
+            .collect();
+        for part in fresh.chunks(200) {
+            let mut sql = format!(
+                "INSERT INTO {} (device, seq, record, received_ms) VALUES ",
+                stream.table()
+            );
+            for i in 0..part.len() {
+                let b = i * 4;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
+            }
+            sql.push_str(" ON CONFLICT DO NOTHING");
+            let mut q = sqlx::query(&sql);
+            for (seq, rec) in part {
+                q = q.bind(device).bind(*seq).bind(*rec).bind(now_ms);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        sqlx::query(&format!(
+            "UPDATE devices SET {a} = $1, gaps = gaps + $2 WHERE id = $3",
+            a = stream.acked()
+        ))
+        .bind(last)
+        .bind(gap)
+        .bind(device)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(last)
+    }
+
+    /// A device's report of what it did with a policy, grant or bundle.
+    pub async fn applied(
+        &self,
+        device: &str,
+        what: &str,
+        version: i64,
+        ok: bool,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO applied (device, what, version, ok, reason, at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device, what, version) \
+             DO UPDATE SET ok = excluded.ok, reason = excluded.reason, at_ms = excluded.at_ms",
+        )
+        .bind(device)
+        .bind(what)
+        .bind(version)
+        .bind(i64::from(ok))
+        .bind(reason)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if what == "grant" {
+            sqlx::query(
+                "INSERT INTO grant_acks (grant_id, device, ok, reason) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(version)
+            .bind(device)
+            .bind(i64::from(ok))
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records what devices said in their Hellos, many in one transaction.
+    pub async fn seen(&self, batch: &[Seen]) -> Result<(), DbError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for s in batch {
+            sqlx::query(
+                "UPDATE devices SET last_seen_ms = $1, firmware = $2, policy_version = $3, \
+                 bundles = $4, audit_high = $5, outbox_high = $6, dropped = $7, \
+                 sessions = sessions + 1 WHERE id = $8",
+            )
+            .bind(s.at_ms)
+            .bind(&s.firmware)
+            .bind(s.policy_version)
+            .bind(&s.bundles)
+            .bind(s.audit_high)
+            .bind(s.outbox_high)
+            .bind(s.dropped)
+            .bind(&s.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A device's stored records of one stream from `after` (exclusive), oldest first.
+    pub async fn records(
+        &self,
+        stream: Stream,
+        device: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT seq, record FROM {} WHERE device = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            stream.table()
+        ))
+        .bind(device)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// How many devices of each policy version (rollout status).
+    pub async fn rollout(&self) -> Result<Vec<(String, i64, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT grp, policy_version, COUNT(*) FROM devices GROUP BY grp, policy_version \
+             ORDER BY grp, policy_version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+}

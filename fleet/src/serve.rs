@@ -1,0 +1,457 @@
+//! `nanoclaw-fleet serve`: the device-facing TLS listener and the server side of a session.
+//!
+//! Stateless apart from the database: a replica can die mid-session and the device resumes
+//! on any other from the offsets and sequences it holds (docs/PROTOCOL.md). Every read has an
+//! idle timeout so a stalled link cannot pin a task, and every frame is capped at
+//! `FRAME_MAX` before it is allocated.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nanoclaw_proto::sync::{
+    self, DeviceMsg, Digest, ErrorCode, FRAME_MAX, Hello, Offer, ServerMsg, Welcome, records,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::db::{Db, Device, Seen, Stream};
+
+/// How long a device may stay silent inside a session.
+const IDLE: Duration = Duration::from_secs(30);
+/// Longest TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(15);
+
+pub struct Config {
+    pub listen: SocketAddr,
+    pub poll_s: u32,
+}
+
+/// Counters for `status` and benchmarks.
+#[derive(Default)]
+pub struct Stats {
+    pub sessions: AtomicU64,
+    pub failed: AtomicU64,
+    pub refused: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+struct Shared {
+    db: Db,
+    poll_s: u32,
+    seen: mpsc::Sender<Seen>,
+    stats: Arc<Stats>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Binds and serves until the process is stopped. Prints `listening on ADDR` once bound (the
+/// tests and scripts wait for it).
+pub async fn run(
+    db: Db,
+    tls: Arc<rustls::ServerConfig>,
+    cfg: Config,
+    stats: Arc<Stats>,
+) -> Result<(), String> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("nanoclaw-fleet: devices: listening on {addr}");
+    let (tx, rx) = mpsc::channel(4096);
+    tokio::spawn(record_seen(db.clone(), rx));
+    let shared = Arc::new(Shared {
+        db,
+        poll_s: cfg.poll_s,
+        seen: tx,
+        stats,
+    });
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                eprintln!("nanoclaw-fleet: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let r = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => session(&shared, tls).await,
+                Ok(Err(e)) => Err(format!("TLS: {e}")),
+                Err(_) => Err("TLS handshake timed out".into()),
+            };
+            match r {
+                Ok(()) => {
+                    shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    if std::env::var_os("NANOCLAW_FLEET_QUIET").is_none() {
+                        eprintln!("nanoclaw-fleet: {peer}: {e}");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Writes what devices said in their Hellos in batches (one transaction per batch), so an
+/// idle check-in costs the database no synchronous write.
+async fn record_seen(db: Db, mut rx: mpsc::Receiver<Seen>) {
+    let mut batch = Vec::new();
+    while let Some(s) = rx.recv().await {
+        batch.push(s);
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = db.seen(&batch).await {
+            eprintln!("nanoclaw-fleet: recording check-ins: {e}");
+        }
+        batch.clear();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Frames over one TLS stream.
+struct Link<S> {
+    io: S,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    stats: Arc<Stats>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
+    async fn read(&mut self) -> Result<&[u8], String> {
+        let mut len = [0u8; 4];
+        tokio::time::timeout(IDLE, self.io.read_exact(&mut len))
+            .await
+            .map_err(|_| "device went silent".to_string())?
+            .map_err(|e| format!("read: {e}"))?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > FRAME_MAX {
+            return Err(format!("frame of {len} bytes, over {FRAME_MAX}"));
+        }
+        self.buf.resize(len, 0);
+        tokio::time::timeout(IDLE, self.io.read_exact(&mut self.buf))
+            .await
+            .map_err(|_| "device went silent mid-frame".to_string())?
+            .map_err(|e| format!("read: {e}"))?;
+        self.stats
+            .bytes_in
+            .fetch_add(4 + len as u64, Ordering::Relaxed);
+        Ok(&self.buf)
+    }
+
+    /// Queues one message; `flush` sends what is queued.
+    fn push(&mut self, m: &ServerMsg<'_>) -> Result<(), String> {
+        let start = self.out.len();
+        self.out.extend_from_slice(&[0; 4]);
+        let out = std::mem::take(&mut self.out);
+        let mut out = postcard::to_extend(m, out).map_err(|e| format!("encode: {e}"))?;
+        let len = out.len() - start - 4;
+        out[start..start + 4].copy_from_slice(&sync::frame::header(len));
+        self.out = out;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        tokio::time::timeout(IDLE, async {
+            self.io.write_all(&self.out).await?;
+            self.io.flush().await
+        })
+        .await
+        .map_err(|_| "device stopped reading".to_string())?
+        .map_err(|e| format!("write: {e}"))?;
+        self.stats
+            .bytes_out
+            .fetch_add(self.out.len() as u64, Ordering::Relaxed);
+        self.out.clear();
+        Ok(())
+    }
+
+    async fn refuse(&mut self, code: ErrorCode, message: &str) -> String {
+        let _ = self.push(&ServerMsg::Error { code, message });
+        let _ = self.flush().await;
+        let _ = self.io.shutdown().await;
+        message.to_owned()
+    }
+}
+
+fn unhex(s: &str) -> Option<Digest> {
+    let mut d = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(d)
+}
+
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    sh: &Shared,
+    tls: tokio_rustls::server::TlsStream<S>,
+) -> Result<(), String> {
+    let fp = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+        Some(c) => crate::pki::fingerprint(c),
+        None => return Err("no client certificate".into()),
+    };
+    let mut link = Link {
+        io: tls,
+        buf: Vec::with_capacity(512),
+        out: Vec::with_capacity(512),
+        stats: sh.stats.clone(),
+    };
+    let first = link.read().await?.to_vec();
+    let hello: Hello<'_> = match postcard::from_bytes(&first) {
+        Ok(DeviceMsg::Hello(h)) => h,
+        Ok(_) => {
+            return Err(link
+                .refuse(ErrorCode::BadRequest, "a session starts with Hello")
+                .await);
+        }
+        Err(e) => {
+            let m = format!("undecodable Hello: {e}");
+            return Err(link.refuse(ErrorCode::BadRequest, &m).await);
+        }
+    };
+    let Some(protocol) = sync::negotiate(
+        hello.protocol_min,
+        hello.protocol_max,
+        sync::PROTOCOL_MIN,
+        sync::PROTOCOL,
+    ) else {
+        let m = format!(
+            "no common protocol version: device speaks {}..={}, server {}..={}",
+            hello.protocol_min,
+            hello.protocol_max,
+            sync::PROTOCOL_MIN,
+            sync::PROTOCOL
+        );
+        sh.stats.refused.fetch_add(1, Ordering::Relaxed);
+        return Err(link.refuse(ErrorCode::Version, &m).await);
+    };
+    let device = match sh.db.device_by_fingerprint(&fp).await {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            sh.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let m = format!("certificate {} is not enrolled", &fp[..16]);
+            return Err(link.refuse(ErrorCode::Unknown, &m).await);
+        }
+        Err(e) => {
+            let _ = link
+                .refuse(ErrorCode::Busy, "server database unavailable")
+                .await;
+            return Err(e.to_string());
+        }
+    };
+    let now = now_ms();
+    let _ = sh
+        .seen
+        .send(Seen {
+            id: device.id.clone(),
+            at_ms: now,
+            firmware: hello.firmware.to_owned(),
+            policy_version: i64::try_from(hello.policy_version).unwrap_or(i64::MAX),
+            bundles: crate::pki::hex(&hello.bundles),
+            audit_high: i64::try_from(hello.audit_high).unwrap_or(i64::MAX),
+            outbox_high: i64::try_from(hello.outbox_high).unwrap_or(i64::MAX),
+            dropped: i64::try_from(hello.dropped).unwrap_or(i64::MAX),
+        })
+        .await;
+    let policy_version = hello.policy_version;
+    let have_bundles = hello.bundles;
+    welcome(
+        sh,
+        &mut link,
+        &device,
+        protocol,
+        policy_version,
+        have_bundles,
+    )
+    .await
+    .map_err(|e| format!("{}: {e}", device.id))?;
+    requests(sh, &mut link, &device)
+        .await
+        .map_err(|e| format!("{}: {e}", device.id))
+}
+
+/// Welcome and what the device lacks.
+async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
+    sh: &Shared,
+    link: &mut Link<S>,
+    device: &Device,
+    protocol: u16,
+    policy_version: u64,
+    have_bundles: Digest,
+) -> Result<(), String> {
+    let db = &sh.db;
+    let e = |e: crate::db::DbError| e.to_string();
+    let policy = db
+        .policy_for(device)
+        .await
+        .map_err(e)?
+        .filter(|p| u64::try_from(p.version).is_ok_and(|v| v > policy_version));
+    let bundles = db.bundles_for(device).await.map_err(e)?;
+    let want = nanoclaw::daemon::fleet::host::bundles_digest(
+        bundles
+            .iter()
+            .map(|b| (b.name.as_str(), b.version.as_str())),
+    );
+    let offers: Vec<_> = if want == have_bundles {
+        Vec::new()
+    } else {
+        bundles
+            .iter()
+            .filter_map(|b| Some((b, unhex(&b.digest)?)))
+            .collect()
+    };
+    let grants = db.grants_for(device, now_ms()).await.map_err(e)?;
+    let pending = usize::from(policy.is_some()) + offers.len() + grants.len();
+    link.push(&ServerMsg::Welcome(Welcome {
+        protocol,
+        poll_s: sh.poll_s,
+        audit_acked: device.audit_acked as u64,
+        outbox_acked: device.outbox_acked as u64,
+        pending: u16::try_from(pending).unwrap_or(u16::MAX),
+    }))?;
+    if let Some(p) = &policy {
+        link.push(&ServerMsg::Policy {
+            version: p.version as u64,
+            envelope: &p.envelope,
+        })?;
+    }
+    for (b, digest) in &offers {
+        link.push(&ServerMsg::Offer(Offer {
+            name: &b.name,
+            version: &b.version,
+            size: b.size as u64,
+            digest: *digest,
+            signature: &b.signature,
+        }))?;
+    }
+    for g in &grants {
+        link.push(&ServerMsg::Grant {
+            id: g.id as u64,
+            token: &g.token,
+        })?;
+    }
+    link.flush().await
+}
+
+/// Serves the device's requests until Bye.
+async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
+    sh: &Shared,
+    link: &mut Link<S>,
+    device: &Device,
+) -> Result<(), String> {
+    let db = &sh.db;
+    loop {
+        let frame = link.read().await?.to_vec();
+        let msg: DeviceMsg<'_> = match postcard::from_bytes(&frame) {
+            Ok(m) => m,
+            Err(e) => {
+                let m = format!("undecodable message: {e}");
+                return Err(link.refuse(ErrorCode::BadRequest, &m).await);
+            }
+        };
+        match msg {
+            DeviceMsg::Pull {
+                digest,
+                offset,
+                len,
+            } => {
+                let len = len.min(sync::CHUNK_MAX);
+                let data = db
+                    .chunk(&crate::pki::hex(&digest), offset, len)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if data.is_empty() {
+                    let m = format!(
+                        "no bytes of {} at offset {offset}",
+                        crate::pki::hex(&digest)
+                    );
+                    return Err(link.refuse(ErrorCode::BadRequest, &m).await);
+                }
+                link.push(&ServerMsg::Chunk {
+                    digest,
+                    offset,
+                    data: &data,
+                })?;
+            }
+            DeviceMsg::Audit { first, n, records } | DeviceMsg::Outbox { first, n, records } => {
+                let stream = if matches!(msg, DeviceMsg::Audit { .. }) {
+                    Stream::Audit
+                } else {
+                    Stream::Outbox
+                };
+                let mut recs: Vec<&[u8]> = Vec::with_capacity(usize::from(n));
+                if n == 0 || first == 0 || records::split(records, n, |r| recs.push(r)).is_none() {
+                    let m = format!("batch from {first} does not hold {n} records");
+                    return Err(link.refuse(ErrorCode::BadRequest, &m).await);
+                }
+                let upto = db
+                    .ingest(stream, &device.id, first, &recs, now_ms())
+                    .await
+                    .map_err(|e| e.to_string())? as u64;
+                link.push(&match stream {
+                    Stream::Audit => ServerMsg::AuditAck { upto },
+                    Stream::Outbox => ServerMsg::OutboxAck { upto },
+                })?;
+            }
+            DeviceMsg::Applied {
+                what,
+                version,
+                ok,
+                reason,
+            } => {
+                let what = match what {
+                    sync::Applied::Policy => "policy",
+                    sync::Applied::Bundle => "bundle",
+                    sync::Applied::Grant => "grant",
+                };
+                db.applied(
+                    &device.id,
+                    what,
+                    i64::try_from(version).unwrap_or(i64::MAX),
+                    ok,
+                    reason,
+                    now_ms(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                // No answer: Applied is a report, not a request.
+                continue;
+            }
+            DeviceMsg::Bye => {
+                link.push(&ServerMsg::Bye { poll_s: sh.poll_s })?;
+                link.flush().await?;
+                let _ = link.io.shutdown().await;
+                return Ok(());
+            }
+            DeviceMsg::Hello(_) => {
+                return Err(link.refuse(ErrorCode::BadRequest, "a second Hello").await);
+            }
+        }
+        link.flush().await?;
+    }
+}

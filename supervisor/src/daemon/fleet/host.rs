@@ -1,0 +1,303 @@
+//! What a sync session reads from and does to the daemon (`session::Host`): the Hello, audit
+//! and outbox batches, and the server's policies, grants and bundles, which go through the
+//! same paths as local ones (policy `replace`, grant `request`, the installer).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use nanoclaw_proto::session::Host;
+use nanoclaw_proto::sync::{Digest, Hello, Offer, PROTOCOL, PROTOCOL_MIN, records};
+use sha2::Digest as _;
+
+use super::State;
+use crate::daemon::CtxRef;
+
+/// A bundle being downloaded in this session.
+struct Download {
+    name: String,
+    version: String,
+}
+
+pub struct DeviceHost {
+    ctx: CtxRef,
+    pub state: State,
+    firmware: String,
+    hello_policy: u64,
+    audit_high: u64,
+    outbox_high: u64,
+    outbox_acked: u64,
+    dropped: u64,
+    dir: PathBuf,
+    /// No downloads (the byte budget is spent, or the rest would overrun it).
+    pub budget_left: Option<u64>,
+    downloads: BTreeMap<Digest, Download>,
+    /// Complete, digest-checked archives to install after the session.
+    pub ready: Vec<(Digest, PathBuf)>,
+    /// Every bundle offered this session (name, version, hex digest).
+    pub offered: Vec<(String, String, String)>,
+    /// Applied policy versions, for the caller's log.
+    pub policies: Vec<u64>,
+    reason: String,
+}
+
+/// SHA-256 of the sorted `name@version\n` lines: what a device reports as its fleet bundles.
+pub fn bundles_digest<'a>(list: impl Iterator<Item = (&'a str, &'a str)>) -> Digest {
+    let mut v: Vec<String> = list.map(|(n, ver)| format!("{n}@{ver}\n")).collect();
+    v.sort();
+    sha2::Sha256::digest(v.concat().as_bytes()).into()
+}
+
+impl DeviceHost {
+    pub fn new(ctx: &CtxRef, state: State, dir: PathBuf, budget_left: Option<u64>) -> Self {
+        let d = ctx.d.borrow();
+        let audit_high = d.audit.next_seq().saturating_sub(1);
+        let (outbox_high, outbox_acked) = d.outbox.as_ref().map_or((0, 0), |o| {
+            let high = o.next_seq().saturating_sub(1);
+            // Waiting records are the newest `count`; everything before them was acked.
+            (high, high.saturating_sub(o.count()))
+        });
+        // Rotation removed records the server never acknowledged: say how many.
+        let dropped = d
+            .audit
+            .first_seq()
+            .saturating_sub(1)
+            .saturating_sub(state.audit_acked);
+        DeviceHost {
+            ctx: ctx.clone(),
+            firmware: env!("CARGO_PKG_VERSION").into(),
+            hello_policy: d.policy.version,
+            audit_high,
+            outbox_high,
+            outbox_acked,
+            dropped,
+            dir,
+            budget_left,
+            downloads: BTreeMap::new(),
+            ready: Vec::new(),
+            offered: Vec::new(),
+            policies: Vec::new(),
+            reason: String::new(),
+            state,
+        }
+    }
+
+    fn part(&self, digest: &Digest) -> PathBuf {
+        self.dir
+            .join(format!("{}.part", crate::bundle::hex(digest)))
+    }
+
+    fn fail(&mut self, why: String) -> Result<(), &str> {
+        self.reason = why;
+        Err(&self.reason)
+    }
+}
+
+impl Host for DeviceHost {
+    fn hello(&self) -> Hello<'_> {
+        Hello {
+            protocol_min: PROTOCOL_MIN,
+            protocol_max: PROTOCOL,
+            firmware: &self.firmware,
+            policy_version: self.hello_policy,
+            bundles: self.state.bundles,
+            audit_high: self.audit_high,
+            audit_acked: self.state.audit_acked,
+            outbox_high: self.outbox_high,
+            outbox_acked: self.outbox_acked,
+            dropped: self.dropped,
+        }
+    }
+
+    fn audit(&self, first: u64, buf: &mut [u8]) -> (u64, u16, usize) {
+        let d = self.ctx.d.borrow();
+        // Each record costs 2 bytes of length on top of its body.
+        let recs = match d.audit.since(first, buf.len() * 9 / 10) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("nanoclaw: fleet sync: reading the audit log: {e}");
+                return (first, 0, 0);
+            }
+        };
+        let mut used = 0;
+        let mut n = 0u16;
+        let from = recs.first().map_or(first, |r| r.0);
+        for (_, body) in &recs {
+            if n == u16::MAX || !records::push(buf, &mut used, body) {
+                break;
+            }
+            n += 1;
+        }
+        (from, n, used)
+    }
+
+    fn outbox(&self, first: u64, buf: &mut [u8]) -> (u64, u16, usize) {
+        let d = self.ctx.d.borrow();
+        let Some(o) = d.outbox.as_ref() else {
+            return (first, 0, 0);
+        };
+        let recs = match o.records() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("nanoclaw: fleet sync: reading the outbox: {e}");
+                return (first, 0, 0);
+            }
+        };
+        let mut used = 0;
+        let mut n = 0u16;
+        let mut from = first;
+        let mut next = None;
+        for r in recs.iter().filter(|r| r.seq >= first) {
+            if next.is_some_and(|s| s != r.seq) {
+                break;
+            }
+            let Ok(body) = serde_json::to_vec(r) else {
+                break;
+            };
+            if n == u16::MAX || !records::push(buf, &mut used, &body) {
+                break;
+            }
+            if n == 0 {
+                from = r.seq;
+            }
+            n += 1;
+            next = Some(r.seq + 1);
+        }
+        (from, n, used)
+    }
+
+    fn policy(&mut self, version: u64, envelope: &[u8]) -> Result<(), &str> {
+        let r = crate::daemon::policy::replace(
+            &self.ctx,
+            envelope,
+            "fleet",
+            false,
+            std::time::Instant::now(),
+        );
+        match r {
+            Ok(_) => {
+                self.policies.push(version);
+                Ok(())
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn grant(&mut self, token: &[u8]) -> Result<(), &str> {
+        let v: serde_json::Value = match serde_json::from_slice(token) {
+            Ok(v) => v,
+            Err(e) => return self.fail(format!("grant token is not JSON: {e}")),
+        };
+        let agent = v["payload"]["agent"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match crate::daemon::grants::request(&self.ctx, &agent, &v) {
+            Ok(_) => Ok(()),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn want(&mut self, offer: &Offer<'_>) -> Option<u64> {
+        let hex = crate::bundle::hex(&offer.digest);
+        self.offered
+            .push((offer.name.to_owned(), offer.version.to_owned(), hex.clone()));
+        if self.state.refused.contains(&hex) {
+            return None;
+        }
+        let installed = self
+            .ctx
+            .d
+            .borrow()
+            .agents
+            .get(offer.name)
+            .is_some_and(|a| a.manifest.version == offer.version);
+        if installed || offer.size > crate::daemon::installer::MAX_ARCHIVE {
+            return None;
+        }
+        let part = self.part(&offer.digest);
+        let have = std::fs::metadata(&part).map_or(0, |m| m.len());
+        if self
+            .budget_left
+            .is_some_and(|left| offer.size.saturating_sub(have) > left)
+        {
+            return None;
+        }
+        if std::fs::create_dir_all(&self.dir).is_err()
+            || std::fs::write(part.with_extension("sigstore.json"), offer.signature).is_err()
+        {
+            return None;
+        }
+        self.downloads.insert(
+            offer.digest,
+            Download {
+                name: offer.name.to_owned(),
+                version: offer.version.to_owned(),
+            },
+        );
+        Some(have)
+    }
+
+    fn chunk(&mut self, digest: &Digest, offset: u64, data: &[u8]) -> bool {
+        let part = self.part(digest);
+        let ok = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)
+            .and_then(|mut f| {
+                if f.metadata()?.len() != offset {
+                    return Err(std::io::Error::other("offset mismatch"));
+                }
+                f.write_all(data)
+            });
+        ok.is_ok()
+    }
+
+    fn downloaded(&mut self, digest: &Digest) {
+        let part = self.part(digest);
+        let Some(dl) = self.downloads.remove(digest) else {
+            return;
+        };
+        let hex = crate::bundle::hex(digest);
+        match crate::bundle::sha256_file(&part) {
+            Ok((got, _)) if &got == digest => {
+                let file = self.dir.join(format!("{}-{}.nclaw", dl.name, dl.version));
+                let sig = PathBuf::from(format!("{}.sigstore.json", file.display()));
+                if std::fs::rename(part.with_extension("sigstore.json"), &sig).is_ok()
+                    && std::fs::rename(&part, &file).is_ok()
+                {
+                    self.ready.push((*digest, file));
+                }
+            }
+            _ => {
+                // Corrupt on disk (a torn write before a power cut): start it over.
+                let _ = std::fs::remove_file(&part);
+                self.ctx.d.borrow_mut().audit(
+                    &dl.name,
+                    nanoclaw_proto::audit::AuditKind::InstallRefused,
+                    &format!(
+                        "fleet download sha256:{hex} did not match its digest; fetching it again"
+                    ),
+                    true,
+                );
+            }
+        }
+    }
+
+    fn acked_audit(&mut self, upto: u64) {
+        self.state.audit_acked = self.state.audit_acked.max(upto);
+    }
+
+    fn acked_outbox(&mut self, upto: u64) {
+        if upto <= self.outbox_acked {
+            return;
+        }
+        let mut d = self.ctx.d.borrow_mut();
+        if let Some(o) = d.outbox.as_mut() {
+            match o.ack(upto) {
+                Ok(()) => self.outbox_acked = upto,
+                Err(e) => eprintln!("nanoclaw: fleet sync: trimming the outbox: {e}"),
+            }
+        }
+    }
+}
