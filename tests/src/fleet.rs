@@ -67,6 +67,34 @@ impl Fleet {
         f
     }
 
+    /// Another server process on the same directory and database (a replica).
+    pub fn replica(&self, n: usize) -> Fleet {
+        Fleet {
+            dir: self.dir.clone(),
+            db: self.db.clone(),
+            server: None,
+            addr: None,
+            log: self.dir.join(format!("server-{n}.log")),
+        }
+    }
+
+    /// Runs SQL on the server's database with the backend's own client (sqlite3 or psql),
+    /// as an attacker or a bad restore would.
+    pub fn sql(&self, sql: &str) {
+        let out = match self.db.strip_prefix("sqlite:") {
+            Some(path) => Command::new("sqlite3").arg(path).arg(sql).output(),
+            None => Command::new("psql")
+                .args(["-v", "ON_ERROR_STOP=1", "-d", &self.db, "-c", sql])
+                .output(),
+        }
+        .expect("running sqlite3/psql");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs a fleet CLI command; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(fleet_bin())
@@ -225,7 +253,7 @@ pub enum Fault {
 pub struct Proxy {
     pub addr: SocketAddr,
     fault: Arc<Mutex<Fault>>,
-    upstream: Arc<Mutex<SocketAddr>>,
+    upstream: Arc<Mutex<Vec<SocketAddr>>>,
     pub connections: Arc<AtomicU64>,
     /// Bytes forwarded from the server to devices, over all connections.
     pub bytes_down: Arc<AtomicU64>,
@@ -239,7 +267,7 @@ impl Proxy {
         let p = Proxy {
             addr,
             fault: Arc::new(Mutex::new(Fault::None)),
-            upstream: Arc::new(Mutex::new(upstream)),
+            upstream: Arc::new(Mutex::new(vec![upstream])),
             connections: Arc::new(AtomicU64::new(0)),
             bytes_down: Arc::new(AtomicU64::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
@@ -257,9 +285,12 @@ impl Proxy {
                     return;
                 }
                 let Ok(client) = client else { continue };
-                conns.fetch_add(1, Ordering::Relaxed);
+                let i = conns.fetch_add(1, Ordering::Relaxed) as usize;
                 let f = *fault.lock().expect("fault");
-                let target = *up.lock().expect("upstream");
+                let target = {
+                    let list = up.lock().expect("upstream");
+                    list[i % list.len()]
+                };
                 let down = down.clone();
                 std::thread::spawn(move || relay(client, target, f, &down));
             }
@@ -271,7 +302,9 @@ impl Proxy {
         *self.fault.lock().expect("fault") = f;
     }
 
-    pub fn set_upstream(&self, a: SocketAddr) {
+    /// Connections go to these servers in turn (replicas behind a load balancer).
+    pub fn set_upstreams(&self, a: Vec<SocketAddr>) {
+        assert!(!a.is_empty());
         *self.upstream.lock().expect("upstream") = a;
     }
 }
@@ -337,4 +370,126 @@ fn relay(client: TcpStream, target: SocketAddr, fault: Fault, down: &AtomicU64) 
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
     let _ = up.join();
+}
+
+/// A private PostgreSQL server (Debian `postgresql`) on a free 127.0.0.1 port, in a
+/// temporary directory, run as the `postgres` user; stopped and removed on drop.
+pub struct Postgres {
+    _dir: tempfile::TempDir,
+    child: Child,
+    pub url: String,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed: run `cargo xtask setup` (Debian postgresql)")
+            .filter_map(|e| Some(e.ok()?.path().join("bin")))
+            .filter(|p| p.join("postgres").is_file())
+            .max()
+            .expect("no /usr/lib/postgresql/*/bin/postgres");
+        let dir = tempfile::Builder::new()
+            .prefix("nc-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+        let data = dir.path().join("data");
+        let as_pg = |prog: &Path| {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(prog)
+            .env("HOME", dir.path());
+            c
+        };
+        let out = as_pg(&bin.join("initdb"))
+            .args(["-D", data.to_str().expect("path")])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::fs::File::create(dir.path().join("pg.log")).expect("log");
+        let child = as_pg(&bin.join("postgres"))
+            .args(["-D", data.to_str().expect("path"), "-p", &port.to_string()])
+            .args(["-k", dir.path().to_str().expect("path")])
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=200",
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting postgres");
+        let pg = Postgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            child,
+            _dir: dir,
+        };
+        let ready = crate::wait_until(Duration::from_secs(60), || {
+            let log = std::fs::read_to_string(pg._dir.path().join("pg.log")).ok()?;
+            log.contains("ready to accept connections").then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "postgres did not start: {}",
+            std::fs::read_to_string(pg._dir.path().join("pg.log")).unwrap_or_default()
+        );
+        pg
+    }
+}
+
+fn postgres_ids() -> (u32, u32) {
+    let out = Command::new("id")
+        .arg("-u")
+        .arg("postgres")
+        .output()
+        .expect("id");
+    let uid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("postgres uid");
+    let out = Command::new("id")
+        .arg("-g")
+        .arg("postgres")
+        .output()
+        .expect("id");
+    let gid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("postgres gid");
+    (uid, gid)
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGQUIT: immediate shutdown of the server we started.
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::QUIT,
+        );
+        let _ = self.child.wait();
+    }
 }

@@ -25,6 +25,11 @@ pub const TEST: &[Pkg] = &[
     ("util-linux", "/usr/bin/setpriv"),
     // Key pairs for the signed-install tests (tests/host/install.rs).
     ("openssl", "/usr/bin/openssl"),
+    // The fleet end-to-end tests (tests/e2e/fleet.rs): a real PostgreSQL they start, and the
+    // databases' own clients to tamper with what a server stored.
+    ("postgresql", "/usr/bin/pg_ctlcluster"),
+    ("postgresql-client", "/usr/bin/psql"),
+    ("sqlite3", "/usr/bin/sqlite3"),
 ];
 /// VM tier (the kernel image is downloaded, not installed, by xtask/src/vm.rs).
 /// (busybox for each guest architecture is downloaded by vm.rs, not installed.)
