@@ -354,6 +354,26 @@ fn human(req: &Request, v: &Value) -> String {
             if p["unsigned_bundles_allowed"] == Value::Bool(true) {
                 out += "WARNING     unsigned bundles are allowed (device.json allow_unsigned)\n";
             }
+            let f = &v["fleet"];
+            if f.is_object() {
+                out += &format!(
+                    "fleet       {}: {} ok, {} failed, last ok {} s ago, next in {} s; {} bytes today{}{}\n",
+                    s(f, "server"),
+                    s(f, "sessions_ok"),
+                    s(f, "sessions_failed"),
+                    f["last_ok_s_ago"]
+                        .as_u64()
+                        .map_or("-".into(), |x| x.to_string()),
+                    s(f, "next_in_s"),
+                    s(f, "bytes_today"),
+                    f["daily_bytes"]
+                        .as_u64()
+                        .map_or(String::new(), |b| format!(" of {b}")),
+                    f["last_error"]
+                        .as_str()
+                        .map_or(String::new(), |e| format!("; last error: {e}")),
+                );
+            }
             out += &format!("agents      {}\n", v["agents"]);
             for e in v["enforcement"].as_array().into_iter().flatten() {
                 out += &format!(
