@@ -1,5 +1,5 @@
 //! Entry points of the fuzz targets (`fuzz/`, `cargo +nightly fuzz run NAME`): every decoder
-//! of untrusted input, driven with arbitrary bytes. Each must answer with a value or an error
+//! of untrusted input (policies, manifests, envelopes, agent socket lines, sync frames), driven with arbitrary bytes. Each must answer with a value or an error
 //! and never panic; where a decoder accepts, the checks below hold. The unit tests run the
 //! same entry points on stable over thousands of mutated documents, so CI exercises them too.
 
@@ -69,6 +69,81 @@ pub fn signed(data: &[u8]) {
 pub fn manifest(data: &[u8]) {
     if let Ok(m) = crate::config::Manifest::parse(data, Path::new("/b/manifest.json")) {
         assert!(m.validate().is_ok());
+    }
+}
+
+/// Sync frames and messages from either side: decoded or refused, batches split or refused,
+/// and a device session fed arbitrary server messages never panics.
+pub fn sync(data: &[u8]) {
+    use nanoclaw_proto::session::{Host, Session};
+    use nanoclaw_proto::sync::{DeviceMsg, Digest, Hello, Offer, ServerMsg, frame, records};
+
+    struct Null;
+    impl Host for Null {
+        fn hello(&self) -> Hello<'_> {
+            Hello {
+                protocol_min: 1,
+                protocol_max: 1,
+                firmware: "f",
+                policy_version: 1,
+                bundles: [0; 32],
+                audit_high: 3,
+                audit_acked: 0,
+                outbox_high: 0,
+                outbox_acked: 0,
+                dropped: 0,
+            }
+        }
+        fn audit(&self, first: u64, buf: &mut [u8]) -> (u64, u16, usize) {
+            let mut used = 0;
+            let n = u16::from(first <= 3 && records::push(buf, &mut used, b"rec"));
+            (first, n, used)
+        }
+        fn outbox(&self, first: u64, _: &mut [u8]) -> (u64, u16, usize) {
+            (first, 0, 0)
+        }
+        fn policy(&mut self, _: u64, _: &[u8]) -> Result<(), &str> {
+            Err("no")
+        }
+        fn grant(&mut self, _: &[u8]) -> Result<(), &str> {
+            Ok(())
+        }
+        fn want(&mut self, o: &Offer<'_>) -> Option<u64> {
+            (o.size < 1 << 20).then_some(0)
+        }
+        fn chunk(&mut self, _: &Digest, _: u64, _: &[u8]) -> bool {
+            true
+        }
+        fn downloaded(&mut self, _: &Digest) {}
+        fn acked_audit(&mut self, _: u64) {}
+        fn acked_outbox(&mut self, _: u64) {}
+    }
+
+    if let Ok(DeviceMsg::Audit { n, records, .. } | DeviceMsg::Outbox { n, records, .. }) =
+        postcard::from_bytes::<DeviceMsg<'_>>(data)
+    {
+        let mut count = 0u16;
+        if records::split(records, n, |_| count += 1).is_some() {
+            assert_eq!(count, n);
+        }
+    }
+    // The bytes as a stream of frames, each a server message for one session.
+    let mut host = Null;
+    let (mut s, _) = Session::start(&host);
+    let mut buf = [0u8; 512];
+    let mut rest = data;
+    let mut sent = 0usize;
+    while let frame::Next::Frame { len } = frame::next(rest) {
+        let Some(body) = rest.get(4..4 + len) else {
+            break;
+        };
+        if let Ok(m) = postcard::from_bytes::<ServerMsg<'_>>(body)
+            && s.on_message(&mut host, m, &mut buf, &mut |_| sent += 1)
+                .is_err()
+        {
+            break;
+        }
+        rest = &rest[4 + len..];
     }
 }
 
@@ -188,5 +263,45 @@ mod tests {
             &[crate::config::manifest::tests::EXAMPLE.as_bytes()],
             super::manifest,
         );
+        use nanoclaw_proto::sync::{DeviceMsg, Offer, ServerMsg, Welcome};
+        let mut session = Vec::new();
+        for m in [
+            ServerMsg::Welcome(Welcome {
+                protocol: 1,
+                poll_s: 60,
+                audit_acked: 0,
+                outbox_acked: 0,
+                pending: 2,
+            }),
+            ServerMsg::Offer(Offer {
+                name: "a",
+                version: "1.0.0",
+                size: 10,
+                digest: [1; 32],
+                signature: b"{}",
+            }),
+            ServerMsg::Grant {
+                id: 1,
+                token: b"{}",
+            },
+            ServerMsg::Chunk {
+                digest: [1; 32],
+                offset: 0,
+                data: b"0123456789",
+            },
+            ServerMsg::AuditAck { upto: 3 },
+            ServerMsg::Bye { poll_s: 60 },
+        ] {
+            let body = postcard::to_allocvec(&m).unwrap();
+            session.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            session.extend(body);
+        }
+        let batch = postcard::to_allocvec(&DeviceMsg::Audit {
+            first: 1,
+            n: 2,
+            records: &[3, 0, b'a', b'b', b'c', 0, 0],
+        })
+        .unwrap();
+        drive("sync", &[&session, &batch], super::sync);
     }
 }

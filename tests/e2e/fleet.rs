@@ -299,3 +299,132 @@ fn a_device_certificate_from_another_ca_is_refused() {
     assert!(log.to_lowercase().contains("certificate"), "{log}");
     fleet.kill();
 }
+
+/// A grant and outbox records through the fleet, then a metered link: once the day's bytes
+/// are spent only a security event (a crash loop) opens a session.
+#[test]
+fn grants_outbox_and_the_daily_byte_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::init(&tmp.path().join("fleet"), None);
+    let server = fleet.serve(2, 0);
+    let proxy = Proxy::start(server);
+    let mut dev = Device::new();
+    let creds = fleet.enrol("dev-g", "lab");
+    dev.device["device_id"] = json!("dev-g");
+    dev.device["policy_key"] = json!(fleet.dir.join("fleet-signing.pub"));
+    let mut section = Fleet::device_section(&creds, proxy.addr, 5);
+    section["daily_bytes"] = json!("64KiB");
+    dev.device["fleet"] = section;
+    let cap = "net:127.0.0.1:19/tcp";
+    let steps = [
+        r#"{"op":"hello","id":1}"#,
+        r#"{"op":"outbox_put","id":2,"topic":"reading","data":{"n":1}}"#,
+        r#"{"op":"outbox_put","id":3,"topic":"reading","data":{"n":2}}"#,
+        r#"{"op":"outbox_put","id":4,"topic":"reading","data":{"n":3}}"#,
+        "sleep:600000",
+    ];
+    let mut args = vec!["sock"];
+    args.extend(steps);
+    let mut m = manifest("asker", "service", &args, "16MiB");
+    m["requests"]["network"] = json!([]);
+    let mut g = grant("16MiB");
+    g["grantable"] = json!([cap]);
+    dev.add_agent("asker", m, Some(g));
+    let mut crasher = manifest(
+        "crasher",
+        "service",
+        &["wait-file", "/go", "exit", "1"],
+        "16MiB",
+    );
+    crasher["restart"] = json!({ "policy": "always", "max_per_hour": 1 });
+    dev.add_agent("crasher", crasher, Some(grant("16MiB")));
+    dev.start();
+
+    // The three outbox records arrive once each, in order, and leave the device's outbox.
+    let recs = dev.wait(SYNC, "the outbox at the server", || {
+        let out = fleet.ok(&["outbox", "--device", "dev-g"]);
+        let recs: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (recs.len() >= 3).then_some(recs)
+    });
+    assert_eq!(recs.len(), 3, "{recs:#?}");
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["seq"], i as u64 + 1);
+        assert_eq!(r["record"]["data"]["n"], i as u64 + 1);
+        assert_eq!(r["record"]["agent"], "asker");
+    }
+
+    // A grant issued at the fleet is applied on the device once, and not sent again.
+    let out = fleet.ok(&[
+        "grant",
+        "--agent",
+        "asker",
+        "--capability",
+        cap,
+        "--ttl",
+        "600",
+        "--device",
+        "dev-g",
+    ]);
+    assert!(out.contains("signature"), "{out}");
+    dev.wait(SYNC, "the grant applied", || {
+        (!dev.audit_of("grant_applied").is_empty()).then_some(())
+    });
+    let n = proxy.connections.load(Ordering::Relaxed);
+    dev.wait(SYNC, "two more sessions", || {
+        (proxy.connections.load(Ordering::Relaxed) >= n + 2).then_some(())
+    });
+    assert_eq!(dev.audit_of("grant_applied").len(), 1);
+    assert!(
+        dev.audit_of("grant_refused").is_empty(),
+        "{:#?}",
+        dev.audit_of("grant_refused")
+    );
+    let status = dev.json(&["status"]);
+    let grants = &status["enforcement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["agent"] == "asker")
+        .unwrap()["grants"];
+    assert_eq!(grants[0]["capability"], cap, "{grants}");
+
+    // The budget: sessions stop once 64 KiB went through the socket today...
+    dev.wait(Duration::from_secs(300), "the day's budget spent", || {
+        let f = dev.json(&["status"])["fleet"].clone();
+        (f["bytes_today"].as_u64()? >= 64 * 1024).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let spent_at = proxy.connections.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        proxy.connections.load(Ordering::Relaxed),
+        spent_at,
+        "no session over budget"
+    );
+    assert!(
+        dev.json(&["status"])["fleet"]["next_in_s"]
+            .as_u64()
+            .unwrap()
+            > 10
+    );
+    // ...and a crash loop still goes out at once.
+    std::fs::write(dev.bundle("crasher").join("rootfs/go"), b"").unwrap();
+    dev.wait(SYNC, "the crash loop at the server", || {
+        fleet
+            .audit("dev-g")
+            .iter()
+            .any(|r| r["kind"] == "crash_loop")
+            .then_some(())
+    });
+    assert!(proxy.connections.load(Ordering::Relaxed) > spent_at);
+    assert!(
+        dev.json(&["status"])["fleet"]["urgent_sessions"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    fleet.kill();
+}

@@ -82,7 +82,12 @@ impl Fleet {
     /// as an attacker or a bad restore would.
     pub fn sql(&self, sql: &str) {
         let out = match self.db.strip_prefix("sqlite:") {
-            Some(path) => Command::new("sqlite3").arg(path).arg(sql).output(),
+            // The server may hold the write lock for a moment: wait for it like a client should.
+            Some(path) => Command::new("sqlite3")
+                .args(["-cmd", ".timeout 10000"])
+                .arg(path)
+                .arg(sql)
+                .output(),
             None => Command::new("psql")
                 .args(["-v", "ON_ERROR_STOP=1", "-d", &self.db, "-c", sql])
                 .output(),
