@@ -4,19 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nanoclaw_tests::fleet::{Fault, Fleet, Proxy};
-use nanoclaw_tests::{Device, bins, grant, manifest, run};
+use nanoclaw_tests::{Device, bins, grant, manifest};
 use serde_json::{Value, json};
 
 const SYNC: Duration = Duration::from_secs(120);
-
-fn nc(args: &[&str]) -> nanoclaw_tests::CliOut {
-    run(Command::new(&bins().nanoclaw).args(args))
-}
 
 /// A signed bundle of agent `name` carrying `pad_bytes` of incompressible data.
 fn signed_bundle(dir: &Path, name: &str, version: &str, key: &Path, pad_bytes: usize) -> PathBuf {
@@ -40,22 +35,7 @@ fn signed_bundle(dir: &Path, name: &str, version: &str, key: &Path, pad_bytes: u
     m["version"] = json!(version);
     std::fs::write(src.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     let file = dir.join(format!("{name}-{version}.nclaw"));
-    let out = nc(&[
-        "bundle",
-        "pack",
-        src.to_str().unwrap(),
-        "-o",
-        file.to_str().unwrap(),
-    ]);
-    assert_eq!(out.code, 0, "{out:?}");
-    let out = nc(&[
-        "bundle",
-        "sign",
-        file.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ]);
-    assert_eq!(out.code, 0, "{out:?}");
+    nanoclaw_tests::pack_and_sign(&src, &file, key);
     file
 }
 

@@ -52,22 +52,7 @@ fn signed_bundle_with(
     tweak(&mut m);
     std::fs::write(src.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     let file = dir.join(format!("{name}-{version}.nclaw"));
-    let out = nc(&[
-        "bundle",
-        "pack",
-        src.to_str().unwrap(),
-        "-o",
-        file.to_str().unwrap(),
-    ]);
-    assert_eq!(out.code, 0, "{out:?}");
-    let out = nc(&[
-        "bundle",
-        "sign",
-        file.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ]);
-    assert_eq!(out.code, 0, "{out:?}");
+    nanoclaw_tests::pack_and_sign(&src, &file, key);
     file
 }
 

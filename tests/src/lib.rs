@@ -777,6 +777,27 @@ pub fn grant(memory: &str) -> Value {
     json!({ "memory": memory, "cpus": 0.5, "pids": 8, "scratch": "1MiB", "syscalls": "default" })
 }
 
+/// `nanoclaw bundle pack SRC -o FILE` then `bundle sign FILE --key KEY`, both must succeed.
+pub fn pack_and_sign(src: &Path, file: &Path, key: &Path) {
+    let nc = |args: &[&std::ffi::OsStr]| run(Command::new(&bins().nanoclaw).args(args));
+    let out = nc(&[
+        "bundle".as_ref(),
+        "pack".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        file.as_os_str(),
+    ]);
+    assert_eq!(out.code, 0, "bundle pack: {out:?}");
+    let out = nc(&[
+        "bundle".as_ref(),
+        "sign".as_ref(),
+        file.as_os_str(),
+        "--key".as_ref(),
+        key.as_os_str(),
+    ]);
+    assert_eq!(out.code, 0, "bundle sign: {out:?}");
+}
+
 /// A key pair made with openssl, as PEM files `DIR/NAME.pem` (private, PKCS#8) and
 /// `DIR/NAME.pub`: `ec` true for ECDSA P-256, false for Ed25519.
 pub fn keypair(dir: &Path, name: &str, ec: bool) -> (PathBuf, PathBuf) {
