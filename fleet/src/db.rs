@@ -3,7 +3,7 @@
 //!
 //! Why the queries look the way they do:
 //! - Only types both backends share (`BIGINT`, `TEXT`, a blob type) and `$n` parameters,
-//!   which SQLite accepts too; the two DDL differences are substituted in [`migrate`].
+//!   which SQLite accepts too; the two DDL differences are substituted by `Db::dialect`.
 //! - Exactly-once ingestion: records are keyed `(device, seq)` and inserted with
 //!   `ON CONFLICT DO NOTHING` inside the transaction that moves the device's acked mark, so a
 //!   batch repeated after a cut, or raced by a second replica, is stored once.
@@ -13,6 +13,8 @@
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use std::io::Read as _;
+
 use sqlx::{AnyPool, Executor, Row};
 
 /// Bundle chunk size in the store (the protocol's largest chunk).
@@ -261,7 +263,16 @@ pub struct PolicyRow {
     pub envelope: Vec<u8>,
 }
 
-/// A bundle a device should have.
+/// A bundle assigned to a device (its signature is fetched only when it is offered).
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    pub name: String,
+    pub version: String,
+    pub size: i64,
+    pub digest: String,
+}
+
+/// A bundle as published.
 #[derive(Debug, Clone)]
 pub struct BundleRow {
     pub name: String,
@@ -414,12 +425,12 @@ impl Db {
         })
     }
 
-    /// Stores a bundle's bytes (chunked) and metadata; publishing the same digest twice is a
-    /// no-op.
+    /// Stores a bundle's bytes, read from `data` chunk by chunk (never whole in memory), and
+    /// its metadata; publishing the same digest twice is a no-op.
     pub async fn store_bundle(
         &self,
         b: &BundleRow,
-        data: &[u8],
+        data: &mut impl std::io::Read,
         now_ms: i64,
     ) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
@@ -428,13 +439,29 @@ impl Db {
             .fetch_optional(&mut *tx)
             .await?;
         if have.is_none() {
-            for (i, chunk) in data.chunks(CHUNK as usize).enumerate() {
+            let mut chunk = Vec::with_capacity(CHUNK as usize);
+            let mut stored = 0u64;
+            for i in 0.. {
+                chunk.clear();
+                std::io::Read::take(&mut *data, CHUNK)
+                    .read_to_end(&mut chunk)
+                    .map_err(|e| DbError::Invalid(format!("reading the bundle: {e}")))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                stored += chunk.len() as u64;
                 sqlx::query("INSERT INTO bundle_chunks (digest, idx, data) VALUES ($1, $2, $3)")
                     .bind(&b.digest)
                     .bind(i as i64)
-                    .bind(chunk)
+                    .bind(&chunk)
                     .execute(&mut *tx)
                     .await?;
+            }
+            if stored != b.size as u64 {
+                return Err(DbError::Invalid(format!(
+                    "the bundle changed while it was stored ({stored} of {} bytes)",
+                    b.size
+                )));
             }
             sqlx::query(
                 "INSERT INTO bundles (digest, name, version, size, signature, created_ms) \
@@ -468,9 +495,9 @@ impl Db {
     }
 
     /// The bundles a device should run: its own assignments override its group's per name.
-    pub async fn bundles_for(&self, d: &Device) -> Result<Vec<BundleRow>, DbError> {
+    pub async fn bundles_for(&self, d: &Device) -> Result<Vec<Assigned>, DbError> {
         let rows = sqlx::query(
-            "SELECT a.target, b.name, b.version, b.size, b.digest, b.signature \
+            "SELECT a.target, b.name, b.version, b.size, b.digest \
              FROM assignments a JOIN bundles b ON a.digest = b.digest \
              WHERE a.target = $1 OR a.target = $2 ORDER BY b.name",
         )
@@ -478,15 +505,14 @@ impl Db {
         .bind(group_target(&d.group))
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<(bool, BundleRow)> = Vec::new();
+        let mut out: Vec<(bool, Assigned)> = Vec::new();
         for r in rows {
             let own = r.try_get::<String, _>(0)?.starts_with("device:");
-            let b = BundleRow {
+            let b = Assigned {
                 name: r.try_get(1)?,
                 version: r.try_get(2)?,
                 size: r.try_get(3)?,
                 digest: r.try_get(4)?,
-                signature: r.try_get(5)?,
             };
             match out.iter_mut().find(|(_, x)| x.name == b.name) {
                 Some(slot) if own => *slot = (own, b),
@@ -495,6 +521,17 @@ impl Db {
             }
         }
         Ok(out.into_iter().map(|(_, b)| b).collect())
+    }
+
+    /// A published bundle's signature (the Sigstore bundle JSON).
+    pub async fn signature(&self, digest: &str) -> Result<Vec<u8>, DbError> {
+        Ok(
+            sqlx::query("SELECT signature FROM bundles WHERE digest = $1")
+                .bind(digest)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
     }
 
     /// Up to `len` bytes of a bundle from `offset` (may be shorter at a chunk boundary).

@@ -8,7 +8,6 @@ mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use ops::Target;
 
@@ -207,8 +206,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             let conns = args.num("connections", 16).map_err(usage)? as u32;
             let tls = pki::server_config(&dir)?;
             let db = open(&args, conns).await?;
-            let stats = Arc::new(serve::Stats::default());
-            serve::run(db, tls, serve::Config { listen, poll_s }, stats).await?;
+            serve::run(db, tls, serve::Config { listen, poll_s }).await?;
             Ok(())
         }
         ["enrol", id] => {
@@ -235,8 +233,12 @@ async fn run(args: Args) -> Result<(), Failure> {
             args.only(&["group", "device"]).map_err(usage)?;
             let target = args.target().map_err(usage)?;
             let path = Path::new(file);
-            let bytes = read_capped(path, nanoclaw::config::policy::MAX_POLICY_BYTES)?;
-            let doc = ops::parse_policy(&bytes, file)?;
+            let text = nanoclaw::sigstore::read_capped(
+                path,
+                nanoclaw::config::policy::MAX_POLICY_BYTES,
+                "policy",
+            )?;
+            let doc = ops::parse_policy(&text, file)?;
             let db = open(&args, 1).await?;
             let base = path.parent().unwrap_or(Path::new("."));
             let v = ops::push_policy(&db, &dir, doc, base, &target).await?;
@@ -320,14 +322,4 @@ async fn run(args: Args) -> Result<(), Failure> {
         }
         _ => Err(usage("unknown command")),
     }
-}
-
-fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, String> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
-    if len > max {
-        return Err(format!("{}: {len} bytes; at most {max}", path.display()));
-    }
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }

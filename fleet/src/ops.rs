@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use nanoclaw::config::policy::MAX_POLICY_BYTES;
 use nanoclaw::policy::signed::{self, Kind};
 use serde_json::{Value, json};
 
@@ -31,15 +30,9 @@ impl Target {
     }
 }
 
-/// Parses a policy file as JSON or YAML (by content: JSON starts with `{`).
-pub fn parse_policy(bytes: &[u8], name: &str) -> Result<Value, String> {
-    if bytes.len() as u64 > MAX_POLICY_BYTES {
-        return Err(format!(
-            "{name}: {} bytes; a policy is at most {MAX_POLICY_BYTES}",
-            bytes.len()
-        ));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("{name}: not UTF-8: {e}"))?;
+/// Parses a policy file (read with its size cap) as JSON or YAML, by content: JSON starts
+/// with `{`.
+pub fn parse_policy(text: &str, name: &str) -> Result<Value, String> {
     if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| format!("{name}: {e}"))
     } else {
@@ -58,12 +51,12 @@ pub async fn push_policy(
     base: &Path,
     target: &Target,
 ) -> Result<u64, String> {
+    if signed::is_envelope(&doc) {
+        return Err("push the unsigned policy; the fleet signs it".into());
+    }
     let Value::Object(mut obj) = doc else {
         return Err("a policy is a JSON object".into());
     };
-    if signed::is_envelope(&Value::Object(obj.clone())) {
-        return Err("push the unsigned policy; the fleet signs it".into());
-    }
     if let Target::Device(d) = target
         && db.device(d).await.map_err(|e| e.to_string())?.is_none()
     {
@@ -118,16 +111,17 @@ pub async fn publish_bundle(db: &Db, file: &Path, target: &Target) -> Result<Str
         .map_err(|e| format!("{e} (sign it with `nanoclaw bundle sign` first)"))?;
     serde_json::from_str::<Value>(&signature)
         .map_err(|e| format!("{}: not JSON: {e}", sig_path.display()))?;
-    let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let digest = pki::hex(&<sha2::Sha256 as sha2::Digest>::digest(&data));
+    let (digest, size) = nanoclaw::bundle::sha256_file(file).map_err(|e| e.to_string())?;
+    let digest = nanoclaw::bundle::hex(&digest);
     let row = BundleRow {
         name: manifest.name.clone(),
         version: manifest.version.clone(),
-        size: data.len() as i64,
+        size: size as i64,
         digest: digest.clone(),
         signature: signature.into_bytes(),
     };
-    db.store_bundle(&row, &data, now_ms())
+    let mut data = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    db.store_bundle(&row, &mut data, now_ms())
         .await
         .map_err(|e| e.to_string())?;
     db.assign(&target.key(), &row.name, &digest)
@@ -159,7 +153,7 @@ pub async fn grant(
         agent: agent.into(),
         capability: capability.into(),
         not_after: now_s + ttl_s,
-        nonce: pki::hex(&pki::random_bytes::<12>()),
+        nonce: nanoclaw::bundle::hex(&pki::random_bytes::<12>()),
         device: match target {
             Target::Device(d) => Some(d.clone()),
             Target::Group(_) => None,

@@ -30,12 +30,17 @@ fn err(what: impl std::fmt::Display) -> impl FnOnce(rcgen::Error) -> String {
 }
 
 /// The CA's parameters. The same recipe re-creates an equivalent issuer from the stored key
-/// (subject and key identifier are what a signature refers to).
-fn ca_params() -> CertificateParams {
+/// (subject and key identifier are what a signature refers to). The name carries the key's
+/// fingerprint, so two fleets' CAs never share a subject and a foreign chain is an unknown
+/// issuer rather than a bad signature.
+fn ca_params(key: &KeyPair) -> CertificateParams {
     let mut p = CertificateParams::default();
     p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name
-        .push(DnType::CommonName, "nanoclaw fleet CA");
+    let id = nanoclaw::bundle::hex(&Sha256::digest(key.public_key_der()));
+    p.distinguished_name.push(
+        DnType::CommonName,
+        format!("nanoclaw fleet CA {}", &id[..16]),
+    );
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
@@ -69,10 +74,6 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     // ring draw their own randomness for the key itself.
     let _ = ring::rand::SystemRandom::new().fill(&mut b);
     b
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<(), String> {
@@ -110,7 +111,7 @@ pub fn init(dir: &Path, names: &[String]) -> Result<(), String> {
         }
     }
     let ca_key = KeyPair::generate().map_err(err("CA key"))?;
-    let ca = ca_params()
+    let ca = ca_params(&ca_key)
         .self_signed(&ca_key)
         .map_err(err("CA certificate"))?;
     let srv_key = KeyPair::generate().map_err(err("server key"))?;
@@ -127,7 +128,7 @@ pub fn init(dir: &Path, names: &[String]) -> Result<(), String> {
     write_public(&dir.join(SIGNING_PUB), &signing.public_key_pem())?;
     write_secret(
         &dir.join(ADMIN_TOKEN),
-        &format!("{}\n", hex(&random_bytes::<24>())),
+        &format!("{}\n", nanoclaw::bundle::hex(&random_bytes::<24>())),
     )?;
     Ok(())
 }
@@ -146,7 +147,7 @@ pub fn issue_device(dir: &Path, id: &str, out: &Path) -> Result<String, String> 
         ));
     }
     let ca_key = KeyPair::from_pem(&read(&dir.join(CA_KEY))?).map_err(err("CA key"))?;
-    let ca = ca_params()
+    let ca = ca_params(&ca_key)
         .self_signed(&ca_key)
         .map_err(err("CA certificate"))?;
     let key = KeyPair::generate().map_err(err("device key"))?;
@@ -165,7 +166,7 @@ pub fn issue_device(dir: &Path, id: &str, out: &Path) -> Result<String, String> 
 
 /// SHA-256 of a certificate's DER, hex: the registry key of a device.
 pub fn fingerprint(der: &[u8]) -> String {
-    hex(&Sha256::digest(der))
+    nanoclaw::bundle::hex(&Sha256::digest(der))
 }
 
 /// The fingerprint of the first certificate in a PEM file.

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nanoclaw_proto::sync::{
@@ -29,37 +28,20 @@ pub struct Config {
     pub poll_s: u32,
 }
 
-/// Counters for `status` and benchmarks.
-#[derive(Default)]
-pub struct Stats {
-    pub sessions: AtomicU64,
-    pub failed: AtomicU64,
-    pub refused: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-}
-
 struct Shared {
     db: Db,
     poll_s: u32,
     seen: mpsc::Sender<Seen>,
-    stats: Arc<Stats>,
 }
 
+/// Wall-clock milliseconds, as the database stores them.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    nanoclaw::daemon::now_ms() as i64
 }
 
 /// Binds and serves until the process is stopped. Prints `listening on ADDR` once bound (the
 /// tests and scripts wait for it).
-pub async fn run(
-    db: Db,
-    tls: Arc<rustls::ServerConfig>,
-    cfg: Config,
-    stats: Arc<Stats>,
-) -> Result<(), String> {
+pub async fn run(db: Db, tls: Arc<rustls::ServerConfig>, cfg: Config) -> Result<(), String> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -71,7 +53,6 @@ pub async fn run(
         db,
         poll_s: cfg.poll_s,
         seen: tx,
-        stats,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
@@ -93,16 +74,8 @@ pub async fn run(
                 Ok(Err(e)) => Err(format!("TLS: {e}")),
                 Err(_) => Err("TLS handshake timed out".into()),
             };
-            match r {
-                Ok(()) => {
-                    shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    if std::env::var_os("NANOCLAW_FLEET_QUIET").is_none() {
-                        eprintln!("nanoclaw-fleet: {peer}: {e}");
-                    }
-                }
+            if let Err(e) = r {
+                eprintln!("nanoclaw-fleet: {peer}: {e}");
             }
         });
     }
@@ -131,43 +104,30 @@ async fn record_seen(db: Db, mut rx: mpsc::Receiver<Seen>) {
 /// Frames over one TLS stream.
 struct Link<S> {
     io: S,
-    buf: Vec<u8>,
     out: Vec<u8>,
-    stats: Arc<Stats>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
-    async fn read(&mut self) -> Result<&[u8], String> {
+    /// Reads the next frame's body into `buf`.
+    async fn read(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
         let mut len = [0u8; 4];
         tokio::time::timeout(IDLE, self.io.read_exact(&mut len))
             .await
             .map_err(|_| "device went silent".to_string())?
             .map_err(|e| format!("read: {e}"))?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > FRAME_MAX {
-            return Err(format!("frame of {len} bytes, over {FRAME_MAX}"));
-        }
-        self.buf.resize(len, 0);
-        tokio::time::timeout(IDLE, self.io.read_exact(&mut self.buf))
+        let len = sync::frame::body_len(len)
+            .map_err(|len| format!("frame of {len} bytes, over {FRAME_MAX}"))?;
+        buf.resize(len, 0);
+        tokio::time::timeout(IDLE, self.io.read_exact(buf))
             .await
             .map_err(|_| "device went silent mid-frame".to_string())?
             .map_err(|e| format!("read: {e}"))?;
-        self.stats
-            .bytes_in
-            .fetch_add(4 + len as u64, Ordering::Relaxed);
-        Ok(&self.buf)
+        Ok(())
     }
 
     /// Queues one message; `flush` sends what is queued.
     fn push(&mut self, m: &ServerMsg<'_>) -> Result<(), String> {
-        let start = self.out.len();
-        self.out.extend_from_slice(&[0; 4]);
-        let out = std::mem::take(&mut self.out);
-        let mut out = postcard::to_extend(m, out).map_err(|e| format!("encode: {e}"))?;
-        let len = out.len() - start - 4;
-        out[start..start + 4].copy_from_slice(&sync::frame::header(len));
-        self.out = out;
-        Ok(())
+        sync::frame::push(&mut self.out, m).map_err(|e| format!("encode: {e}"))
     }
 
     async fn flush(&mut self) -> Result<(), String> {
@@ -181,9 +141,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         .await
         .map_err(|_| "device stopped reading".to_string())?
         .map_err(|e| format!("write: {e}"))?;
-        self.stats
-            .bytes_out
-            .fetch_add(self.out.len() as u64, Ordering::Relaxed);
         self.out.clear();
         Ok(())
     }
@@ -196,17 +153,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     }
 }
 
-fn unhex(s: &str) -> Option<Digest> {
-    let mut d = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, b) in d.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(d)
-}
-
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     sh: &Shared,
     tls: tokio_rustls::server::TlsStream<S>,
@@ -217,12 +163,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut link = Link {
         io: tls,
-        buf: Vec::with_capacity(512),
         out: Vec::with_capacity(512),
-        stats: sh.stats.clone(),
     };
-    let first = link.read().await?.to_vec();
-    let hello: Hello<'_> = match postcard::from_bytes(&first) {
+    let mut frame = Vec::with_capacity(512);
+    link.read(&mut frame).await?;
+    let hello: Hello<'_> = match postcard::from_bytes(&frame) {
         Ok(DeviceMsg::Hello(h)) => h,
         Ok(_) => {
             return Err(link
@@ -247,13 +192,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             sync::PROTOCOL_MIN,
             sync::PROTOCOL
         );
-        sh.stats.refused.fetch_add(1, Ordering::Relaxed);
         return Err(link.refuse(ErrorCode::Version, &m).await);
     };
     let device = match sh.db.device_by_fingerprint(&fp).await {
         Ok(Some(d)) => d,
         Ok(None) => {
-            sh.stats.refused.fetch_add(1, Ordering::Relaxed);
             let m = format!("certificate {} is not enrolled", &fp[..16]);
             return Err(link.refuse(ErrorCode::Unknown, &m).await);
         }
@@ -272,7 +215,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             at_ms: now,
             firmware: hello.firmware.to_owned(),
             policy_version: i64::try_from(hello.policy_version).unwrap_or(i64::MAX),
-            bundles: crate::pki::hex(&hello.bundles),
+            bundles: nanoclaw::bundle::hex(&hello.bundles),
             audit_high: i64::try_from(hello.audit_high).unwrap_or(i64::MAX),
             outbox_high: i64::try_from(hello.outbox_high).unwrap_or(i64::MAX),
             dropped: i64::try_from(hello.dropped).unwrap_or(i64::MAX),
@@ -290,7 +233,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await
     .map_err(|e| format!("{}: {e}", device.id))?;
-    requests(sh, &mut link, &device)
+    requests(sh, &mut link, &device, frame)
         .await
         .map_err(|e| format!("{}: {e}", device.id))
 }
@@ -317,14 +260,14 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
             .iter()
             .map(|b| (b.name.as_str(), b.version.as_str())),
     );
-    let offers: Vec<_> = if want == have_bundles {
-        Vec::new()
-    } else {
-        bundles
-            .iter()
-            .filter_map(|b| Some((b, unhex(&b.digest)?)))
-            .collect()
-    };
+    let mut offers = Vec::new();
+    if want != have_bundles {
+        for b in &bundles {
+            if let Some(digest) = nanoclaw::bundle::unhex32(&b.digest) {
+                offers.push((b, digest, db.signature(&b.digest).await.map_err(e)?));
+            }
+        }
+    }
     let grants = db.grants_for(device, now_ms()).await.map_err(e)?;
     let pending = usize::from(policy.is_some()) + offers.len() + grants.len();
     link.push(&ServerMsg::Welcome(Welcome {
@@ -340,13 +283,13 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
             envelope: &p.envelope,
         })?;
     }
-    for (b, digest) in &offers {
+    for (b, digest, signature) in &offers {
         link.push(&ServerMsg::Offer(Offer {
             name: &b.name,
             version: &b.version,
             size: b.size as u64,
             digest: *digest,
-            signature: &b.signature,
+            signature,
         }))?;
     }
     for g in &grants {
@@ -363,10 +306,11 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
     sh: &Shared,
     link: &mut Link<S>,
     device: &Device,
+    mut frame: Vec<u8>,
 ) -> Result<(), String> {
     let db = &sh.db;
     loop {
-        let frame = link.read().await?.to_vec();
+        link.read(&mut frame).await?;
         let msg: DeviceMsg<'_> = match postcard::from_bytes(&frame) {
             Ok(m) => m,
             Err(e) => {
@@ -382,13 +326,13 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
             } => {
                 let len = len.min(sync::CHUNK_MAX);
                 let data = db
-                    .chunk(&crate::pki::hex(&digest), offset, len)
+                    .chunk(&nanoclaw::bundle::hex(&digest), offset, len)
                     .await
                     .map_err(|e| e.to_string())?;
                 if data.is_empty() {
                     let m = format!(
                         "no bytes of {} at offset {offset}",
-                        crate::pki::hex(&digest)
+                        nanoclaw::bundle::hex(&digest)
                     );
                     return Err(link.refuse(ErrorCode::BadRequest, &m).await);
                 }

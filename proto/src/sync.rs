@@ -239,6 +239,28 @@ pub mod frame {
     pub fn header(len: usize) -> [u8; 4] {
         (len as u32).to_le_bytes()
     }
+
+    /// The body length a header announces, `Err(len)` when it is over [`FRAME_MAX`].
+    pub fn body_len(header: [u8; 4]) -> Result<usize, usize> {
+        let len = u32::from_le_bytes(header) as usize;
+        if len > FRAME_MAX { Err(len) } else { Ok(len) }
+    }
+
+    /// Appends `m` to `out` as one frame. Encoding fails only for types postcard cannot
+    /// encode (none here); `out` is then left empty.
+    #[cfg(feature = "alloc")]
+    pub fn push<T: serde::Serialize>(
+        out: &mut alloc::vec::Vec<u8>,
+        m: &T,
+    ) -> Result<(), postcard::Error> {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let mut v = postcard::to_extend(m, core::mem::take(out))?;
+        let len = v.len() - start - 4;
+        v[start..start + 4].copy_from_slice(&header(len));
+        *out = v;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

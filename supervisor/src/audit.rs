@@ -37,6 +37,9 @@ const SEQ_DIGITS: usize = 20;
 /// Seq of the first record of a brand-new log.
 const FIRST_SEQ: u64 = 1;
 
+/// A record as stored, for shipping: its seq and its bytes (audit: postcard, outbox: JSON).
+pub type Stored = (u64, Vec<u8>);
+
 /// How much disk the log may use: at most `max_segments` files of about `segment_bytes` each
 /// (a segment holds at least one record, so it may exceed `segment_bytes` by one frame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,36 +232,19 @@ impl AuditLog {
             if want == 0 {
                 break;
             }
-            let path = segment_path(&self.dir, first);
-            let file = match File::open(&path) {
-                Ok(file) => file,
-                // Removed under us (by an operator): nothing to return from it.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(AuditError::OpenSegment { path, source }),
-            };
             // The newest `want` matches of this segment, oldest first.
             let mut window: VecDeque<AuditRecord> = VecDeque::new();
-            let mut reader = FrameReader::new(BufReader::new(file));
-            loop {
-                let frame = reader
-                    .next_frame()
-                    .map_err(|source| AuditError::ReadSegment {
-                        path: path.clone(),
-                        source,
-                    })?;
-                match frame {
-                    Frame::Record(record) => {
-                        if agent.is_none_or(|a| record.agent.as_str() == a) {
-                            if window.len() == want {
-                                window.pop_front();
-                            }
-                            window.push_back(record);
-                        }
+            self.each_frame(first, |frame, _| {
+                if let Frame::Record(record) = frame
+                    && agent.is_none_or(|a| record.agent.as_str() == a)
+                {
+                    if window.len() == want {
+                        window.pop_front();
                     }
-                    Frame::Corrupt => {}
-                    Frame::End | Frame::Torn => break,
+                    window.push_back(record);
                 }
-            }
+                true
+            })?;
             for record in window.into_iter().rev() {
                 out.push_front(record);
             }
@@ -269,45 +255,61 @@ impl AuditLog {
     /// Up to `max_bytes` of consecutive records from the first seq `>= first` still on disk,
     /// as their stored postcard bytes (what the fleet sync ships). Stops at a gap (a corrupt
     /// frame), so the run is always consecutive; the caller asks again from after it.
-    pub fn since(&self, first: u64, max_bytes: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
-        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    pub fn since(&self, first: u64, max_bytes: usize) -> Result<Vec<Stored>, AuditError> {
+        let mut out: Vec<Stored> = Vec::new();
         let mut used = 0;
         // The newest segment starting at or before `first`, and every one after it.
         let start = self.segments.iter().rposition(|&s| s <= first).unwrap_or(0);
+        let mut more = true;
         for &seg in self.segments.iter().skip(start) {
-            let path = segment_path(&self.dir, seg);
-            let file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(AuditError::OpenSegment { path, source }),
-            };
-            let mut reader = FrameReader::new(BufReader::new(file));
-            loop {
-                let frame = reader
-                    .next_frame()
-                    .map_err(|source| AuditError::ReadSegment {
-                        path: path.clone(),
-                        source,
-                    })?;
-                match frame {
+            self.each_frame(seg, |frame, bytes| {
+                more = match frame {
                     Frame::Record(r) if r.seq >= first => {
-                        if out.last().is_some_and(|(s, _)| *s + 1 != r.seq) {
-                            return Ok(out);
+                        used += bytes.len();
+                        let gap = out.last().is_some_and(|(s, _)| *s + 1 != r.seq);
+                        let full = used > max_bytes && !out.is_empty();
+                        if !gap && !full {
+                            out.push((r.seq, bytes.to_vec()));
                         }
-                        used += reader.buf.len();
-                        if used > max_bytes && !out.is_empty() {
-                            return Ok(out);
-                        }
-                        out.push((r.seq, reader.buf.clone()));
+                        !gap && !full
                     }
-                    Frame::Record(_) => {}
-                    Frame::Corrupt if !out.is_empty() => return Ok(out),
-                    Frame::Corrupt => {}
-                    Frame::End | Frame::Torn => break,
-                }
+                    Frame::Corrupt => out.is_empty(),
+                    _ => true,
+                };
+                more
+            })?;
+            if !more {
+                break;
             }
         }
         Ok(out)
+    }
+
+    /// Feeds the frames of segment `seg` (with their payload bytes) to `f` until it returns
+    /// false or the segment ends. A segment removed under us (by an operator) has none.
+    fn each_frame(
+        &self,
+        seg: u64,
+        mut f: impl FnMut(Frame, &[u8]) -> bool,
+    ) -> Result<(), AuditError> {
+        let path = segment_path(&self.dir, seg);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(AuditError::OpenSegment { path, source }),
+        };
+        let mut reader = FrameReader::new(BufReader::new(file));
+        loop {
+            let frame = reader
+                .next_frame()
+                .map_err(|source| AuditError::ReadSegment {
+                    path: path.clone(),
+                    source,
+                })?;
+            if matches!(frame, Frame::End | Frame::Torn) || !f(frame, &reader.buf) {
+                return Ok(());
+            }
+        }
     }
 
     /// The oldest seq still on disk (records before it were rotated away).

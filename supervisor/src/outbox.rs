@@ -147,6 +147,55 @@ impl Outbox {
         Ok(parse(&buf).0)
     }
 
+    /// Records with `seq >= first` as stored (their JSON), reading from byte `offset` of the
+    /// file, until about `max_bytes` (at least one record); returns them and the offset after
+    /// the last one, where the next call continues. Offsets hold until the next [`Outbox::ack`]
+    /// (puts only append), so a sync session reads the file once however many batches it
+    /// sends.
+    pub fn read_from(
+        &self,
+        offset: u64,
+        first: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<crate::audit::Stored>, u64), OutboxError> {
+        #[derive(Deserialize)]
+        struct Seq {
+            seq: u64,
+        }
+        let io = |source| OutboxError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = File::open(&self.path).map_err(io)?;
+        f.seek(SeekFrom::Start(offset)).map_err(io)?;
+        let mut r = std::io::BufReader::new(f.take(self.bytes.saturating_sub(offset)));
+        let (mut out, mut at, mut used) = (Vec::new(), offset, 0usize);
+        let mut header = [0u8; HEADER];
+        while r.read_exact(&mut header).is_ok() {
+            let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
+            let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+            let mut body = vec![0u8; len.min(2 * MAX_DATA)];
+            if len > 2 * MAX_DATA
+                || r.read_exact(&mut body).is_err()
+                || crc32fast::hash(&body) != u32::from_le_bytes([c0, c1, c2, c3])
+            {
+                break;
+            }
+            let Ok(Seq { seq }) = serde_json::from_slice(&body) else {
+                break;
+            };
+            if seq >= first {
+                if used + len > max_bytes && !out.is_empty() {
+                    break;
+                }
+                used += len;
+                out.push((seq, body));
+            }
+            at += (HEADER + len) as u64;
+        }
+        Ok((out, at))
+    }
+
     /// Drops every record with `seq <= upto` (delivered), keeping the rest.
     pub fn ack(&mut self, upto: u64) -> Result<(), OutboxError> {
         let keep: Vec<Record> = self
@@ -229,6 +278,36 @@ fn parse(buf: &[u8]) -> (Vec<Record>, u64) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn read_from_continues_at_the_returned_offset() {
+        let t = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(&t.path().join("outbox.log"), 1 << 20).unwrap();
+        for i in 1..=5 {
+            o.put(i, "a", "t", json!({ "n": i })).unwrap();
+        }
+        let (all, end) = o.read_from(0, 1, usize::MAX).unwrap();
+        assert_eq!(all.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(end, o.bytes());
+        // The stored JSON is shipped as it is.
+        let rec: Record = serde_json::from_slice(&all[2].1).unwrap();
+        assert_eq!(rec.data["n"], 3);
+        // One record per call with a tiny cap, each call continuing where the last ended.
+        let (mut at, mut seen) = (0, Vec::new());
+        loop {
+            let (batch, next) = o.read_from(at, 2, 1).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            assert_eq!(batch.len(), 1);
+            seen.push(batch[0].0);
+            at = next;
+        }
+        assert_eq!(seen, [2, 3, 4, 5], "records below `first` are skipped");
+        o.ack(3).unwrap();
+        let (rest, _) = o.read_from(0, 4, usize::MAX).unwrap();
+        assert_eq!(rest.iter().map(|r| r.0).collect::<Vec<_>>(), [4, 5]);
+    }
 
     #[test]
     fn durable_append_torn_tail_cap_and_ack() {

@@ -271,12 +271,13 @@ fn a_device_certificate_from_another_ca_is_refused() {
             .map(str::to_owned)
     });
     assert_eq!(dev.json(&["status"])["fleet"]["sessions_ok"], 0, "{err}");
-    assert!(fleet.device("stranger").is_null());
-    let log = dev.wait(SYNC, "the server's refusal in its log", || {
-        let l = fleet.log_text();
-        l.contains("TLS").then_some(l)
+    // The server refused the chain itself (not a lookup miss after a handshake).
+    dev.wait(SYNC, "the server's refusal in its log", || {
+        fleet
+            .log_text()
+            .contains("TLS: invalid peer certificate: UnknownIssuer")
+            .then_some(())
     });
-    assert!(log.to_lowercase().contains("certificate"), "{log}");
     fleet.kill();
 }
 

@@ -145,15 +145,7 @@ fn verify(args: &[&str]) -> u8 {
 }
 
 fn parse_sha256(h: &str) -> Result<[u8; 32], String> {
-    let bad = || format!("sha256:{h} is not 64 hex digits");
-    if h.len() != 64 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(h.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    super::unhex32(h).ok_or_else(|| format!("sha256:{h} is not 64 hex digits"))
 }
 
 fn pack(dir: &str, out: &str, gzip: bool) -> Result<(), BundleError> {

@@ -2,6 +2,7 @@
 //! and outbox batches, and the server's policies, grants and bundles, which go through the
 //! same paths as local ones (policy `replace`, grant `request`, the installer).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -13,10 +14,12 @@ use sha2::Digest as _;
 use super::State;
 use crate::daemon::CtxRef;
 
-/// A bundle being downloaded in this session.
+/// A bundle being downloaded in this session, its partial file open for appending.
 struct Download {
     name: String,
     version: String,
+    file: std::fs::File,
+    len: u64,
 }
 
 pub struct DeviceHost {
@@ -27,6 +30,10 @@ pub struct DeviceHost {
     audit_high: u64,
     outbox_high: u64,
     outbox_acked: u64,
+    /// The server stored the outbox up to here; trimmed once, after the session.
+    outbox_stored: u64,
+    /// Where the next outbox batch starts in the file (and the seq expected there).
+    outbox_cursor: Cell<(u64, u64)>,
     dropped: u64,
     dir: PathBuf,
     /// No downloads (the byte budget is spent, or the rest would overrun it).
@@ -70,6 +77,8 @@ impl DeviceHost {
             audit_high,
             outbox_high,
             outbox_acked,
+            outbox_stored: outbox_acked,
+            outbox_cursor: Cell::new((0, 0)),
             dropped,
             dir,
             budget_left,
@@ -91,6 +100,20 @@ impl DeviceHost {
         self.reason = why;
         Err(&self.reason)
     }
+}
+
+/// Puts consecutive stored records into a batch; returns the first seq, the count and the
+/// bytes used. Stops at a gap or when `buf` is full.
+fn pack(recs: &[crate::audit::Stored], first: u64, buf: &mut [u8]) -> (u64, u16, usize) {
+    let from = recs.first().map_or(first, |r| r.0);
+    let (mut used, mut n) = (0, 0u16);
+    for (seq, body) in recs {
+        if *seq != from + u64::from(n) || n == u16::MAX || !records::push(buf, &mut used, body) {
+            break;
+        }
+        n += 1;
+    }
+    (from, n, used)
 }
 
 impl Host for DeviceHost {
@@ -119,16 +142,7 @@ impl Host for DeviceHost {
                 return (first, 0, 0);
             }
         };
-        let mut used = 0;
-        let mut n = 0u16;
-        let from = recs.first().map_or(first, |r| r.0);
-        for (_, body) in &recs {
-            if n == u16::MAX || !records::push(buf, &mut used, body) {
-                break;
-            }
-            n += 1;
-        }
-        (from, n, used)
+        pack(&recs, first, buf)
     }
 
     fn outbox(&self, first: u64, buf: &mut [u8]) -> (u64, u16, usize) {
@@ -136,32 +150,19 @@ impl Host for DeviceHost {
         let Some(o) = d.outbox.as_ref() else {
             return (first, 0, 0);
         };
-        let recs = match o.records() {
+        // Continue where the last batch ended unless the session asks for something else.
+        let (offset, expected) = self.outbox_cursor.get();
+        let offset = if expected == first { offset } else { 0 };
+        let (recs, next) = match o.read_from(offset, first, buf.len() * 9 / 10) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("nanoclaw: fleet sync: reading the outbox: {e}");
                 return (first, 0, 0);
             }
         };
-        let mut used = 0;
-        let mut n = 0u16;
-        let mut from = first;
-        let mut next = None;
-        for r in recs.iter().filter(|r| r.seq >= first) {
-            if next.is_some_and(|s| s != r.seq) {
-                break;
-            }
-            let Ok(body) = serde_json::to_vec(r) else {
-                break;
-            };
-            if n == u16::MAX || !records::push(buf, &mut used, &body) {
-                break;
-            }
-            if n == 0 {
-                from = r.seq;
-            }
-            n += 1;
-            next = Some(r.seq + 1);
+        let (from, n, used) = pack(&recs, first, buf);
+        if usize::from(n) == recs.len() {
+            self.outbox_cursor.set((next, from + u64::from(n)));
         }
         (from, n, used)
     }
@@ -223,34 +224,36 @@ impl Host for DeviceHost {
         {
             return None;
         }
-        if std::fs::create_dir_all(&self.dir).is_err()
-            || std::fs::write(part.with_extension("sigstore.json"), offer.signature).is_err()
-        {
-            return None;
-        }
+        let file = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(part.with_extension("sigstore.json"), offer.signature))
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&part)
+            })
+            .ok()?;
         self.downloads.insert(
             offer.digest,
             Download {
                 name: offer.name.to_owned(),
                 version: offer.version.to_owned(),
+                file,
+                len: have,
             },
         );
         Some(have)
     }
 
     fn chunk(&mut self, digest: &Digest, offset: u64, data: &[u8]) -> bool {
-        let part = self.part(digest);
-        let ok = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&part)
-            .and_then(|mut f| {
-                if f.metadata()?.len() != offset {
-                    return Err(std::io::Error::other("offset mismatch"));
-                }
-                f.write_all(data)
-            });
-        ok.is_ok()
+        let Some(dl) = self.downloads.get_mut(digest) else {
+            return false;
+        };
+        if dl.len != offset || dl.file.write_all(data).is_err() {
+            return false;
+        }
+        dl.len += data.len() as u64;
+        true
     }
 
     fn downloaded(&mut self, digest: &Digest) {
@@ -289,13 +292,22 @@ impl Host for DeviceHost {
     }
 
     fn acked_outbox(&mut self, upto: u64) {
-        if upto <= self.outbox_acked {
+        self.outbox_stored = self.outbox_stored.max(upto);
+    }
+}
+
+impl DeviceHost {
+    /// Drops what the server stored from the outbox: once per session, since every trim
+    /// rewrites the file (a cut before it only means those records are sent again, and the
+    /// server stores them once).
+    pub fn trim_outbox(&mut self) {
+        if self.outbox_stored <= self.outbox_acked {
             return;
         }
         let mut d = self.ctx.d.borrow_mut();
         if let Some(o) = d.outbox.as_mut() {
-            match o.ack(upto) {
-                Ok(()) => self.outbox_acked = upto,
+            match o.ack(self.outbox_stored) {
+                Ok(()) => self.outbox_acked = self.outbox_stored,
                 Err(e) => eprintln!("nanoclaw: fleet sync: trimming the outbox: {e}"),
             }
         }

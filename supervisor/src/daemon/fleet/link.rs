@@ -184,12 +184,8 @@ impl Link {
         let mut len = [0u8; 4];
         let tls = &mut self.tls;
         timed(IDLE, "receiving", tls.read_exact(&mut len)).await?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > FRAME_MAX {
-            return Err(format!(
-                "the server sent a {len}-byte frame, over {FRAME_MAX}"
-            ));
-        }
+        let len = frame::body_len(len)
+            .map_err(|len| format!("the server sent a {len}-byte frame, over {FRAME_MAX}"))?;
         self.inbuf.resize(len, 0);
         let (tls, buf) = (&mut self.tls, &mut self.inbuf);
         timed(IDLE, "receiving", tls.read_exact(buf)).await?;
@@ -201,16 +197,4 @@ impl Link {
         let tls = &mut self.tls;
         let _ = timed(Duration::from_secs(2), "closing", tls.close()).await;
     }
-}
-
-/// Appends one message as a frame to `out`.
-pub fn encode<T: serde::Serialize>(out: &mut Vec<u8>, m: &T) -> Result<(), String> {
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    let taken = std::mem::take(out);
-    let mut v = postcard::to_extend(m, taken).map_err(|e| format!("encode: {e}"))?;
-    let len = v.len() - start - 4;
-    v[start..start + 4].copy_from_slice(&frame::header(len));
-    *out = v;
-    Ok(())
 }

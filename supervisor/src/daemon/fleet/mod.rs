@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use nanoclaw_proto::audit::AuditKind;
 use nanoclaw_proto::session::Session;
-use nanoclaw_proto::sync::{DeviceMsg, Digest, ServerMsg};
+use nanoclaw_proto::sync::{DeviceMsg, Digest, ServerMsg, frame};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -139,7 +139,7 @@ pub fn spawn(ctx: &CtxRef) {
         }
     };
     let (tx, rx) = smol::channel::bounded::<()>(1);
-    {
+    let mut state = {
         let mut d = ctx.d.borrow_mut();
         let state = load_state(&d);
         d.fleet = Some(Status {
@@ -154,7 +154,8 @@ pub fn spawn(ctx: &CtxRef) {
             wake: Some(tx),
             ..Status::default()
         });
-    }
+        state
+    };
     let c = ctx.clone();
     ctx.ex
         .spawn(async move {
@@ -183,7 +184,7 @@ pub fn spawn(ctx: &CtxRef) {
                     smol::Timer::after(Duration::from_millis(gap.saturating_sub(since).max(200)))
                         .await;
                 }
-                wait = run_once(&c, &cfg, &tls, &mut sched, urgent).await;
+                wait = run_once(&c, &cfg, &tls, &mut sched, &mut state, urgent).await;
             }
         })
         .detach();
@@ -195,10 +196,10 @@ async fn run_once(
     cfg: &crate::config::device::FleetConfig,
     tls: &std::sync::Arc<rustls::ClientConfig>,
     sched: &mut schedule::Schedule,
+    state: &mut State,
     urgent: bool,
 ) -> Duration {
     let now = now_ms();
-    let mut state = load_state(&ctx.d.borrow());
     let today = now / 86_400_000;
     if state.day != today {
         state.day = today;
@@ -213,15 +214,11 @@ async fn run_once(
     sched.last_attempt_ms = now;
     let counters = Rc::new(link::Counters::default());
     let result = session(ctx, cfg, tls, &counters, state, left).await;
-    let bytes = counters.sent.get() + counters.received.get();
+    state.day_bytes += counters.sent.get() + counters.received.get();
     let mut d = ctx.d.borrow_mut();
-    let mut state = match &result {
-        Ok((s, _)) | Err((s, _)) => s.clone(),
-    };
-    state.day_bytes += bytes;
-    save_state(&d, &state);
+    save_state(&d, state);
     let wait = match &result {
-        Ok((_, poll_s)) => sched.ok(*poll_s),
+        Ok(poll_s) => sched.ok(*poll_s),
         Err(_) => sched.failed(),
     };
     if let Some(st) = d.fleet.as_mut() {
@@ -229,40 +226,40 @@ async fn run_once(
         st.bytes_today = state.day_bytes;
         st.urgent += u64::from(urgent);
         match &result {
-            Ok((_, poll_s)) => {
+            Ok(poll_s) => {
                 st.sessions_ok += 1;
                 st.last_ok_ms = now_ms();
                 st.last_error = None;
                 st.poll_s = *poll_s;
             }
-            Err((_, e)) => {
+            Err(e) => {
                 st.sessions_failed += 1;
                 st.last_error = Some(e.clone());
             }
         }
     }
-    if let Err((_, e)) = &result {
+    if let Err(e) = &result {
         eprintln!("nanoclaw: fleet sync with {}: {e}", cfg.server);
     }
     drop(d);
     wait
 }
 
-type Outcome = Result<(State, u32), (State, String)>;
-
-/// One session: connect, run the state machine to Bye, then install what arrived. The
-/// returned state carries the acks received even when the session failed.
+/// One session: connect, run the state machine to Bye, then trim what the server stored and
+/// install what arrived; returns the server's poll interval. `state` takes the acks received
+/// even when the session fails.
 async fn session(
     ctx: &CtxRef,
     cfg: &crate::config::device::FleetConfig,
     tls: &std::sync::Arc<rustls::ClientConfig>,
     counters: &Rc<link::Counters>,
-    state: State,
+    state: &mut State,
     left: Option<u64>,
-) -> Outcome {
+) -> Result<u32, String> {
     let dir = ctx.d.borrow().cfg.state_dir.join("fleet").join("downloads");
-    let mut host = host::DeviceHost::new(ctx, state, dir, left);
+    let mut host = host::DeviceHost::new(ctx, std::mem::take(state), dir, left);
     let r = exchange(cfg, tls, counters, &mut host).await;
+    host.trim_outbox();
     // Install what arrived whole, even if the link dropped afterwards.
     for (digest, file) in std::mem::take(&mut host.ready) {
         let res = super::installer::install(ctx, &file).await;
@@ -292,10 +289,8 @@ async fn session(
             );
         }
     }
-    match r {
-        Ok(poll_s) => Ok((host.state, poll_s)),
-        Err(e) => Err((host.state, e)),
-    }
+    *state = host.state;
+    r
 }
 
 /// The frames of one session.
@@ -310,7 +305,7 @@ async fn exchange(
     let mut scratch = vec![0u8; 48 * 1024];
     let mut session = {
         let (s, hello) = Session::start(&*host);
-        link::encode(&mut out, &DeviceMsg::Hello(hello))?;
+        frame::push(&mut out, &DeviceMsg::Hello(hello)).map_err(|e| format!("encode: {e}"))?;
         s
     };
     link.send(&mut out).await?;
@@ -324,8 +319,8 @@ async fn exchange(
         let mut encode_err = None;
         session
             .on_message(host, msg, &mut scratch, &mut |m| {
-                if let Err(e) = link::encode(&mut out, &m) {
-                    encode_err = Some(e);
+                if let Err(e) = frame::push(&mut out, &m) {
+                    encode_err = Some(format!("encode: {e}"));
                 }
             })
             .map_err(|f| format!("protocol error: {f:?}"))?;
