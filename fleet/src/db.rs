@@ -206,6 +206,16 @@ impl Db {
         result
     }
 
+    /// A transaction that will write. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred one that reads first cannot upgrade once another connection
+    /// has written meanwhile (`SQLITE_BUSY_SNAPSHOT`, which no busy timeout waits out).
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     fn dialect(&self, sql: &str) -> String {
         let (blob, serial) = match self.backend {
             Backend::Sqlite => ("BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"),
@@ -324,6 +334,17 @@ pub struct Seen {
     pub dropped: i64,
 }
 
+/// `($1, $2), ($3, $4)` for a multi-row insert of `rows` rows of `cols` values.
+fn placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let v: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", v.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn group_target(g: &str) -> String {
     format!("group:{g}")
 }
@@ -356,6 +377,36 @@ impl Db {
             )),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Registers many devices in one transaction (simulated fleets for `loadgen`).
+    pub async fn enrol_many(
+        &self,
+        devices: &[(String, String)],
+        group: &str,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.write_tx().await?;
+        for part in devices.chunks(200) {
+            let sql = format!(
+                "INSERT INTO devices (id, fingerprint, grp, enrolled_ms) VALUES {}",
+                placeholders(part.len(), 4)
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, fp) in part {
+                q = q.bind(id).bind(fp).bind(group).bind(now_ms);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn device_count(&self) -> Result<i64, DbError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM devices")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
     }
 
     /// The device a client certificate belongs to.
@@ -406,23 +457,25 @@ impl Db {
         Ok(())
     }
 
-    /// The newest policy addressed to the device or its group.
-    pub async fn policy_for(&self, d: &Device) -> Result<Option<PolicyRow>, DbError> {
-        let row = sqlx::query(
-            "SELECT version, envelope FROM policies WHERE target = $1 OR target = $2 \
-             ORDER BY version DESC LIMIT 1",
+    /// The newest policy of every target that has one.
+    pub async fn newest_policies(&self) -> Result<Vec<(String, PolicyRow)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT p.target, p.version, p.envelope FROM policies p WHERE p.version = \
+             (SELECT MAX(q.version) FROM policies q WHERE q.target = p.target)",
         )
-        .bind(device_target(&d.id))
-        .bind(group_target(&d.group))
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(match row {
-            Some(r) => Some(PolicyRow {
-                version: r.try_get(0)?,
-                envelope: r.try_get(1)?,
-            }),
-            None => None,
-        })
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    PolicyRow {
+                        version: r.try_get(1)?,
+                        envelope: r.try_get(2)?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Stores a bundle's bytes, read from `data` chunk by chunk (never whole in memory), and
@@ -433,7 +486,7 @@ impl Db {
         data: &mut impl std::io::Read,
         now_ms: i64,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let have = sqlx::query("SELECT digest FROM bundles WHERE digest = $1")
             .bind(&b.digest)
             .fetch_optional(&mut *tx)
@@ -494,33 +547,36 @@ impl Db {
         Ok(())
     }
 
-    /// The bundles a device should run: its own assignments override its group's per name.
-    pub async fn bundles_for(&self, d: &Device) -> Result<Vec<Assigned>, DbError> {
+    /// Every assignment with its bundle, by target.
+    pub async fn assignments(&self) -> Result<Vec<(String, Assigned)>, DbError> {
         let rows = sqlx::query(
             "SELECT a.target, b.name, b.version, b.size, b.digest \
-             FROM assignments a JOIN bundles b ON a.digest = b.digest \
-             WHERE a.target = $1 OR a.target = $2 ORDER BY b.name",
+             FROM assignments a JOIN bundles b ON a.digest = b.digest ORDER BY b.name",
         )
-        .bind(device_target(&d.id))
-        .bind(group_target(&d.group))
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<(bool, Assigned)> = Vec::new();
-        for r in rows {
-            let own = r.try_get::<String, _>(0)?.starts_with("device:");
-            let b = Assigned {
-                name: r.try_get(1)?,
-                version: r.try_get(2)?,
-                size: r.try_get(3)?,
-                digest: r.try_get(4)?,
-            };
-            match out.iter_mut().find(|(_, x)| x.name == b.name) {
-                Some(slot) if own => *slot = (own, b),
-                Some(_) => {}
-                None => out.push((own, b)),
-            }
-        }
-        Ok(out.into_iter().map(|(_, b)| b).collect())
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    Assigned {
+                        name: r.try_get(1)?,
+                        version: r.try_get(2)?,
+                        size: r.try_get(3)?,
+                        digest: r.try_get(4)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Targets with unexpired grants.
+    pub async fn grant_targets(&self, now_ms: i64) -> Result<Vec<String>, DbError> {
+        let rows = sqlx::query("SELECT DISTINCT target FROM grants WHERE not_after_ms > $1")
+            .bind(now_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
     /// A published bundle's signature (the Sigstore bundle JSON).
@@ -610,7 +666,7 @@ impl Db {
         records: &[&[u8]],
         now_ms: i64,
     ) -> Result<i64, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE",
             Backend::Sqlite => "",
@@ -638,18 +694,11 @@ impl Db {
             .filter(|(s, _)| *s > acked)
             .collect();
         for part in fresh.chunks(200) {
-            let mut sql = format!(
-                "INSERT INTO {} (device, seq, record, received_ms) VALUES ",
-                stream.table()
+            let sql = format!(
+                "INSERT INTO {} (device, seq, record, received_ms) VALUES {} ON CONFLICT DO NOTHING",
+                stream.table(),
+                placeholders(part.len(), 4)
             );
-            for i in 0..part.len() {
-                let b = i * 4;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
-            }
-            sql.push_str(" ON CONFLICT DO NOTHING");
             let mut q = sqlx::query(&sql);
             for (seq, rec) in part {
                 q = q.bind(device).bind(*seq).bind(*rec).bind(now_ms);
@@ -679,7 +728,7 @@ impl Db {
         reason: &str,
         now_ms: i64,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO applied (device, what, version, ok, reason, at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device, what, version) \
@@ -711,26 +760,43 @@ impl Db {
 
     /// Records what devices said in their Hellos, many in one transaction.
     pub async fn seen(&self, batch: &[Seen]) -> Result<(), DbError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await?;
+        // One statement per 100 devices (UPDATE … FROM VALUES works on both backends); a
+        // device seen twice in the batch keeps its latest report and counts both sessions.
+        let mut latest: Vec<(&Seen, i64)> = Vec::with_capacity(batch.len());
+        let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for s in batch {
-            sqlx::query(
-                "UPDATE devices SET last_seen_ms = $1, firmware = $2, policy_version = $3, \
-                 bundles = $4, audit_high = $5, outbox_high = $6, dropped = $7, \
-                 sessions = sessions + 1 WHERE id = $8",
-            )
-            .bind(s.at_ms)
-            .bind(&s.firmware)
-            .bind(s.policy_version)
-            .bind(&s.bundles)
-            .bind(s.audit_high)
-            .bind(s.outbox_high)
-            .bind(s.dropped)
-            .bind(&s.id)
-            .execute(&mut *tx)
-            .await?;
+            match at.get(s.id.as_str()) {
+                Some(&i) => latest[i] = (s, latest[i].1 + 1),
+                None => {
+                    at.insert(&s.id, latest.len());
+                    latest.push((s, 1));
+                }
+            }
+        }
+        let mut tx = self.write_tx().await?;
+        for part in latest.chunks(100) {
+            let sql = format!(
+                "UPDATE devices SET last_seen_ms = v.column2, firmware = v.column3, \
+                 policy_version = v.column4, bundles = v.column5, audit_high = v.column6, \
+                 outbox_high = v.column7, dropped = v.column8, \
+                 sessions = devices.sessions + v.column9 \
+                 FROM (VALUES {}) AS v WHERE devices.id = v.column1",
+                placeholders(part.len(), 9)
+            );
+            let mut q = sqlx::query(&sql);
+            for (s, n) in part {
+                q = q
+                    .bind(&s.id)
+                    .bind(s.at_ms)
+                    .bind(&s.firmware)
+                    .bind(s.policy_version)
+                    .bind(&s.bundles)
+                    .bind(s.audit_high)
+                    .bind(s.outbox_high)
+                    .bind(s.dropped)
+                    .bind(*n);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

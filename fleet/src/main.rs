@@ -2,6 +2,8 @@
 //! operators drive it with this CLI or the admin API (docs/FLEET.md).
 
 mod db;
+mod directives;
+mod loadgen;
 mod ops;
 mod pki;
 mod serve;
@@ -22,6 +24,8 @@ const USAGE: &str = "usage: nanoclaw-fleet COMMAND [--dir DIR] [--db URL]
   audit --device D [--after SEQ] [--last N]
   outbox --device D [--after SEQ] [--last N]
   rollout
+  loadgen --server ADDR [--server-name N] [--register N] [--identities K] [--concurrency C] [--seconds S]
+                                           simulated devices checking in (capacity planning)
 --dir defaults to $NANOCLAW_FLEET_DIR or /var/lib/nanoclaw-fleet; --db to sqlite:DIR/fleet.db
 (or postgres://USER@HOST/DB).";
 
@@ -310,6 +314,33 @@ async fn run(args: Args) -> Result<(), Failure> {
             for r in recs {
                 println!("{r}");
             }
+            Ok(())
+        }
+        ["loadgen"] => {
+            args.only(&[
+                "server",
+                "server-name",
+                "register",
+                "identities",
+                "concurrency",
+                "seconds",
+            ])
+            .map_err(usage)?;
+            let server = args
+                .get("server")
+                .ok_or_else(|| usage("loadgen needs --server ADDR"))?
+                .parse()
+                .map_err(|e| usage(format!("--server: {e}")))?;
+            let o = loadgen::Options {
+                server,
+                server_name: args.get("server-name").unwrap_or("localhost").into(),
+                register: args.num("register", 1000).map_err(usage)?,
+                identities: args.num("identities", 10).map_err(usage)? as usize,
+                concurrency: args.num("concurrency", 32).map_err(usage)? as usize,
+                seconds: args.num("seconds", 10).map_err(usage)?,
+            };
+            let db = open(&args, 4).await?;
+            loadgen::run(&db, &dir, &o).await?;
             Ok(())
         }
         ["rollout"] => {

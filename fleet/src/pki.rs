@@ -180,7 +180,7 @@ pub fn fingerprint_of_file(path: &Path) -> Result<String, String> {
 /// The TLS 1.3 server configuration: our certificate, device certificates required and
 /// verified against the fleet CA, session tickets for cheap reconnects.
 pub fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = nanoclaw::daemon::fleet::link::provider();
     let ca = certs(&dir.join(CA_CERT))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in ca {

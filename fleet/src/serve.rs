@@ -30,6 +30,7 @@ pub struct Config {
 
 struct Shared {
     db: Db,
+    directives: crate::directives::Directives,
     poll_s: u32,
     seen: mpsc::Sender<Seen>,
 }
@@ -50,6 +51,7 @@ pub async fn run(db: Db, tls: Arc<rustls::ServerConfig>, cfg: Config) -> Result<
     let (tx, rx) = mpsc::channel(4096);
     tokio::spawn(record_seen(db.clone(), rx));
     let shared = Arc::new(Shared {
+        directives: crate::directives::Directives::new(db.clone()),
         db,
         poll_s: cfg.poll_s,
         seen: tx,
@@ -249,12 +251,11 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), String> {
     let db = &sh.db;
     let e = |e: crate::db::DbError| e.to_string();
-    let policy = db
-        .policy_for(device)
-        .await
-        .map_err(e)?
+    let wanted = sh.directives.for_device(device).await.map_err(e)?;
+    let policy = wanted
+        .policy
         .filter(|p| u64::try_from(p.version).is_ok_and(|v| v > policy_version));
-    let bundles = db.bundles_for(device).await.map_err(e)?;
+    let bundles = wanted.bundles;
     let want = nanoclaw::daemon::fleet::host::bundles_digest(
         bundles
             .iter()
@@ -268,7 +269,11 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    let grants = db.grants_for(device, now_ms()).await.map_err(e)?;
+    let grants = if wanted.grants {
+        db.grants_for(device, now_ms()).await.map_err(e)?
+    } else {
+        Vec::new()
+    };
     let pending = usize::from(policy.is_some()) + offers.len() + grants.len();
     link.push(&ServerMsg::Welcome(Welcome {
         protocol,

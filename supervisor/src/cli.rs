@@ -179,6 +179,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             agent: one_agent(cmd)?,
         },
         "battery" => no_args(cmd).map(|()| Request::Battery)?,
+        "sync" => no_args(cmd).map(|()| Request::Sync)?,
         "sim" => sim_set(rest)?,
         "install" => match rest {
             // The daemon opens the file: make the path independent of the CLI's directory.

@@ -391,6 +391,21 @@ fn grants_outbox_and_the_daily_byte_budget() {
             .unwrap()
             > 10
     );
+    // ...a field engineer's `nanoclaw sync` still goes out (not counted as urgent)...
+    let ok = |dev: &Device| {
+        dev.json(&["status"])["fleet"]["sessions_ok"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = ok(&dev);
+    let out = dev.cli(&["sync"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    dev.wait(SYNC, "the asked-for session", || {
+        (ok(&dev) > before).then_some(())
+    });
+    assert!(proxy.connections.load(Ordering::Relaxed) > spent_at);
+    let spent_at = proxy.connections.load(Ordering::Relaxed);
+    assert_eq!(dev.json(&["status"])["fleet"]["urgent_sessions"], 0);
     // ...and a crash loop still goes out at once.
     std::fs::write(dev.bundle("crasher").join("rootfs/go"), b"").unwrap();
     dev.wait(SYNC, "the crash loop at the server", || {
@@ -400,12 +415,9 @@ fn grants_outbox_and_the_daily_byte_budget() {
             .any(|r| r["kind"] == "crash_loop")
             .then_some(())
     });
+    dev.wait(SYNC, "the urgent session done", || {
+        (dev.json(&["status"])["fleet"]["urgent_sessions"].as_u64()? >= 1).then_some(())
+    });
     assert!(proxy.connections.load(Ordering::Relaxed) > spent_at);
-    assert!(
-        dev.json(&["status"])["fleet"]["urgent_sessions"]
-            .as_u64()
-            .unwrap()
-            >= 1
-    );
     fleet.kill();
 }

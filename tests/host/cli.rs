@@ -72,6 +72,10 @@ fn unknown_agent_exits_4_and_known_agents_work() {
         let out = dev.cli(args);
         assert_eq!(out.code, 0, "{args:?}: {out:?}");
     }
+    // `sync` on a device without fleet sync fails and says why.
+    let out = dev.cli(&["sync"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("no fleet sync"), "{out:?}");
     // A reader that goes away (`nanoclaw status | head -1`) ends the CLI quietly, no panic.
     let mut child = dev
         .command()

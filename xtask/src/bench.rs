@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use crate::util::{self, Binaries, Result};
 
 mod energy;
+mod fleet;
 mod policy;
 
-const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|size|oom|monitor|egress|install|policy|energy]... [--out FILE]
+const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|size|oom|monitor|egress|install|policy|energy|fleet]... [--out FILE]
   --runs N        sandbox starts per tool (default 200)
   --oom-cycles N  OOM incidents to time (default 25)
   --only NAME     run only these sections; the report then goes to stdout unless --out is given
@@ -77,7 +78,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 for s in val()?.split(',') {
                     if ![
                         "start", "memory", "size", "oom", "monitor", "egress", "install", "policy",
-                        "energy",
+                        "energy", "fleet",
                     ]
                     .contains(&s)
                     {
@@ -216,6 +217,9 @@ pub fn run(root: &Path, args: &[String], build: &dyn Fn(&str) -> Result<Binaries
     }
     if want("install") {
         section("install", &bench_install);
+    }
+    if want("fleet") {
+        section("fleet", &fleet::bench_fleet);
     }
     if !had_run_subtree {
         // `nanoclaw run` creates `nanoclaw-run/agents`; remove it if we were the first.
@@ -2013,6 +2017,33 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// A P-256 key pair made with openssl: `KEYS/bench.pem` (returned) and `KEYS/bench.pub`, the
+/// signer key `write_device`'s policy names.
+fn openssl_keypair(keys: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(keys).map_err(|e| format!("{}: {e}", keys.display()))?;
+    let key = keys.join("bench.pem");
+    util::output(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(&key),
+    )?;
+    util::output(
+        Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(keys.join("bench.pub")),
+    )?;
+    Ok(key)
+}
+
 fn timed(cmd: &mut Command) -> Result<f64> {
     let t0 = Instant::now();
     util::output(cmd)?;
@@ -2038,28 +2069,7 @@ fn bench_install(ctx: &Ctx) -> Result<Section> {
     // The grant stays; the hand-made bundle directory goes (installs replace it by a symlink).
     let src = dir.join("src");
     fs::rename(dir.join("agents/big"), &src).map_err(|e| format!("moving the bundle: {e}"))?;
-    let keys = dir.join("keys");
-    fs::create_dir_all(&keys).map_err(|e| format!("{}: {e}", keys.display()))?;
-    let key = keys.join("bench.pem");
-    util::output(
-        Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(&key),
-    )?;
-    util::output(
-        Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&key)
-            .arg("-out")
-            .arg(keys.join("bench.pub")),
-    )?;
+    let key = openssl_keypair(&dir.join("keys"))?;
     let nc = &ctx.bins.nanoclaw;
     let mut d = Daemon::start(nc, &config)?;
     let mut rows = Vec::new();
@@ -2113,7 +2123,7 @@ fn bench_install(ctx: &Ctx) -> Result<Section> {
             verify.push(timed(
                 Command::new(nc)
                     .args(["bundle", "verify", "--bundle", &sig, "--key"])
-                    .arg(keys.join("bench.pub"))
+                    .arg(key.with_extension("pub"))
                     .arg(&file),
             )?);
             // Reset the daemon's peak RSS to its current RSS (clear_refs 5), so the peak after

@@ -64,6 +64,8 @@ pub enum Request {
         charger: Option<bool>,
         speed: Option<f64>,
     },
+    /// Check in with the fleet server now.
+    Sync,
 }
 
 /// Error classes, mapped one-to-one onto CLI exit codes (docs/CLI.md).

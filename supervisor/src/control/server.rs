@@ -220,6 +220,15 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
         }
         Request::Reload => policy_result(crate::daemon::policy::reload(ctx)),
         Request::Battery => Response::Ok(crate::daemon::energy::report(&ctx.d.borrow())),
+        Request::Sync => match crate::daemon::fleet::wake(&ctx.d.borrow(), fleet::Wake::Asked) {
+            true => Response::Ok(json!({
+                "result": "fleet session requested; `nanoclaw status` shows how it went"
+            })),
+            false => Response::Error {
+                code: ErrorCode::Failed,
+                message: "no fleet sync on this device (device.json has no `fleet` section, or its TLS files could not be loaded: see `nanoclaw audit`)".into(),
+            },
+        },
         Request::SimSet {
             percent,
             charger,
@@ -428,7 +437,9 @@ fn status(d: &Daemon) -> Value {
     })
 }
 
-fn fleet_status(f: &crate::daemon::fleet::Status) -> Value {
+use crate::daemon::fleet;
+
+fn fleet_status(f: &fleet::Status) -> Value {
     f.json()
 }
 

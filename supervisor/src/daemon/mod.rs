@@ -157,10 +157,8 @@ impl Daemon {
         if let Err(e) = self.audit.append(now_ms(), agent, kind, reason, durable) {
             eprintln!("nanoclaw: audit log write failed: {e}");
         }
-        if fleet::is_urgent(kind)
-            && let Some(w) = self.fleet.as_ref().and_then(|f| f.wake.as_ref())
-        {
-            let _ = w.try_send(());
+        if fleet::is_urgent(kind) {
+            fleet::wake(self, fleet::Wake::Event);
         }
         eprintln!("nanoclaw: [{}] {agent}: {reason}", kind_name(kind));
     }

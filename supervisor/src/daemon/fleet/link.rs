@@ -24,11 +24,33 @@ const HANDSHAKE: Duration = Duration::from_secs(20);
 /// How long the server may stay silent inside a session.
 const IDLE: Duration = Duration::from_secs(60);
 
-/// Bytes through the socket (TLS records included), for the budget and `status`.
+/// Bytes through the socket (TLS records included), for the budget and `status`, and the
+/// protocol frames among them.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub sent: Cell<u64>,
     pub received: Cell<u64>,
+    pub payload_sent: Cell<u64>,
+    pub payload_received: Cell<u64>,
+}
+
+fn add(c: &Cell<u64>, n: usize) {
+    c.set(c.get() + n as u64);
+}
+
+/// The TLS provider of both ends: ring, with the SHA-256 suites only (AES-128-GCM, then
+/// ChaCha20-Poly1305 for cores without AES instructions). The SHA-384 suite rustls prefers
+/// by default runs its key schedule on SHA-512 code that CPUs rarely accelerate: measured as
+/// the largest single cost of a resumed check-in on the server (docs/BENCHMARKS.md).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..default_provider()
+    })
 }
 
 /// The TLS client configuration from device.json's `fleet` paths. Built once per daemon
@@ -60,7 +82,7 @@ pub fn client_config(f: &FleetConfig) -> Result<Arc<rustls::ClientConfig>, Strin
     }
     let key = PrivateKeyDer::from_pem_slice(read(&f.key)?.as_bytes())
         .map_err(|e| format!("fleet.key {}: {e}", f.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| format!("TLS: {e}"))?
@@ -84,8 +106,7 @@ impl AsyncRead for Counted {
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
-            let c = &self.counters.received;
-            c.set(c.get() + *n as u64);
+            add(&self.counters.received, *n);
         }
         r
     }
@@ -99,8 +120,7 @@ impl AsyncWrite for Counted {
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
-            let c = &self.counters.sent;
-            c.set(c.get() + *n as u64);
+            add(&self.counters.sent, *n);
         }
         r
     }
@@ -132,6 +152,7 @@ async fn timed<T>(
 pub struct Link {
     tls: TlsStream<Counted>,
     inbuf: Vec<u8>,
+    counters: Rc<Counters>,
 }
 
 impl Link {
@@ -150,7 +171,7 @@ impl Link {
             .map_err(|e| format!("fleet.server_name `{}`: {e}", f.name()))?;
         let counted = Counted {
             inner: tcp,
-            counters,
+            counters: counters.clone(),
         };
         let tls = timed(
             HANDSHAKE,
@@ -161,6 +182,7 @@ impl Link {
         Ok(Link {
             tls,
             inbuf: Vec::with_capacity(1024),
+            counters,
         })
     }
 
@@ -175,6 +197,7 @@ impl Link {
             tls.flush().await
         })
         .await?;
+        add(&self.counters.payload_sent, out.len());
         out.clear();
         Ok(())
     }
@@ -189,6 +212,7 @@ impl Link {
         self.inbuf.resize(len, 0);
         let (tls, buf) = (&mut self.tls, &mut self.inbuf);
         timed(IDLE, "receiving", tls.read_exact(buf)).await?;
+        add(&self.counters.payload_received, 4 + len);
         Ok(&self.inbuf)
     }
 

@@ -54,8 +54,13 @@ pub struct Status {
     pub bytes_today: u64,
     pub daily_bytes: Option<u64>,
     pub urgent: u64,
-    /// Wakes the sync task for an urgent session.
-    pub wake: Option<smol::channel::Sender<()>>,
+    /// Since start: through the socket, and the protocol frames among those bytes.
+    pub wire_sent: u64,
+    pub wire_received: u64,
+    pub payload_sent: u64,
+    pub payload_received: u64,
+    /// Wakes the sync task for a session now.
+    pub wake: Option<smol::channel::Sender<Wake>>,
 }
 
 impl Status {
@@ -72,7 +77,33 @@ impl Status {
             "bytes_today": self.bytes_today,
             "daily_bytes": self.daily_bytes,
             "urgent_sessions": self.urgent,
+            "wire_sent": self.wire_sent,
+            "wire_received": self.wire_received,
+            "payload_sent": self.payload_sent,
+            "payload_received": self.payload_received,
         })
+    }
+}
+
+/// Why a session runs before its time. Both skip the schedule and a spent budget (without
+/// downloads); only events count as urgent sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A security event or crash loop was audited.
+    Event,
+    /// `nanoclaw sync`.
+    Asked,
+}
+
+/// Asks the sync task for a session now; false when there is no fleet sync.
+pub fn wake(d: &Daemon, why: Wake) -> bool {
+    match d.fleet.as_ref().and_then(|f| f.wake.as_ref()) {
+        Some(w) => {
+            // Full: a wake-up is already pending, which serves this one too.
+            let _ = w.try_send(why);
+            true
+        }
+        None => false,
     }
 }
 
@@ -138,7 +169,7 @@ pub fn spawn(ctx: &CtxRef) {
             return;
         }
     };
-    let (tx, rx) = smol::channel::bounded::<()>(1);
+    let (tx, rx) = smol::channel::bounded::<Wake>(1);
     let mut state = {
         let mut d = ctx.d.borrow_mut();
         let state = load_state(&d);
@@ -166,25 +197,25 @@ pub fn spawn(ctx: &CtxRef) {
                 if let Some(s) = c.d.borrow_mut().fleet.as_mut() {
                     s.next_ms = now_ms() + wait.as_millis() as u64;
                 }
-                let urgent = smol::future::or(
+                let woken = smol::future::or(
                     async {
                         smol::Timer::after(wait).await;
-                        false
+                        None
                     },
-                    async { rx.recv().await.is_ok() },
+                    async { rx.recv().await.ok() },
                 )
                 .await;
                 if c.d.borrow().shutting_down {
                     return;
                 }
-                if urgent {
+                if woken.is_some() {
                     // Let a burst of events land in the log first, and keep the gap.
                     let since = now_ms().saturating_sub(sched.last_attempt_ms);
                     let gap = u64::from(cfg.urgent_gap_s) * 1000;
                     smol::Timer::after(Duration::from_millis(gap.saturating_sub(since).max(200)))
                         .await;
                 }
-                wait = run_once(&c, &cfg, &tls, &mut sched, &mut state, urgent).await;
+                wait = run_once(&c, &cfg, &tls, &mut sched, &mut state, woken).await;
             }
         })
         .detach();
@@ -197,7 +228,7 @@ async fn run_once(
     tls: &std::sync::Arc<rustls::ClientConfig>,
     sched: &mut schedule::Schedule,
     state: &mut State,
-    urgent: bool,
+    woken: Option<Wake>,
 ) -> Duration {
     let now = now_ms();
     let today = now / 86_400_000;
@@ -206,7 +237,7 @@ async fn run_once(
         state.day_bytes = 0;
     }
     let left = cfg.daily_bytes.map(|b| b.0.saturating_sub(state.day_bytes));
-    if left == Some(0) && !urgent {
+    if left == Some(0) && woken.is_none() {
         // Spent: wait for the next day (or an urgent event).
         let next_day = (today + 1) * 86_400_000;
         return Duration::from_millis(next_day.saturating_sub(now).max(1000));
@@ -224,7 +255,11 @@ async fn run_once(
     if let Some(st) = d.fleet.as_mut() {
         st.last_attempt_ms = now;
         st.bytes_today = state.day_bytes;
-        st.urgent += u64::from(urgent);
+        st.urgent += u64::from(woken == Some(Wake::Event));
+        st.wire_sent += counters.sent.get();
+        st.wire_received += counters.received.get();
+        st.payload_sent += counters.payload_sent.get();
+        st.payload_received += counters.payload_received.get();
         match &result {
             Ok(poll_s) => {
                 st.sessions_ok += 1;

@@ -1,0 +1,242 @@
+//! `nanoclaw-fleet loadgen`: simulated devices checking in against a server, for capacity
+//! planning and `cargo xtask bench`. It registers filler devices up to `--register` (the
+//! registry size the server must look up in), enrols `--identities` devices with real
+//! certificates, and runs idle sessions (TLS, Hello, Welcome, Bye, through the device's own
+//! sans-IO session) from `--concurrency` tasks for `--seconds`. Sessions resume TLS like
+//! real devices do after their first check-in.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nanoclaw_proto::session::{Host, Session};
+use nanoclaw_proto::sync::{self, DeviceMsg, Digest, Hello, Offer, ServerMsg, frame};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::db::Db;
+use crate::pki;
+
+pub struct Options {
+    pub server: std::net::SocketAddr,
+    pub server_name: String,
+    pub register: u64,
+    pub identities: usize,
+    pub concurrency: usize,
+    pub seconds: u64,
+}
+
+/// An idle device: nothing to report, nothing wanted.
+struct Idle {
+    bundles: Digest,
+}
+
+impl Host for Idle {
+    fn hello(&self) -> Hello<'_> {
+        Hello {
+            protocol_min: sync::PROTOCOL_MIN,
+            protocol_max: sync::PROTOCOL,
+            firmware: env!("CARGO_PKG_VERSION"),
+            policy_version: 1 << 40,
+            bundles: self.bundles,
+            audit_high: 0,
+            audit_acked: 0,
+            outbox_high: 0,
+            outbox_acked: 0,
+            dropped: 0,
+        }
+    }
+    fn audit(&self, first: u64, _: &mut [u8]) -> (u64, u16, usize) {
+        (first, 0, 0)
+    }
+    fn outbox(&self, first: u64, _: &mut [u8]) -> (u64, u16, usize) {
+        (first, 0, 0)
+    }
+    fn policy(&mut self, _: u64, _: &[u8]) -> Result<(), &str> {
+        Ok(())
+    }
+    fn grant(&mut self, _: &[u8]) -> Result<(), &str> {
+        Ok(())
+    }
+    fn want(&mut self, _: &Offer<'_>) -> Option<u64> {
+        None
+    }
+    fn chunk(&mut self, _: &Digest, _: u64, _: &[u8]) -> bool {
+        false
+    }
+    fn downloaded(&mut self, _: &Digest) {}
+    fn acked_audit(&mut self, _: u64) {}
+    fn acked_outbox(&mut self, _: u64) {}
+}
+
+/// Registers filler devices (unusable fingerprints) until the registry holds `n`.
+async fn fill(db: &Db, n: u64) -> Result<(), String> {
+    let have = db.device_count().await.map_err(|e| e.to_string())? as u64;
+    let now = crate::serve::now_ms();
+    let mut next = have;
+    while next < n {
+        let batch: Vec<(String, String)> = (next..n.min(next + 500))
+            .map(|i| {
+                let fp = nanoclaw::bundle::hex(&pki::random_bytes::<32>());
+                (format!("filler-{i}"), fp)
+            })
+            .collect();
+        db.enrol_many(&batch, "loadgen-filler", now)
+            .await
+            .map_err(|e| e.to_string())?;
+        next += batch.len() as u64;
+    }
+    Ok(())
+}
+
+/// Client configurations of the `k` simulated identities, enrolling the missing ones.
+async fn identities(
+    db: &Db,
+    dir: &Path,
+    k: usize,
+) -> Result<Vec<Arc<rustls::ClientConfig>>, String> {
+    let provider = nanoclaw::daemon::fleet::link::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pki::certs(&dir.join(pki::CA_CERT))? {
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    let roots = Arc::new(roots);
+    let mut out = Vec::with_capacity(k);
+    for i in 0..k {
+        let id = format!("sim-{i}");
+        let creds = dir.join("loadgen").join(&id);
+        if db.device(&id).await.map_err(|e| e.to_string())?.is_none() {
+            let _ = std::fs::remove_dir_all(&creds);
+            let fp = pki::issue_device(dir, &id, &creds)?;
+            db.enrol(&id, &fp, "loadgen", crate::serve::now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(
+                pki::certs(&creds.join("device.pem"))?,
+                pki::key(&creds.join("device.key"))?,
+            )
+            .map_err(|e| e.to_string())?;
+        out.push(Arc::new(cfg));
+    }
+    Ok(out)
+}
+
+/// One idle session; returns the bytes sent and received on the socket.
+async fn session(
+    cfg: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    name: ServerName<'static>,
+    bundles: Digest,
+) -> Result<(), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut host = Idle { bundles };
+    let mut out = Vec::with_capacity(256);
+    let mut buf = Vec::with_capacity(256);
+    let mut scratch = [0u8; 64];
+    let mut s = {
+        let (s, hello) = Session::start(&host);
+        frame::push(&mut out, &DeviceMsg::Hello(hello)).map_err(|e| e.to_string())?;
+        s
+    };
+    loop {
+        if !out.is_empty() {
+            tls.write_all(&out).await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())?;
+            out.clear();
+        }
+        if s.done() {
+            break;
+        }
+        let mut len = [0u8; 4];
+        tls.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+        let len = frame::body_len(len).map_err(|l| format!("{l}-byte frame"))?;
+        buf.resize(len, 0);
+        tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        let msg: ServerMsg<'_> = postcard::from_bytes(&buf).map_err(|e| e.to_string())?;
+        if let ServerMsg::Error { message, .. } = msg {
+            return Err(message.to_owned());
+        }
+        let mut err = None;
+        s.on_message(&mut host, msg, &mut scratch, &mut |m| {
+            if let Err(e) = frame::push(&mut out, &m) {
+                err = Some(e.to_string());
+            }
+        })
+        .map_err(|f| format!("{f:?}"))?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+    }
+    let _ = tls.shutdown().await;
+    Ok(())
+}
+
+/// Runs the load and prints one summary line per second and a final JSON line.
+pub async fn run(db: &Db, dir: &Path, o: &Options) -> Result<(), String> {
+    fill(db, o.register.saturating_sub(o.identities as u64)).await?;
+    let ids = identities(db, dir, o.identities.max(1)).await?;
+    let registered = db.device_count().await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(o.server_name.clone()).map_err(|e| e.to_string())?;
+    let bundles = nanoclaw::daemon::fleet::host::bundles_digest(std::iter::empty());
+    // Warm every identity's TLS session cache once, as devices that checked in before.
+    for cfg in &ids {
+        session(cfg.clone(), o.server, name.clone(), bundles).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(o.seconds);
+    let mut tasks = Vec::new();
+    for t in 0..o.concurrency.max(1) {
+        let (ids, name) = (ids.clone(), name.clone());
+        let addr = o.server;
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+            let mut i = t;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                match session(ids[i % ids.len()].clone(), addr, name.clone(), bundles).await {
+                    Ok(()) => {
+                        ok += 1;
+                        lat.push(t0.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => failed += 1,
+                }
+                i += 7;
+            }
+            (ok, failed, lat)
+        }));
+    }
+    let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+    for t in tasks {
+        let (a, b, l) = t.await.map_err(|e| e.to_string())?;
+        ok += a;
+        failed += b;
+        lat.extend(l);
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "registered": registered, "identities": ids.len(), "concurrency": o.concurrency,
+            "seconds": o.seconds, "sessions": ok, "failed": failed,
+            "sessions_per_s": ok as f64 / o.seconds as f64,
+            "p50_us": pct(0.5), "p99_us": pct(0.99),
+        })
+    );
+    Ok(())
+}
