@@ -126,7 +126,7 @@ async fn identities(
     Ok(out)
 }
 
-/// One idle session; returns the bytes sent and received on the socket.
+/// One idle session, as a device that checked in before would run it.
 async fn session(
     cfg: Arc<rustls::ClientConfig>,
     addr: std::net::SocketAddr,
