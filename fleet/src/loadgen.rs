@@ -95,7 +95,7 @@ async fn identities(
     dir: &Path,
     k: usize,
 ) -> Result<Vec<Arc<rustls::ClientConfig>>, String> {
-    let provider = nanoclaw::daemon::fleet::link::provider();
+    let provider = pki::device_provider();
     let mut roots = rustls::RootCertStore::empty();
     for c in pki::certs(&dir.join(pki::CA_CERT))? {
         roots.add(c).map_err(|e| e.to_string())?;

@@ -177,10 +177,37 @@ pub fn fingerprint_of_file(path: &Path) -> Result<String, String> {
     Ok(fingerprint(&der))
 }
 
+/// The server's TLS provider: ring, with the SHA-256 suites only (AES-128-GCM, and the
+/// ChaCha20-Poly1305 that devices offer). The SHA-384 suite rustls prefers by default runs
+/// its key schedule on SHA-512 code that CPUs rarely accelerate: measured as the largest
+/// single cost of a resumed check-in (docs/BENCHMARKS.md).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..default_provider()
+    })
+}
+
+/// What the load generator's simulated devices offer: the same suite and group as the
+/// daemon's own provider (nanoclaw::daemon::fleet::crypto), computed by ring so that the
+/// generator costs the shared cores as little as possible.
+pub fn device_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::ring::{cipher_suite, default_provider, kx_group};
+    Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![cipher_suite::TLS13_CHACHA20_POLY1305_SHA256],
+        kx_groups: vec![kx_group::X25519],
+        ..default_provider()
+    })
+}
+
 /// The TLS 1.3 server configuration: our certificate, device certificates required and
 /// verified against the fleet CA, session tickets for cheap reconnects.
 pub fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let provider = nanoclaw::daemon::fleet::link::provider();
+    let provider = provider();
     let ca = certs(&dir.join(CA_CERT))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in ca {

@@ -1,6 +1,7 @@
-//! The device's end of the fleet link: TCP + TLS 1.3 with mutual authentication (rustls +
-//! ring over smol), frames in and out, and every byte counted at the socket for the daily
-//! budget. The server CA in device.json is the only trust anchor; no system roots.
+//! The device's end of the fleet link: TCP + TLS 1.3 with mutual authentication (rustls over
+//! smol, crypto from [`super::crypto`]), frames in and out, and every byte counted at the
+//! socket for the daily budget. The server CA in device.json is the only trust anchor; no
+//! system roots.
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -38,21 +39,6 @@ fn add(c: &Cell<u64>, n: usize) {
     c.set(c.get() + n as u64);
 }
 
-/// The TLS provider of both ends: ring, with the SHA-256 suites only (AES-128-GCM, then
-/// ChaCha20-Poly1305 for cores without AES instructions). The SHA-384 suite rustls prefers
-/// by default runs its key schedule on SHA-512 code that CPUs rarely accelerate: measured as
-/// the largest single cost of a resumed check-in on the server (docs/BENCHMARKS.md).
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    use rustls::crypto::ring::{cipher_suite, default_provider};
-    Arc::new(rustls::crypto::CryptoProvider {
-        cipher_suites: vec![
-            cipher_suite::TLS13_AES_128_GCM_SHA256,
-            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-        ],
-        ..default_provider()
-    })
-}
-
 /// The TLS client configuration from device.json's `fleet` paths. Built once per daemon
 /// start; it keeps session tickets, so later check-ins resume without a full handshake.
 pub fn client_config(f: &FleetConfig) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -82,7 +68,7 @@ pub fn client_config(f: &FleetConfig) -> Result<Arc<rustls::ClientConfig>, Strin
     }
     let key = PrivateKeyDer::from_pem_slice(read(&f.key)?.as_bytes())
         .map_err(|e| format!("fleet.key {}: {e}", f.key.display()))?;
-    let provider = provider();
+    let provider = super::crypto::provider();
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| format!("TLS: {e}"))?

@@ -9,6 +9,7 @@
 //! moves its frames and keeps the marks that must survive a restart in
 //! `<state_dir>/fleet/state.json`.
 
+pub mod crypto;
 pub mod host;
 pub mod link;
 pub mod schedule;
