@@ -1,6 +1,7 @@
 //! `nanoclaw-fleet`, the central server: devices sync with it over TLS (docs/PROTOCOL.md),
 //! operators drive it with this CLI or the admin API (docs/FLEET.md).
 
+mod admin;
 mod db;
 mod directives;
 mod loadgen;
@@ -15,7 +16,8 @@ use ops::Target;
 
 const USAGE: &str = "usage: nanoclaw-fleet COMMAND [--dir DIR] [--db URL]
   init [--name SERVER_NAME]...             CA, server certificate, fleet signing key, admin token
-  serve [--listen ADDR] [--poll S] [--workers N]
+  serve [--listen ADDR] [--admin ADDR] [--poll S] [--workers N]
+                                           --admin: the HTTPS admin API (off unless given)
   enrol DEVICE_ID [--group G] (--out DIR | --cert DEVICE.pem)
   policy push FILE (--group G | --device D)   FILE is JSON or YAML; validated, versioned, signed
   bundle publish FILE (--group G | --device D)   FILE.sigstore.json must sit next to FILE
@@ -199,17 +201,32 @@ async fn run(args: Args) -> Result<(), Failure> {
             Ok(())
         }
         ["serve"] => {
-            args.only(&["listen", "poll", "workers", "connections"])
+            args.only(&["listen", "admin", "poll", "workers", "connections"])
                 .map_err(usage)?;
             let listen = args
                 .get("listen")
                 .unwrap_or("127.0.0.1:7443")
                 .parse()
                 .map_err(|e| usage(format!("--listen: {e}")))?;
+            let admin: Option<std::net::SocketAddr> = match args.get("admin") {
+                Some(a) => Some(a.parse().map_err(|e| usage(format!("--admin: {e}")))?),
+                None => None,
+            };
             let poll_s = args.num("poll", 300).map_err(usage)? as u32;
             let conns = args.num("connections", 16).map_err(usage)? as u32;
             let tls = pki::server_config(&dir)?;
             let db = open(&args, conns).await?;
+            if let Some(addr) = admin {
+                let cfg = pki::admin_config(&dir)?;
+                pki::admin_token(&dir)?;
+                let listener = admin::bind(addr).await?;
+                let (db, dir) = (db.clone(), dir.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = admin::serve(listener, cfg, db, &dir).await {
+                        eprintln!("nanoclaw-fleet: admin API stopped: {e}");
+                    }
+                });
+            }
             serve::run(db, tls, serve::Config { listen, poll_s }).await?;
             Ok(())
         }

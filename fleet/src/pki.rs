@@ -133,9 +133,8 @@ pub fn init(dir: &Path, names: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// A new device identity signed by the CA in `dir`: writes `device.key`, `device.pem`,
-/// `fleet-ca.pem` and `fleet-signing.pub` to `out`; returns the certificate fingerprint.
-pub fn issue_device(dir: &Path, id: &str, out: &Path) -> Result<String, String> {
+/// Device ids: what the registry, file names and certificate names can all carry.
+pub fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty()
         || id.len() > 64
         || !id
@@ -146,6 +145,19 @@ pub fn issue_device(dir: &Path, id: &str, out: &Path) -> Result<String, String> 
             "device id `{id}`: use 1-64 characters of letters, digits, `-`, `_` and `.`"
         ));
     }
+    Ok(())
+}
+
+/// A device identity issued by the fleet CA.
+pub struct Issued {
+    pub key_pem: String,
+    pub cert_pem: String,
+    pub fingerprint: String,
+}
+
+/// A new device key and certificate signed by the CA in `dir`.
+pub fn issue(dir: &Path, id: &str) -> Result<Issued, String> {
+    check_id(id)?;
     let ca_key = KeyPair::from_pem(&read(&dir.join(CA_KEY))?).map_err(err("CA key"))?;
     let ca = ca_params(&ca_key)
         .self_signed(&ca_key)
@@ -154,27 +166,68 @@ pub fn issue_device(dir: &Path, id: &str, out: &Path) -> Result<String, String> 
     let cert = leaf_params(id, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?
         .signed_by(&key, &ca, &ca_key)
         .map_err(err("device certificate"))?;
+    Ok(Issued {
+        key_pem: key.serialize_pem(),
+        cert_pem: cert.pem(),
+        fingerprint: fingerprint(cert.der()),
+    })
+}
+
+/// `enrol --out`: a new identity written to `out` as `device.key`, `device.pem`,
+/// `fleet-ca.pem` and `fleet-signing.pub`; returns the certificate fingerprint.
+pub fn issue_device(dir: &Path, id: &str, out: &Path) -> Result<String, String> {
+    let new = issue(dir, id)?;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    write_secret(&out.join("device.key"), &key.serialize_pem())?;
-    write_public(&out.join("device.pem"), &cert.pem())?;
+    write_secret(&out.join("device.key"), &new.key_pem)?;
+    write_public(&out.join("device.pem"), &new.cert_pem)?;
     std::fs::copy(dir.join(CA_CERT), out.join("fleet-ca.pem"))
         .map_err(|e| format!("{}: {e}", out.join("fleet-ca.pem").display()))?;
     std::fs::copy(dir.join(SIGNING_PUB), out.join("fleet-signing.pub"))
         .map_err(|e| format!("{}: {e}", out.join("fleet-signing.pub").display()))?;
-    Ok(fingerprint(cert.der()))
+    Ok(new.fingerprint)
 }
 
-/// SHA-256 of a certificate's DER, hex: the registry key of a device.
 pub fn fingerprint(der: &[u8]) -> String {
     nanoclaw::bundle::hex(&Sha256::digest(der))
 }
 
 /// The fingerprint of the first certificate in a PEM file.
 pub fn fingerprint_of_file(path: &Path) -> Result<String, String> {
-    let text = read(path)?;
+    fingerprint_of_pem(&read(path)?, &path.display().to_string())
+}
+
+/// The fingerprint of the (first) certificate in PEM text; `what` names it in errors.
+pub fn fingerprint_of_pem(text: &str, what: &str) -> Result<String, String> {
     let der = CertificateDer::from_pem_slice(text.as_bytes())
-        .map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
+        .map_err(|e| format!("{what}: not a PEM certificate: {e}"))?;
     Ok(fingerprint(&der))
+}
+
+/// The admin API's TLS configuration: the server's certificate, no client certificate (the
+/// admin token authenticates), HTTP/1.1.
+pub fn admin_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs(&dir.join(SERVER_CERT))?, key(&dir.join(SERVER_KEY))?)
+        .map_err(|e| format!("{}: {e}", dir.join(SERVER_CERT).display()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The admin token from `init`.
+pub fn admin_token(dir: &Path) -> Result<String, String> {
+    let path = dir.join(ADMIN_TOKEN);
+    let t = nanoclaw::sigstore::read_capped(&path, 4096, "admin token")?;
+    let t = t.trim();
+    if t.len() < 16 {
+        return Err(format!(
+            "{}: an admin token needs at least 16 characters",
+            path.display()
+        ));
+    }
+    Ok(t.to_owned())
 }
 
 /// The server's TLS provider: ring, with the SHA-256 suites only (AES-128-GCM, and the

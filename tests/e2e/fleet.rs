@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nanoclaw_tests::fleet::{Fault, Fleet, Proxy};
+use nanoclaw_tests::fleet::{Body, Fault, Fleet, Proxy};
 use nanoclaw_tests::{Device, bins, grant, manifest};
 use serde_json::{Value, json};
 
@@ -419,5 +419,242 @@ fn grants_outbox_and_the_daily_byte_budget() {
         (dev.json(&["status"])["fleet"]["urgent_sessions"].as_u64()? >= 1).then_some(())
     });
     assert!(proxy.connections.load(Ordering::Relaxed) > spent_at);
+    fleet.kill();
+}
+
+/// The admin HTTP API over real HTTPS (curl, the fleet CA pinned): the token is required,
+/// bad input is refused with a JSON error that names it, and a device enrolled through the
+/// API gets a policy, a bundle and a grant pushed through it, whose audit the API then reads.
+#[test]
+fn the_admin_api_runs_the_fleet_over_https() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::init(&tmp.path().join("fleet"), None);
+    let server = fleet.serve_admin(2);
+    let token = fleet.token();
+    let t = Some(token.as_str());
+
+    // No token or a wrong one: 401, for reads and writes alike; /healthz needs none.
+    let (code, v) = fleet.api("GET", "/healthz", None, Body::None);
+    assert_eq!((code, &v["ok"]), (200, &json!(true)), "{v}");
+    for tok in [None, Some("0123456789abcdef0123456789abcdef")] {
+        let (code, v) = fleet.api("GET", "/v1/devices", tok, Body::None);
+        assert_eq!(code, 401, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("admin token"), "{v}");
+        let (code, _) = fleet.api(
+            "POST",
+            "/v1/devices",
+            tok,
+            Body::Json(r#"{"id":"intruder"}"#),
+        );
+        assert_eq!(code, 401);
+    }
+    assert_eq!(
+        fleet.device("intruder"),
+        Value::Null,
+        "nothing was enrolled"
+    );
+
+    // Enrolment: a new identity from the fleet CA; twice is a conflict; bad input named.
+    let (code, v) = fleet.api(
+        "POST",
+        "/v1/devices",
+        t,
+        Body::Json(r#"{"id":"dev-api","group":"lab"}"#),
+    );
+    assert_eq!(code, 201, "{v}");
+    let creds = tmp.path().join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    for (field, file) in [
+        ("key", "device.key"),
+        ("certificate", "device.pem"),
+        ("ca", "fleet-ca.pem"),
+        ("policy_key", "fleet-signing.pub"),
+    ] {
+        let pem = v[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} in {v}"));
+        assert!(pem.starts_with("-----BEGIN"), "{field}: {pem}");
+        std::fs::write(creds.join(file), pem).unwrap();
+    }
+    let (code, v) = fleet.api("POST", "/v1/devices", t, Body::Json(r#"{"id":"dev-api"}"#));
+    assert_eq!(code, 409, "{v}");
+    for (body, needle) in [
+        (r#"{"id":"dev-x","colour":"red"}"#, "unknown field `colour`"),
+        (r#"{"id":"../etc"}"#, "device id `../etc`"),
+        (
+            r#"{"id":"dev-y","certificate":"hello"}"#,
+            "not a PEM certificate",
+        ),
+        (r#"{"id":"#, "EOF"),
+    ] {
+        let (code, v) = fleet.api("POST", "/v1/devices", t, Body::Json(body));
+        assert_eq!(code, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(needle), "{body}: {v}");
+    }
+    let big = format!(r#"{{"id":"dev-z","group":"{}"}}"#, "g".repeat(100 * 1024));
+    let (code, _) = fleet.api("POST", "/v1/devices", t, Body::Json(&big));
+    assert_eq!(
+        code, 413,
+        "a body over 64 KiB is refused before it is read whole"
+    );
+    let (code, v) = fleet.api("GET", "/v1/devices/dev-api/audit?limit=3", t, Body::None);
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
+    let (code, _) = fleet.api("GET", "/v1/devices/nobody/audit", t, Body::None);
+    assert_eq!(code, 404);
+
+    // The device with that identity checks in.
+    let mut dev = Device::new();
+    let keys = dev.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (vendor, vendor_pub) = nanoclaw_tests::keypair(&keys, "vendor", true);
+    std::fs::rename(&vendor_pub, keys.join("demo-vendor.pub")).unwrap();
+    dev.device["allow_unsigned"] = json!(false);
+    dev.device["device_id"] = json!("dev-api");
+    dev.device["policy_key"] = json!(creds.join("fleet-signing.pub"));
+    dev.device["fleet"] = Fleet::device_section(&creds, server, 5);
+    dev.grant("svc", grant("16MiB"));
+    dev.start();
+    let seen = |fleet: &Fleet| {
+        let (_, v) = fleet.api("GET", "/v1/devices", t, Body::None);
+        v["devices"]
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["id"] == "dev-api").cloned())
+            .unwrap_or(Value::Null)
+    };
+    dev.wait(SYNC, "dev-api to check in", || {
+        seen(&fleet)["last_seen_s_ago"].as_i64().map(|_| ())
+    });
+
+    // A policy through the API: validated, signed, applied once.
+    let mut p = dev.policy.clone();
+    p["version"] = json!(2);
+    let (code, v) = fleet.api(
+        "POST",
+        "/v1/policies?group=lab",
+        t,
+        Body::Json(&p.to_string()),
+    );
+    assert_eq!((code, &v["version"]), (201, &json!(2)), "{v}");
+    dev.wait(SYNC, "policy version 2 in force", || {
+        (dev.json(&["status"])["policy_version"] == 2).then_some(())
+    });
+    let mut bad = p.clone();
+    bad["agents"]["svc"]["memory"] = json!("lots");
+    let (code, v) = fleet.api(
+        "POST",
+        "/v1/policies?group=lab",
+        t,
+        Body::Json(&bad.to_string()),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("memory"), "{v}");
+    let (code, v) = fleet.api(
+        "POST",
+        "/v1/policies?group=lab&device=dev-api",
+        t,
+        Body::Json(&p.to_string()),
+    );
+    assert_eq!(code, 400, "{v}");
+
+    // A bundle through the API (multipart, streamed to disk): installed and running.
+    let bundle = signed_bundle(dev.path(), "svc", "1.0.0", &vendor, 0);
+    let sig = PathBuf::from(format!("{}.sigstore.json", bundle.display()));
+    let (code, v) = fleet.api(
+        "POST",
+        "/v1/bundles?device=dev-api",
+        t,
+        Body::Form(&[("bundle", &bundle)]),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("signature"), "{v}");
+    let (code, v) = fleet.api(
+        "POST",
+        "/v1/bundles?device=dev-api",
+        t,
+        Body::Form(&[("bundle", &bundle), ("signature", &sig)]),
+    );
+    assert_eq!(code, 201, "{v}");
+    assert!(
+        v["published"].as_str().unwrap().starts_with("svc 1.0.0"),
+        "{v}"
+    );
+    dev.wait(SYNC, "svc 1.0.0 installed and running", || {
+        dev.agents_json()
+            .iter()
+            .any(|a| a["name"] == "svc" && a["state"] == "running")
+            .then_some(())
+    });
+    assert!(
+        std::fs::read_dir(fleet.dir.join("uploads"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "uploads are removed once stored"
+    );
+
+    // A grant: refused for an unknown device or capability, applied otherwise.
+    let (code, _) = fleet.api(
+        "POST",
+        "/v1/grants",
+        t,
+        Body::Json(
+            r#"{"agent":"svc","capability":"net:127.0.0.1:19/tcp","ttl_s":60,"device":"ghost"}"#,
+        ),
+    );
+    assert_eq!(code, 404);
+    let (code, v) = fleet.api(
+        "POST",
+        "/v1/grants",
+        t,
+        Body::Json(r#"{"agent":"svc","capability":"fly","ttl_s":60,"device":"dev-api"}"#),
+    );
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = fleet.api(
+        "POST",
+        "/v1/grants",
+        t,
+        Body::Json(
+            r#"{"agent":"svc","capability":"net:127.0.0.1:19/tcp","ttl_s":60,"device":"dev-api"}"#,
+        ),
+    );
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["grant"]["payload"]["device"], "dev-api", "{v}");
+
+    // The device's audit trail through the API, and paging by sequence.
+    let records = dev.wait(SYNC, "the install in the audit at the server", || {
+        let (_, v) = fleet.api("GET", "/v1/devices/dev-api/audit", t, Body::None);
+        let recs = v["records"].as_array()?.clone();
+        recs.iter()
+            .any(|r| r["kind"] == "install" && r["agent"] == "svc")
+            .then_some(recs)
+    });
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["seq"], i as u64 + 1, "{r}");
+    }
+    let (code, v) = fleet.api(
+        "GET",
+        "/v1/devices/dev-api/audit?after=1&last=2",
+        t,
+        Body::None,
+    );
+    assert_eq!(code, 200);
+    let page: Vec<u64> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(page, [2, 3], "{v}");
+    let (code, v) = fleet.api("GET", "/v1/rollout", t, Body::None);
+    assert_eq!(code, 200);
+    assert_eq!(
+        v["rollout"][0],
+        json!({"group": "lab", "policy_version": 2, "devices": 1}),
+        "{v}"
+    );
+    let (code, _) = fleet.api("GET", "/v1/nothing", t, Body::None);
+    assert_eq!(code, 404);
+    drop(dev);
     fleet.kill();
 }

@@ -45,7 +45,17 @@ pub struct Fleet {
     pub db: String,
     server: Option<Child>,
     pub addr: Option<SocketAddr>,
+    /// The admin API's address while serving with it.
+    pub admin: Option<SocketAddr>,
     log: PathBuf,
+}
+
+/// A request body for [`Fleet::api`].
+pub enum Body<'a> {
+    None,
+    Json(&'a str),
+    /// Multipart form fields, each a file.
+    Form(&'a [(&'a str, &'a Path)]),
 }
 
 impl Fleet {
@@ -60,6 +70,7 @@ impl Fleet {
             db,
             server: None,
             addr: None,
+            admin: None,
             log: dir.join("server.log"),
         };
         let out = f.cli(&["init", "--name", "localhost"]);
@@ -74,6 +85,7 @@ impl Fleet {
             db: self.db.clone(),
             server: None,
             addr: None,
+            admin: None,
             log: self.dir.join(format!("server-{n}.log")),
         }
     }
@@ -126,6 +138,15 @@ impl Fleet {
 
     /// Starts `serve` on 127.0.0.1 (a free port, or `port`) and waits until it listens.
     pub fn serve(&mut self, poll_s: u32, port: u16) -> SocketAddr {
+        self.serve_with(poll_s, port, &[])
+    }
+
+    /// [`Fleet::serve`] with the admin API on a free loopback port (`self.admin`).
+    pub fn serve_admin(&mut self, poll_s: u32) -> SocketAddr {
+        self.serve_with(poll_s, 0, &["--admin", "127.0.0.1:0"])
+    }
+
+    fn serve_with(&mut self, poll_s: u32, port: u16, extra: &[&str]) -> SocketAddr {
         assert!(self.server.is_none(), "already serving");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -135,6 +156,7 @@ impl Fleet {
         let mut child = Command::new(fleet_bin())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--poll", &poll_s.to_string()])
+            .args(extra)
             .arg("--dir")
             .arg(&self.dir)
             .arg("--db")
@@ -150,7 +172,10 @@ impl Fleet {
                 let _ = child.kill();
                 panic!("fleet server exited:\n{}", self.log_text());
             };
-            if let Some(a) = line.split("listening on ").nth(1) {
+            if let Some(a) = line.split("admin: listening on ").nth(1) {
+                self.admin = Some(a.trim().parse().expect("admin address"));
+            }
+            if let Some(a) = line.split("devices: listening on ").nth(1) {
                 break a.trim().parse::<SocketAddr>().expect("listen address");
             }
         };
@@ -159,6 +184,77 @@ impl Fleet {
         self.server = Some(child);
         self.addr = Some(addr);
         addr
+    }
+
+    /// One admin API request through curl (real HTTPS, the fleet CA pinned): the status and
+    /// the JSON answer. `token` None sends no Authorization header.
+    pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Body) -> (u16, Value) {
+        let admin = self.admin.expect("serving with the admin API");
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-X", method, "--cacert"])
+            .arg(self.dir.join("ca.pem"))
+            .args(["-o", "-", "-w", "\n%{http_code}"])
+            .arg(format!("https://localhost:{}{path}", admin.port()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let mut input = None;
+        match body {
+            Body::None => {}
+            Body::Json(j) => {
+                c.args([
+                    "-H",
+                    "content-type: application/json",
+                    "--data-binary",
+                    "@-",
+                ]);
+                input = Some(j.to_owned());
+            }
+            Body::Form(fields) => {
+                for (name, file) in fields {
+                    c.args(["-F", &format!("{name}=@{}", file.display())]);
+                }
+            }
+        }
+        let mut child = c
+            .spawn()
+            .expect("curl (Debian curl; cargo xtask setup installs it)");
+        if let Some(i) = input {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(i.as_bytes())
+                .expect("curl stdin");
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "curl {method} {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (json, code) = text.rsplit_once('\n').expect("status line");
+        let code: u16 = code.trim().parse().expect("HTTP status");
+        let v = if json.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("{method} {path}: {e}: {json}"))
+        };
+        (code, v)
+    }
+
+    /// The admin token from `init`.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_owned()
     }
 
     /// Kills the server (SIGKILL: a crash, not a shutdown).

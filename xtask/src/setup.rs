@@ -15,8 +15,6 @@ type Pkg = (&'static str, &'static str);
 /// against libbpf's headers.
 pub const BUILD: &[Pkg] = &[
     ("clang", "/usr/bin/clang"),
-    // llvm-ar archives ring's C objects for the musl targets (.cargo/config.toml).
-    ("llvm", "/usr/bin/llvm-ar"),
     ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h"),
 ];
 /// Host tier and aarch64 unit tests.
@@ -30,6 +28,8 @@ pub const TEST: &[Pkg] = &[
     ("postgresql", "/usr/bin/pg_ctlcluster"),
     ("postgresql-client", "/usr/bin/psql"),
     ("sqlite3", "/usr/bin/sqlite3"),
+    // The admin API test's HTTPS client.
+    ("curl", "/usr/bin/curl"),
 ];
 /// VM tier (the kernel image is downloaded, not installed, by xtask/src/vm.rs).
 /// (busybox for each guest architecture is downloaded by vm.rs, not installed.)

@@ -63,7 +63,7 @@ fn serve(bin: &Path, dir: &Path, db: &str) -> Result<Server> {
     let addr = loop {
         match lines.next() {
             Some(Ok(l)) => {
-                if let Some(a) = l.split("listening on ").nth(1) {
+                if let Some(a) = l.split("devices: listening on ").nth(1) {
                     break a.trim().parse().map_err(|e| format!("{l}: {e}"))?;
                 }
             }
