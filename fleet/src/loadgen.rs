@@ -24,7 +24,13 @@ pub struct Options {
     pub identities: usize,
     pub concurrency: usize,
     pub seconds: u64,
+    /// Devices that stay connected: each task keeps `connections / concurrency` connections
+    /// open and runs its sessions on them in turn, as `stay_connected` devices do.
+    pub persistent: bool,
+    pub connections: usize,
 }
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// An idle device: nothing to report, nothing wanted.
 struct Idle {
@@ -126,21 +132,33 @@ async fn identities(
     Ok(out)
 }
 
-/// One idle session, as a device that checked in before would run it.
-async fn session(
+async fn connect(
     cfg: Arc<rustls::ClientConfig>,
     addr: std::net::SocketAddr,
     name: ServerName<'static>,
-    bundles: Digest,
-) -> Result<(), String> {
+) -> Result<Tls, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+    tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+async fn read_frame(tls: &mut Tls, buf: &mut Vec<u8>) -> Result<(), String> {
+    let mut len = [0u8; 4];
+    tls.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+    let len = frame::body_len(len).map_err(|l| format!("{l}-byte frame"))?;
+    buf.resize(len, 0);
+    tls.read_exact(buf).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// One idle session on `tls`, through the device's own session code; `keep` reads the
+/// server's Bye so the connection can carry the next session.
+async fn exchange(tls: &mut Tls, bundles: Digest, keep: bool) -> Result<(), String> {
     let mut host = Idle { bundles };
     let mut out = Vec::with_capacity(256);
     let mut buf = Vec::with_capacity(256);
@@ -159,11 +177,7 @@ async fn session(
         if s.done() {
             break;
         }
-        let mut len = [0u8; 4];
-        tls.read_exact(&mut len).await.map_err(|e| e.to_string())?;
-        let len = frame::body_len(len).map_err(|l| format!("{l}-byte frame"))?;
-        buf.resize(len, 0);
-        tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        read_frame(tls, &mut buf).await?;
         let msg: ServerMsg<'_> = postcard::from_bytes(&buf).map_err(|e| e.to_string())?;
         if let ServerMsg::Error { message, .. } = msg {
             return Err(message.to_owned());
@@ -179,6 +193,24 @@ async fn session(
             return Err(e);
         }
     }
+    if keep {
+        read_frame(tls, &mut buf).await?;
+        if !matches!(postcard::from_bytes(&buf), Ok(ServerMsg::Bye { .. })) {
+            return Err("no Bye from the server".into());
+        }
+    }
+    Ok(())
+}
+
+/// One idle session on a new connection, as a device that checked in before would run it.
+async fn session(
+    cfg: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    name: ServerName<'static>,
+    bundles: Digest,
+) -> Result<(), String> {
+    let mut tls = connect(cfg, addr, name).await?;
+    exchange(&mut tls, bundles, false).await?;
     let _ = tls.shutdown().await;
     Ok(())
 }
@@ -195,23 +227,51 @@ pub async fn run(db: &Db, dir: &Path, o: &Options) -> Result<(), String> {
         session(cfg.clone(), o.server, name.clone(), bundles).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(o.seconds);
+    let tasks_n = o.concurrency.max(1);
+    let per_task = (o.connections.max(tasks_n) / tasks_n).max(1);
     let mut tasks = Vec::new();
-    for t in 0..o.concurrency.max(1) {
+    for t in 0..tasks_n {
         let (ids, name) = (ids.clone(), name.clone());
-        let addr = o.server;
+        let (addr, persistent) = (o.server, o.persistent);
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+            let mut kept: Vec<Option<Tls>> = (0..per_task).map(|_| None).collect();
             let mut i = t;
+            let mut k = 0usize;
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                match session(ids[i % ids.len()].clone(), addr, name.clone(), bundles).await {
+                let r = if persistent {
+                    // Connection j of task t is always the same simulated device.
+                    let j = k % per_task;
+                    k += 1;
+                    let cfg = ids[(t * per_task + j) % ids.len()].clone();
+                    let slot = &mut kept[j];
+                    let r = match slot {
+                        Some(tls) => exchange(tls, bundles, true).await,
+                        None => match connect(cfg, addr, name.clone()).await {
+                            Ok(mut tls) => {
+                                let r = exchange(&mut tls, bundles, true).await;
+                                *slot = Some(tls);
+                                r
+                            }
+                            Err(e) => Err(e),
+                        },
+                    };
+                    if r.is_err() {
+                        *slot = None;
+                    }
+                    r
+                } else {
+                    i += 7;
+                    session(ids[i % ids.len()].clone(), addr, name.clone(), bundles).await
+                };
+                match r {
                     Ok(()) => {
                         ok += 1;
                         lat.push(t0.elapsed().as_micros() as u64);
                     }
                     Err(_) => failed += 1,
                 }
-                i += 7;
             }
             (ok, failed, lat)
         }));
@@ -233,6 +293,7 @@ pub async fn run(db: &Db, dir: &Path, o: &Options) -> Result<(), String> {
         "{}",
         serde_json::json!({
             "registered": registered, "identities": ids.len(), "concurrency": o.concurrency,
+            "persistent": o.persistent, "connections": if o.persistent { per_task * tasks_n } else { tasks_n },
             "seconds": o.seconds, "sessions": ok, "failed": failed,
             "sessions_per_s": ok as f64 / o.seconds as f64,
             "p50_us": pct(0.5), "p99_us": pct(0.99),

@@ -16,8 +16,9 @@ use ops::Target;
 
 const USAGE: &str = "usage: nanoclaw-fleet COMMAND [--dir DIR] [--db URL]
   init [--name SERVER_NAME]...             CA, server certificate, fleet signing key, admin token
-  serve [--listen ADDR] [--admin ADDR] [--poll S] [--workers N]
+  serve [--listen ADDR] [--admin ADDR] [--poll S] [--keep S] [--workers N]
                                            --admin: the HTTPS admin API (off unless given)
+                                           --keep: idle seconds a kept connection may wait (900)
   enrol DEVICE_ID [--group G] (--out DIR | --cert DEVICE.pem)
   policy push FILE (--group G | --device D)   FILE is JSON or YAML; validated, versioned, signed
   bundle publish FILE (--group G | --device D)   FILE.sigstore.json must sit next to FILE
@@ -27,7 +28,8 @@ const USAGE: &str = "usage: nanoclaw-fleet COMMAND [--dir DIR] [--db URL]
   outbox --device D [--after SEQ] [--last N]
   rollout
   loadgen --server ADDR [--server-name N] [--register N] [--identities K] [--concurrency C] [--seconds S]
-                                           simulated devices checking in (capacity planning)
+          [--persistent [--connections N]]  simulated devices checking in (capacity planning);
+                                           --persistent: devices that stay connected
 --dir defaults to $NANOCLAW_FLEET_DIR or /var/lib/nanoclaw-fleet; --db to sqlite:DIR/fleet.db
 (or postgres://USER@HOST/DB).";
 
@@ -48,7 +50,7 @@ impl Args {
         let mut it = raw.iter();
         while let Some(w) = it.next() {
             if let Some(name) = w.strip_prefix("--") {
-                if name == "json" {
+                if name == "json" || name == "persistent" {
                     a.switches.push(name.into());
                     continue;
                 }
@@ -201,7 +203,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             Ok(())
         }
         ["serve"] => {
-            args.only(&["listen", "admin", "poll", "workers", "connections"])
+            args.only(&["listen", "admin", "poll", "keep", "workers", "connections"])
                 .map_err(usage)?;
             let listen = args
                 .get("listen")
@@ -213,6 +215,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 None => None,
             };
             let poll_s = args.num("poll", 300).map_err(usage)? as u32;
+            let keep_s = args.num("keep", 900).map_err(usage)? as u32;
             let conns = args.num("connections", 16).map_err(usage)? as u32;
             let tls = pki::server_config(&dir)?;
             let db = open(&args, conns).await?;
@@ -227,7 +230,16 @@ async fn run(args: Args) -> Result<(), Failure> {
                     }
                 });
             }
-            serve::run(db, tls, serve::Config { listen, poll_s }).await?;
+            serve::run(
+                db,
+                tls,
+                serve::Config {
+                    listen,
+                    poll_s,
+                    keep_s,
+                },
+            )
+            .await?;
             Ok(())
         }
         ["enrol", id] => {
@@ -340,6 +352,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 "register",
                 "identities",
                 "concurrency",
+                "connections",
                 "seconds",
             ])
             .map_err(usage)?;
@@ -355,6 +368,8 @@ async fn run(args: Args) -> Result<(), Failure> {
                 identities: args.num("identities", 10).map_err(usage)? as usize,
                 concurrency: args.num("concurrency", 32).map_err(usage)? as usize,
                 seconds: args.num("seconds", 10).map_err(usage)?,
+                persistent: args.has("persistent"),
+                connections: args.num("connections", 0).map_err(usage)? as usize,
             };
             let db = open(&args, 4).await?;
             loadgen::run(&db, &dir, &o).await?;

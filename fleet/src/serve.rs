@@ -26,12 +26,16 @@ const HANDSHAKE: Duration = Duration::from_secs(15);
 pub struct Config {
     pub listen: SocketAddr,
     pub poll_s: u32,
+    /// How long a connection may wait idle for the device's next session (devices with
+    /// `stay_connected`); devices that close after their Bye are not affected.
+    pub keep_s: u32,
 }
 
 struct Shared {
     db: Db,
     directives: crate::directives::Directives,
     poll_s: u32,
+    keep: Duration,
     seen: mpsc::Sender<Seen>,
 }
 
@@ -54,6 +58,7 @@ pub async fn run(db: Db, tls: Arc<rustls::ServerConfig>, cfg: Config) -> Result<
         directives: crate::directives::Directives::new(db.clone()),
         db,
         poll_s: cfg.poll_s,
+        keep: Duration::from_secs(u64::from(cfg.keep_s)),
         seen: tx,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -72,7 +77,7 @@ pub async fn run(db: Db, tls: Arc<rustls::ServerConfig>, cfg: Config) -> Result<
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let r = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => session(&shared, tls).await,
+                Ok(Ok(tls)) => connection(&shared, tls).await,
                 Ok(Err(e)) => Err(format!("TLS: {e}")),
                 Err(_) => Err("TLS handshake timed out".into()),
             };
@@ -127,6 +132,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         Ok(())
     }
 
+    /// The first frame of a next session on a kept connection: `Ok(false)` when the device
+    /// closed the connection instead (the usual end of a connection).
+    async fn read_next(&mut self, buf: &mut Vec<u8>) -> Result<bool, String> {
+        let mut len = [0u8; 4];
+        match self.io.read(&mut len[..1]).await {
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        tokio::time::timeout(IDLE, self.io.read_exact(&mut len[1..]))
+            .await
+            .map_err(|_| "device went silent".to_string())?
+            .map_err(|e| format!("read: {e}"))?;
+        let len = sync::frame::body_len(len)
+            .map_err(|len| format!("frame of {len} bytes, over {FRAME_MAX}"))?;
+        buf.resize(len, 0);
+        tokio::time::timeout(IDLE, self.io.read_exact(buf))
+            .await
+            .map_err(|_| "device went silent mid-frame".to_string())?
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(true)
+    }
+
     /// Queues one message; `flush` sends what is queued.
     fn push(&mut self, m: &ServerMsg<'_>) -> Result<(), String> {
         sync::frame::push(&mut self.out, m).map_err(|e| format!("encode: {e}"))
@@ -155,7 +183,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     }
 }
 
-async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     sh: &Shared,
     tls: tokio_rustls::server::TlsStream<S>,
 ) -> Result<(), String> {
@@ -169,7 +197,26 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut frame = Vec::with_capacity(512);
     link.read(&mut frame).await?;
-    let hello: Hello<'_> = match postcard::from_bytes(&frame) {
+    loop {
+        session(sh, &mut link, &fp, &mut frame).await?;
+        // A device that stays connected starts its next session on this connection; one
+        // that closed after its Bye, or stayed silent for `keep`, is done.
+        let next = tokio::time::timeout(sh.keep, link.read_next(&mut frame)).await;
+        if !matches!(next, Ok(Ok(true))) {
+            let _ = link.io.shutdown().await;
+            return Ok(());
+        }
+    }
+}
+
+/// One session on `link`, from the Hello in `frame` to Bye.
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    sh: &Shared,
+    link: &mut Link<S>,
+    fp: &str,
+    frame: &mut Vec<u8>,
+) -> Result<(), String> {
+    let hello: Hello<'_> = match postcard::from_bytes(frame) {
         Ok(DeviceMsg::Hello(h)) => h,
         Ok(_) => {
             return Err(link
@@ -196,7 +243,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         );
         return Err(link.refuse(ErrorCode::Version, &m).await);
     };
-    let device = match sh.db.device_by_fingerprint(&fp).await {
+    let device = match sh.db.device_by_fingerprint(fp).await {
         Ok(Some(d)) => d,
         Ok(None) => {
             let m = format!("certificate {} is not enrolled", &fp[..16]);
@@ -225,17 +272,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         .await;
     let policy_version = hello.policy_version;
     let have_bundles = hello.bundles;
-    welcome(
-        sh,
-        &mut link,
-        &device,
-        protocol,
-        policy_version,
-        have_bundles,
-    )
-    .await
-    .map_err(|e| format!("{}: {e}", device.id))?;
-    requests(sh, &mut link, &device, frame)
+    welcome(sh, link, &device, protocol, policy_version, have_bundles)
+        .await
+        .map_err(|e| format!("{}: {e}", device.id))?;
+    requests(sh, link, &device, frame)
         .await
         .map_err(|e| format!("{}: {e}", device.id))
 }
@@ -311,12 +351,12 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
     sh: &Shared,
     link: &mut Link<S>,
     device: &Device,
-    mut frame: Vec<u8>,
+    frame: &mut Vec<u8>,
 ) -> Result<(), String> {
     let db = &sh.db;
     loop {
-        link.read(&mut frame).await?;
-        let msg: DeviceMsg<'_> = match postcard::from_bytes(&frame) {
+        link.read(frame).await?;
+        let msg: DeviceMsg<'_> = match postcard::from_bytes(frame) {
             Ok(m) => m,
             Err(e) => {
                 let m = format!("undecodable message: {e}");
@@ -394,7 +434,6 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
             DeviceMsg::Bye => {
                 link.push(&ServerMsg::Bye { poll_s: sh.poll_s })?;
                 link.flush().await?;
-                let _ = link.io.shutdown().await;
                 return Ok(());
             }
             DeviceMsg::Hello(_) => {

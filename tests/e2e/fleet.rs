@@ -658,3 +658,50 @@ fn the_admin_api_runs_the_fleet_over_https() {
     drop(dev);
     fleet.kill();
 }
+
+/// `stay_connected`: check-ins share one connection (no TCP or TLS handshake each), a policy
+/// still arrives on it, and when the server restarts the device opens a new one by itself.
+#[test]
+fn a_device_that_stays_connected_checks_in_on_one_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::init(&tmp.path().join("fleet"), None);
+    let server = fleet.serve(2, 0);
+    let proxy = Proxy::start(server);
+    let (mut dev, _) = fleet_device(&fleet, "dev-k", proxy.addr, 0);
+    dev.device["fleet"]["stay_connected"] = json!(true);
+    dev.start();
+    let fleet_status = |dev: &Device| dev.json(&["status"])["fleet"].clone();
+    dev.wait(SYNC, "four check-ins", || {
+        (fleet_status(&dev)["sessions_ok"].as_u64()? >= 4).then_some(())
+    });
+    let st = fleet_status(&dev);
+    assert_eq!(proxy.connections.load(Ordering::Relaxed), 1, "{st:#}");
+    assert_eq!(
+        (&st["connections"], &st["connected"]),
+        (&json!(1), &json!(true)),
+        "{st:#}"
+    );
+
+    push_policy(&fleet, &dev, 2, &["--device", "dev-k"]);
+    dev.wait(SYNC, "policy version 2 in force", || {
+        (dev.json(&["status"])["policy_version"] == 2).then_some(())
+    });
+    assert_eq!(proxy.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(policy_reloads(&dev).len(), 1);
+
+    // The server goes away and comes back: the kept connection is dead; the device notices
+    // at its next check-in, opens a new one and keeps that.
+    fleet.kill();
+    fleet.serve(2, server.port());
+    let ok = fleet_status(&dev)["sessions_ok"].as_u64().unwrap();
+    dev.wait(SYNC, "three check-ins after the restart", || {
+        (fleet_status(&dev)["sessions_ok"].as_u64()? >= ok + 3).then_some(())
+    });
+    let conns = proxy.connections.load(Ordering::Relaxed);
+    assert!((2..=3).contains(&conns), "{conns} connections");
+    let st = fleet_status(&dev);
+    assert_eq!(st["connections"], json!(conns), "{st:#}");
+    assert_eq!(dev.json(&["status"])["policy_version"], 2);
+    drop(dev);
+    fleet.kill();
+}

@@ -138,6 +138,11 @@ pub struct FleetConfig {
     /// Shortest gap between sessions that security events trigger, in seconds.
     #[serde(default = "default_urgent_gap_s")]
     pub urgent_gap_s: u32,
+    /// Keep the connection open between check-ins (a device on mains power and a steady
+    /// link): the next session runs on it with no TCP or TLS handshake; a lost connection
+    /// is re-opened. Off by default: an open connection keeps a cellular radio awake.
+    #[serde(default)]
+    pub stay_connected: bool,
 }
 
 impl FleetConfig {

@@ -33,6 +33,33 @@ pub struct Counters {
     pub received: Cell<u64>,
     pub payload_sent: Cell<u64>,
     pub payload_received: Cell<u64>,
+    /// TCP connections opened.
+    pub connections: Cell<u64>,
+}
+
+impl Counters {
+    /// The four counts now.
+    pub fn snapshot(&self) -> [u64; 5] {
+        [
+            self.sent.get(),
+            self.received.get(),
+            self.payload_sent.get(),
+            self.payload_received.get(),
+            self.connections.get(),
+        ]
+    }
+
+    /// What was counted since `before` (a kept connection counts across sessions).
+    pub fn since(&self, before: &[u64; 5]) -> Counters {
+        let now = self.snapshot();
+        Counters {
+            sent: Cell::new(now[0] - before[0]),
+            received: Cell::new(now[1] - before[1]),
+            payload_sent: Cell::new(now[2] - before[2]),
+            payload_received: Cell::new(now[3] - before[3]),
+            connections: Cell::new(now[4] - before[4]),
+        }
+    }
 }
 
 fn add(c: &Cell<u64>, n: usize) {
@@ -139,9 +166,24 @@ pub struct Link {
     tls: TlsStream<Counted>,
     inbuf: Vec<u8>,
     counters: Rc<Counters>,
+    /// Kept from an earlier session (the server may have closed it meanwhile).
+    reused: bool,
 }
 
 impl Link {
+    pub fn counters(&self) -> Rc<Counters> {
+        self.counters.clone()
+    }
+
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Kept for the next session.
+    pub fn mark_reused(&mut self) {
+        self.reused = true;
+    }
+
     pub async fn connect(
         f: &FleetConfig,
         cfg: Arc<rustls::ClientConfig>,
@@ -153,6 +195,7 @@ impl Link {
         })
         .await?;
         let _ = tcp.set_nodelay(true);
+        add(&counters.connections, 1);
         let name = ServerName::try_from(f.name().to_owned())
             .map_err(|e| format!("fleet.server_name `{}`: {e}", f.name()))?;
         let counted = Counted {
@@ -169,6 +212,7 @@ impl Link {
             tls,
             inbuf: Vec::with_capacity(1024),
             counters,
+            reused: false,
         })
     }
 
@@ -200,6 +244,11 @@ impl Link {
         timed(IDLE, "receiving", tls.read_exact(buf)).await?;
         add(&self.counters.payload_received, 4 + len);
         Ok(&self.inbuf)
+    }
+
+    /// The frame `recv` read last.
+    pub fn frame(&self) -> &[u8] {
+        &self.inbuf
     }
 
     /// Ends the TLS session cleanly (close_notify), best effort.

@@ -60,6 +60,10 @@ pub struct Status {
     pub wire_received: u64,
     pub payload_sent: u64,
     pub payload_received: u64,
+    /// Connections opened since start (with `stay_connected`, far fewer than sessions).
+    pub connections: u64,
+    /// A connection is kept open for the next session.
+    pub connected: bool,
     /// Wakes the sync task for a session now.
     pub wake: Option<smol::channel::Sender<Wake>>,
 }
@@ -82,6 +86,8 @@ impl Status {
             "wire_received": self.wire_received,
             "payload_sent": self.payload_sent,
             "payload_received": self.payload_received,
+            "connections": self.connections,
+            "connected": self.connected,
         })
     }
 }
@@ -192,6 +198,8 @@ pub fn spawn(ctx: &CtxRef) {
     ctx.ex
         .spawn(async move {
             let mut sched = schedule::Schedule::new(cfg.poll_s, super::random_u64());
+            // The connection kept between check-ins with `stay_connected`.
+            let mut kept: Option<link::Link> = None;
             // The first check-in soon after start, jittered over a few seconds.
             let mut wait = Duration::from_millis(500 + super::random_u64() % 2500);
             loop {
@@ -207,6 +215,9 @@ pub fn spawn(ctx: &CtxRef) {
                 )
                 .await;
                 if c.d.borrow().shutting_down {
+                    if let Some(l) = kept.take() {
+                        l.close().await;
+                    }
                     return;
                 }
                 if woken.is_some() {
@@ -216,7 +227,7 @@ pub fn spawn(ctx: &CtxRef) {
                     smol::Timer::after(Duration::from_millis(gap.saturating_sub(since).max(200)))
                         .await;
                 }
-                wait = run_once(&c, &cfg, &tls, &mut sched, &mut state, woken).await;
+                wait = run_once(&c, &cfg, &tls, &mut sched, &mut state, &mut kept, woken).await;
             }
         })
         .detach();
@@ -229,6 +240,7 @@ async fn run_once(
     tls: &std::sync::Arc<rustls::ClientConfig>,
     sched: &mut schedule::Schedule,
     state: &mut State,
+    kept: &mut Option<link::Link>,
     woken: Option<Wake>,
 ) -> Duration {
     let now = now_ms();
@@ -244,8 +256,13 @@ async fn run_once(
         return Duration::from_millis(next_day.saturating_sub(now).max(1000));
     }
     sched.last_attempt_ms = now;
-    let counters = Rc::new(link::Counters::default());
-    let result = session(ctx, cfg, tls, &counters, state, left).await;
+    let counters = match kept {
+        Some(l) => l.counters(),
+        None => Rc::new(link::Counters::default()),
+    };
+    let before = counters.snapshot();
+    let result = session(ctx, cfg, tls, &counters, state, kept, left).await;
+    let counters = counters.since(&before);
     state.day_bytes += counters.sent.get() + counters.received.get();
     let mut d = ctx.d.borrow_mut();
     save_state(&d, state);
@@ -261,6 +278,8 @@ async fn run_once(
         st.wire_received += counters.received.get();
         st.payload_sent += counters.payload_sent.get();
         st.payload_received += counters.payload_received.get();
+        st.connections += counters.connections.get();
+        st.connected = kept.is_some();
         match &result {
             Ok(poll_s) => {
                 st.sessions_ok += 1;
@@ -290,11 +309,12 @@ async fn session(
     tls: &std::sync::Arc<rustls::ClientConfig>,
     counters: &Rc<link::Counters>,
     state: &mut State,
+    kept: &mut Option<link::Link>,
     left: Option<u64>,
 ) -> Result<u32, String> {
     let dir = ctx.d.borrow().cfg.state_dir.join("fleet").join("downloads");
     let mut host = host::DeviceHost::new(ctx, std::mem::take(state), dir, left);
-    let r = exchange(cfg, tls, counters, &mut host).await;
+    let r = exchange(cfg, tls, counters, &mut host, kept).await;
     host.trim_outbox();
     // Install what arrived whole, even if the link dropped afterwards.
     for (digest, file) in std::mem::take(&mut host.ready) {
@@ -329,24 +349,50 @@ async fn session(
     r
 }
 
-/// The frames of one session.
+/// The frames of one session, on the kept connection if there is one (re-opened once if it
+/// turns out to be gone: nothing happened on it before the server's Welcome, so the retry
+/// is safe). With `stay_connected` the connection is kept again after the server's Bye.
 async fn exchange(
     cfg: &crate::config::device::FleetConfig,
     tls: &std::sync::Arc<rustls::ClientConfig>,
     counters: &Rc<link::Counters>,
     host: &mut host::DeviceHost,
+    kept: &mut Option<link::Link>,
 ) -> Result<u32, String> {
-    let mut link = link::Link::connect(cfg, tls.clone(), counters.clone()).await?;
     let mut out = Vec::with_capacity(1024);
     let mut scratch = vec![0u8; 48 * 1024];
-    let mut session = {
+    let (mut session, hello) = {
         let (s, hello) = Session::start(&*host);
         frame::push(&mut out, &DeviceMsg::Hello(hello)).map_err(|e| format!("encode: {e}"))?;
-        s
+        (s, out.clone())
+    };
+    let mut link = match kept.take() {
+        Some(mut l) => match l.send(&mut out).await {
+            Ok(()) => l,
+            Err(_) => {
+                out.clone_from(&hello);
+                link::Link::connect(cfg, tls.clone(), counters.clone()).await?
+            }
+        },
+        None => link::Link::connect(cfg, tls.clone(), counters.clone()).await?,
     };
     link.send(&mut out).await?;
+    let mut first = true;
     loop {
-        let frame = link.recv().await?;
+        let reused = link.reused();
+        match link.recv().await.map(|_| ()) {
+            Ok(()) => {}
+            Err(_) if first && reused => {
+                // The server closed the idle connection (restart, keep timeout, NAT).
+                link = link::Link::connect(cfg, tls.clone(), counters.clone()).await?;
+                out.clone_from(&hello);
+                link.send(&mut out).await?;
+                link.recv().await?;
+            }
+            Err(e) => return Err(e),
+        }
+        first = false;
+        let frame = link.frame();
         let msg: ServerMsg<'_> =
             postcard::from_bytes(frame).map_err(|e| format!("undecodable server message: {e}"))?;
         if let ServerMsg::Error { code, message } = &msg {
@@ -366,8 +412,20 @@ async fn exchange(
         link.send(&mut out).await?;
         if session.done() {
             let poll_s = session.poll_s;
-            link.close().await;
-            return Ok(poll_s);
+            if !cfg.stay_connected {
+                link.close().await;
+                return Ok(poll_s);
+            }
+            // Read the server's Bye, so the next session starts on a clean stream.
+            let frame = link.recv().await?;
+            return match postcard::from_bytes(frame) {
+                Ok(ServerMsg::Bye { poll_s }) => {
+                    link.mark_reused();
+                    *kept = Some(link);
+                    Ok(poll_s)
+                }
+                _ => Err("the server did not end the session with Bye".into()),
+            };
         }
     }
 }
