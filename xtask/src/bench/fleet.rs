@@ -371,8 +371,7 @@ pub fn bench_fleet(ctx: &Ctx) -> Result<Section> {
          server's time in the profile) and a TCP set-up and tear-down. Server memory with the \
          {KEPT_CONNECTIONS} connections open (SQLite): VmRSS {} KiB before the run, peak \
          (VmHWM) {} KiB.",
-        sqlite["kept"]["server_rss_kib"],
-        sqlite["kept"]["server_hwm_kib"],
+        sqlite["kept"]["server_rss_kib"], sqlite["kept"]["server_hwm_kib"],
     );
     let met = |j: &Json| rate(&j["kept"]) >= 5000.0;
     let shown = |j: &Json| {
@@ -428,7 +427,11 @@ fn loadgen(bin: &Path, dir: &Path, db: &str, server: &Server) -> Result<Json> {
     let run = |seconds: u64, kept: bool| -> Result<Json> {
         let mut c = fleet(bin, dir, db);
         if kept {
-            c.args(["--persistent", "--connections", &KEPT_CONNECTIONS.to_string()]);
+            c.args([
+                "--persistent",
+                "--connections",
+                &KEPT_CONNECTIONS.to_string(),
+            ]);
         }
         let out = util::output(c.args([
             "loadgen",
