@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use crate::db::Db;
+use crate::db::{Db, Stream};
 use crate::ops::{self, Target};
 use crate::pki;
 use crate::serve::now_ms;
@@ -282,14 +282,6 @@ async fn known(app: &App, id: &str) -> Result<(), ApiError> {
     }
 }
 
-fn page(q: Result<Query<Page>, QueryRejection>) -> Result<(i64, i64), ApiError> {
-    let Query(p) = q.map_err(|r| rejected(r.status(), r.body_text()))?;
-    Ok((
-        p.after.unwrap_or(0).max(0),
-        p.last.unwrap_or(1000).clamp(1, 10_000),
-    ))
-}
-
 /// `GET /v1/devices/{id}/audit?after=SEQ&last=N`: `audit --device`.
 async fn audit(
     _: Admin,
@@ -297,12 +289,7 @@ async fn audit(
     axum::extract::Path(id): axum::extract::Path<String>,
     q: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let (after, last) = page(q)?;
-    known(&app, &id).await?;
-    let recs = ops::audit(&app.db, &id, after, last)
-        .await
-        .map_err(internal)?;
-    Ok(Json(json!({ "records": recs })))
+    records(&app, &id, q, Stream::Audit).await
 }
 
 /// `GET /v1/devices/{id}/outbox?after=SEQ&last=N`: `outbox --device`.
@@ -312,11 +299,26 @@ async fn outbox(
     axum::extract::Path(id): axum::extract::Path<String>,
     q: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let (after, last) = page(q)?;
-    known(&app, &id).await?;
-    let recs = ops::outbox(&app.db, &id, after, last)
-        .await
-        .map_err(internal)?;
+    records(&app, &id, q, Stream::Outbox).await
+}
+
+async fn records(
+    app: &App,
+    id: &str,
+    q: Result<Query<Page>, QueryRejection>,
+    stream: Stream,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = q.map_err(|r| rejected(r.status(), r.body_text()))?;
+    let (after, last) = (
+        p.after.unwrap_or(0).max(0),
+        p.last.unwrap_or(1000).clamp(1, 10_000),
+    );
+    known(app, id).await?;
+    let recs = match stream {
+        Stream::Audit => ops::audit(&app.db, id, after, last).await,
+        Stream::Outbox => ops::outbox(&app.db, id, after, last).await,
+    }
+    .map_err(internal)?;
     Ok(Json(json!({ "records": recs })))
 }
 

@@ -117,23 +117,16 @@ struct Link<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// Reads the next frame's body into `buf`.
     async fn read(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
-        let mut len = [0u8; 4];
-        tokio::time::timeout(IDLE, self.io.read_exact(&mut len))
-            .await
-            .map_err(|_| "device went silent".to_string())?
-            .map_err(|e| format!("read: {e}"))?;
-        let len = sync::frame::body_len(len)
-            .map_err(|len| format!("frame of {len} bytes, over {FRAME_MAX}"))?;
-        buf.resize(len, 0);
-        tokio::time::timeout(IDLE, self.io.read_exact(buf))
-            .await
-            .map_err(|_| "device went silent mid-frame".to_string())?
-            .map_err(|e| format!("read: {e}"))?;
-        Ok(())
+        match tokio::time::timeout(IDLE, self.read_next(buf)).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err("read: the device closed the connection".into()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("device went silent".into()),
+        }
     }
 
-    /// The first frame of a next session on a kept connection: `Ok(false)` when the device
-    /// closed the connection instead (the usual end of a connection).
+    /// The next frame, however long its first byte takes: `Ok(false)` when the device closed
+    /// the connection instead (the usual end of a kept connection).
     async fn read_next(&mut self, buf: &mut Vec<u8>) -> Result<bool, String> {
         let mut len = [0u8; 4];
         match self.io.read(&mut len[..1]).await {
