@@ -93,10 +93,16 @@ struct HmacSha256;
 
 impl hmac::Hmac for HmacSha256 {
     fn with_key(&self, key: &[u8]) -> Box<dyn hmac::Key> {
-        type H = ::hmac::Hmac<sha2::Sha256>;
-        // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-        let mac = <H as KeyInit>::new_from_slice(key)
-            .unwrap_or_else(|_| <H as KeyInit>::new(&Default::default()));
+        // RFC 2104: a key longer than the block is hashed first; either way it is zero-padded
+        // to the 64-byte block, which is exactly the key `new` takes (so nothing can fail).
+        let mut block = [0u8; 64];
+        if key.len() > block.len() {
+            block[..32].copy_from_slice(&sha2::Sha256::digest(key));
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        let mac = <::hmac::Hmac<sha2::Sha256> as KeyInit>::new(&block.into());
+        zeroize::Zeroize::zeroize(&mut block);
         Box::new(HmacKey(mac))
     }
     fn hash_output_len(&self) -> usize {
@@ -478,6 +484,24 @@ mod tests {
         assert_eq!(
             out,
             unhex("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552")
+        );
+    }
+
+    #[test]
+    fn hmac_sha256_rfc4231_vectors() {
+        use rustls::crypto::hmac::Hmac as _;
+        // Test case 1 (short key) and 6 (a key longer than the block, hashed first).
+        let short = HmacSha256.with_key(&[0x0b; 20]).sign(&[b"Hi There"]);
+        assert_eq!(
+            short.as_ref(),
+            unhex("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
+        );
+        let long = HmacSha256
+            .with_key(&[0xaa; 131])
+            .sign(&[b"Test Using Larger Than Block-Size Key - Hash Key First"]);
+        assert_eq!(
+            long.as_ref(),
+            unhex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
         );
     }
 
