@@ -5,7 +5,7 @@
 //! fields are refused, and every error is a JSON object that says what was wrong.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,24 +118,24 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     Ok(l)
 }
 
-/// Serves the admin API on `listener` until the process stops.
+/// Serves the admin API on `listener` until the process stops; `token` is `admin.token`.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     db: Db,
-    dir: &Path,
-) -> Result<(), String> {
-    let token = pki::admin_token(dir)?;
+    dir: PathBuf,
+    token: String,
+) {
     let app = router(App {
         db,
-        dir: Arc::new(dir.to_owned()),
+        dir: Arc::new(dir),
         token: Arc::new(Sha256::digest(token.as_bytes()).into()),
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
-            return Ok(());
+            return;
         };
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -331,11 +331,7 @@ struct For {
 
 fn target(q: Result<Query<For>, QueryRejection>) -> Result<Target, ApiError> {
     let Query(f) = q.map_err(|r| rejected(r.status(), r.body_text()))?;
-    match (f.group, f.device) {
-        (Some(g), None) => Ok(Target::Group(g)),
-        (None, Some(d)) => Ok(Target::Device(d)),
-        _ => Err(bad("give exactly one of ?group=G or ?device=D")),
-    }
+    Target::of(f.group, f.device).ok_or_else(|| bad("give exactly one of ?group=G or ?device=D"))
 }
 
 /// `POST /v1/policies?group=G|device=D` with the policy (JSON or YAML) as the body:
@@ -459,14 +455,11 @@ async fn grant(
     body: Result<Json<GrantRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(g) = body.map_err(|r| rejected(r.status(), r.body_text()))?;
-    let t = match (g.group, g.device) {
-        (Some(x), None) => Target::Group(x),
-        (None, Some(d)) => {
-            known(&app, &d).await?;
-            Target::Device(d)
-        }
-        _ => return Err(bad("give exactly one of \"group\" or \"device\"")),
-    };
+    let t = Target::of(g.group, g.device)
+        .ok_or_else(|| bad("give exactly one of \"group\" or \"device\""))?;
+    if let Target::Device(d) = &t {
+        known(&app, d).await?;
+    }
     let env = ops::grant(&app.db, &app.dir, &g.agent, &g.capability, g.ttl_s, &t)
         .await
         .map_err(bad)?;

@@ -10,11 +10,10 @@
 //! - Bundles are stored as fixed-size chunks, so a `Pull` at any offset reads one or two rows
 //!   and every replica can serve any download.
 
+use std::io::Read as _;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use std::io::Read as _;
-
 use sqlx::{AnyPool, Executor, Row};
 
 /// Bundle chunk size in the store (the protocol's largest chunk).

@@ -246,21 +246,16 @@ pub async fn run(db: &Db, dir: &Path, o: &Options) -> Result<(), String> {
                     k += 1;
                     let cfg = ids[(t * per_task + j) % ids.len()].clone();
                     let slot = &mut kept[j];
-                    let r = match slot {
-                        Some(tls) => exchange(tls, bundles, true).await,
-                        None => match connect(cfg, addr, name.clone()).await {
-                            Ok(mut tls) => {
-                                let r = exchange(&mut tls, bundles, true).await;
-                                *slot = Some(tls);
-                                r
-                            }
-                            Err(e) => Err(e),
-                        },
-                    };
-                    if r.is_err() {
-                        *slot = None;
+                    async {
+                        let mut tls = match slot.take() {
+                            Some(tls) => tls,
+                            None => connect(cfg, addr, name.clone()).await?,
+                        };
+                        exchange(&mut tls, bundles, true).await?;
+                        *slot = Some(tls);
+                        Ok(())
                     }
-                    r
+                    .await
                 } else {
                     i += 7;
                     session(ids[i % ids.len()].clone(), addr, name.clone(), bundles).await

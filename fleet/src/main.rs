@@ -101,11 +101,11 @@ impl Args {
         )
     }
     fn target(&self) -> Result<Target, String> {
-        match (self.get("group"), self.get("device")) {
-            (Some(g), None) => Ok(Target::Group(g.into())),
-            (None, Some(d)) => Ok(Target::Device(d.into())),
-            _ => Err("give exactly one of --group G or --device D".into()),
-        }
+        Target::of(
+            self.get("group").map(str::to_owned),
+            self.get("device").map(str::to_owned),
+        )
+        .ok_or_else(|| "give exactly one of --group G or --device D".into())
     }
     fn num(&self, name: &str, default: u64) -> Result<u64, String> {
         self.get(name).map_or(Ok(default), |v| {
@@ -221,14 +221,9 @@ async fn run(args: Args) -> Result<(), Failure> {
             let db = open(&args, conns).await?;
             if let Some(addr) = admin {
                 let cfg = pki::admin_config(&dir)?;
-                pki::admin_token(&dir)?;
+                let token = pki::admin_token(&dir)?;
                 let listener = admin::bind(addr).await?;
-                let (db, dir) = (db.clone(), dir.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = admin::serve(listener, cfg, db, &dir).await {
-                        eprintln!("nanoclaw-fleet: admin API stopped: {e}");
-                    }
-                });
+                tokio::spawn(admin::serve(listener, cfg, db.clone(), dir.clone(), token));
             }
             serve::run(
                 db,

@@ -22,6 +22,15 @@ pub enum Target {
 }
 
 impl Target {
+    /// Exactly one of a group or a device.
+    pub fn of(group: Option<String>, device: Option<String>) -> Option<Target> {
+        match (group, device) {
+            (Some(g), None) => Some(Target::Group(g)),
+            (None, Some(d)) => Some(Target::Device(d)),
+            _ => None,
+        }
+    }
+
     pub fn key(&self) -> String {
         match self {
             Target::Group(g) => group_target(g),

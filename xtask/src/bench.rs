@@ -2444,6 +2444,19 @@ fn working_set(pid: u32, binary: &Path) -> Result<(u64, u64)> {
     Ok((ours, all))
 }
 
+/// utime + stime of `pid`, seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (which may hold spaces) come the fields from `state` (3rd) on:
+    // utime (14th) and stime (15th) are the 12th and 13th of those. Every field counts, even
+    // ones that do not parse as unsigned (tpgid is -1 without a terminal).
+    let rest = stat.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    // USER_HZ: 100 on every architecture Linux runs these boards on.
+    (num(11) + num(12)) as f64 / 100.0
+}
+
 /// `Key: N kB` lines of /proc/PID/FILE.
 fn proc_kib(pid: u32, file: &str) -> Vec<(String, u64)> {
     fs::read_to_string(format!("/proc/{pid}/{file}"))

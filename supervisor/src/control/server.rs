@@ -13,7 +13,7 @@ use smol::{Async, future::FutureExt};
 
 use super::{ErrorCode, REQUEST_MAX, Request, Response};
 use crate::agents::{Agent, State};
-use crate::daemon::{CtxRef, Daemon, kind_name, lifecycle, now_ms};
+use crate::daemon::{CtxRef, Daemon, fleet, kind_name, lifecycle, now_ms};
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CLIENTS: usize = 8;
@@ -220,7 +220,7 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
         }
         Request::Reload => policy_result(crate::daemon::policy::reload(ctx)),
         Request::Battery => Response::Ok(crate::daemon::energy::report(&ctx.d.borrow())),
-        Request::Sync => match crate::daemon::fleet::wake(&ctx.d.borrow(), fleet::Wake::Asked) {
+        Request::Sync => match fleet::wake(&ctx.d.borrow(), fleet::Wake::Asked) {
             true => Response::Ok(json!({
                 "result": "fleet session requested; `nanoclaw status` shows how it went"
             })),
@@ -432,15 +432,9 @@ fn status(d: &Daemon) -> Value {
         "device_memory_bytes": d.device_memory,
         "posture": d.posture,
         "agents": counts,
-        "fleet": d.fleet.as_ref().map(fleet_status),
+        "fleet": d.fleet.as_ref().map(fleet::Status::json),
         "enforcement": per_agent,
     })
-}
-
-use crate::daemon::fleet;
-
-fn fleet_status(f: &fleet::Status) -> Value {
-    f.json()
 }
 
 fn why(d: &Daemon, name: &str, a: &Agent) -> Value {

@@ -43,20 +43,6 @@ fn battery_policy(config: &Path, rules: serde_json::Value) -> Result {
     super::write(&p, &v.to_string())
 }
 
-/// utime + stime of `pid`, seconds.
-fn cpu_s(pid: u32) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |x| x.1);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // Fields 14 and 15 of stat are 11 and 12 after the state (field 3).
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    // USER_HZ: 100 on every architecture Linux runs these boards on.
-    ticks as f64 / 100.0
-}
-
 fn sleeper(name: String) -> Bundle<'static> {
     Bundle {
         name,
@@ -96,9 +82,9 @@ fn sampling_cost(ctx: &Ctx, period_ms: u32, secs: u64) -> Result<f64> {
     let mut d = Daemon::start(&ctx.bins.nanoclaw, &config)?;
     d.wait_running(32, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_secs(2));
-    let (c0, t0) = (cpu_s(d.pid), Instant::now());
+    let (c0, t0) = (super::cpu_s(d.pid), Instant::now());
     std::thread::sleep(Duration::from_secs(secs));
-    let share = (cpu_s(d.pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+    let share = (super::cpu_s(d.pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
     d.stop()?;
     Ok(share)
 }

@@ -367,8 +367,8 @@ pub fn bench_fleet(ctx: &Ctx) -> Result<Section> {
          rate is what one 2-core machine does as client and server together; the last column \
          divides two cores by the server's own CPU time per session (the database server's \
          CPU, for PostgreSQL, is outside it). With a new connection per check-in both ends do \
-         a resumed TLS 1.3 handshake (X25519 and the SHA-256 key schedule: about a third of the \
-         server's time in the profile) and a TCP set-up and tear-down. Server memory with the \
+         a resumed TLS 1.3 handshake (an X25519 exchange and the SHA-256 key schedule) and a \
+         TCP set-up and tear-down. Server memory with the \
          {KEPT_CONNECTIONS} connections open (SQLite): VmRSS {} KiB before the run, peak \
          (VmHWM) {} KiB.",
         sqlite["kept"]["server_rss_kib"], sqlite["kept"]["server_hwm_kib"],
@@ -410,17 +410,6 @@ pub fn bench_fleet(ctx: &Ctx) -> Result<Section> {
     })
 }
 
-/// User + system CPU time of a process, in clock ticks (1/100 s).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name (which may hold spaces) come the fields from `state` (3rd) on:
-    // utime (14th) and stime (15th) are the 12th and 13th of those.
-    let rest = stat.rsplit_once(')').map_or("", |x| x.1);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    num(11) + num(12)
-}
-
 /// A short run that registers the fleet and enrols the identities, then the measured run;
 /// adds the server's CPU milliseconds per session over the measured run.
 fn loadgen(bin: &Path, dir: &Path, db: &str, server: &Server) -> Result<Json> {
@@ -451,29 +440,25 @@ fn loadgen(bin: &Path, dir: &Path, db: &str, server: &Server) -> Result<Json> {
     };
     run(2, false)?;
     let measured = |kept: bool| -> Result<Json> {
-        let before = cpu_ticks(server.child.id());
+        let before = super::cpu_s(server.child.id());
         let mut j = run(LOAD_SECONDS, kept)?;
-        let ticks = cpu_ticks(server.child.id()) - before;
+        let cpu_s = super::cpu_s(server.child.id()) - before;
         let sessions = j["sessions"].as_u64().unwrap_or(0).max(1);
-        j["server_cpu_ms_per_session"] = (ticks as f64 * 10.0 / sessions as f64).into();
+        j["server_cpu_ms_per_session"] = (cpu_s * 1000.0 / sessions as f64).into();
         Ok(j)
     };
     let new = measured(false)?;
-    let rss0 = status_kib(server.child.id(), "VmRSS");
+    let status_kib = |field: &str| {
+        super::proc_kib(server.child.id(), "status")
+            .into_iter()
+            .find_map(|(k, v)| (k == field).then_some(v))
+            .unwrap_or(0)
+    };
+    let rss0 = status_kib("VmRSS");
     let mut kept = measured(true)?;
     kept["server_rss_kib"] = rss0.into();
-    kept["server_hwm_kib"] = status_kib(server.child.id(), "VmHWM").into();
+    kept["server_hwm_kib"] = status_kib("VmHWM").into();
     Ok(serde_json::json!({ "new": new, "kept": kept, "registered": new["registered"] }))
-}
-
-/// A `/proc/PID/status` field in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// A throwaway Debian PostgreSQL cluster (`pg_createcluster`), a fleet on it, the load run.

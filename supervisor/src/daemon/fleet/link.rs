@@ -38,26 +38,15 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// The four counts now.
-    pub fn snapshot(&self) -> [u64; 5] {
-        [
-            self.sent.get(),
-            self.received.get(),
-            self.payload_sent.get(),
-            self.payload_received.get(),
-            self.connections.get(),
-        ]
-    }
-
-    /// What was counted since `before` (a kept connection counts across sessions).
-    pub fn since(&self, before: &[u64; 5]) -> Counters {
-        let now = self.snapshot();
+    /// What was counted so far, leaving zeros: a kept connection's counters then count the
+    /// next session alone.
+    pub fn take(&self) -> Counters {
         Counters {
-            sent: Cell::new(now[0] - before[0]),
-            received: Cell::new(now[1] - before[1]),
-            payload_sent: Cell::new(now[2] - before[2]),
-            payload_received: Cell::new(now[3] - before[3]),
-            connections: Cell::new(now[4] - before[4]),
+            sent: Cell::new(self.sent.take()),
+            received: Cell::new(self.received.take()),
+            payload_sent: Cell::new(self.payload_sent.take()),
+            payload_received: Cell::new(self.payload_received.take()),
+            connections: Cell::new(self.connections.take()),
         }
     }
 }

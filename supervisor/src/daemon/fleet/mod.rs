@@ -260,9 +260,8 @@ async fn run_once(
         Some(l) => l.counters(),
         None => Rc::new(link::Counters::default()),
     };
-    let before = counters.snapshot();
     let result = session(ctx, cfg, tls, &counters, state, kept, left).await;
-    let counters = counters.since(&before);
+    let counters = counters.take();
     state.day_bytes += counters.sent.get() + counters.received.get();
     let mut d = ctx.d.borrow_mut();
     save_state(&d, state);
@@ -367,31 +366,26 @@ async fn exchange(
         (s, out.clone())
     };
     let mut link = match kept.take() {
-        Some(mut l) => match l.send(&mut out).await {
-            Ok(()) => l,
-            Err(_) => {
-                out.clone_from(&hello);
-                link::Link::connect(cfg, tls.clone(), counters.clone()).await?
-            }
-        },
+        Some(l) => l,
         None => link::Link::connect(cfg, tls.clone(), counters.clone()).await?,
     };
-    link.send(&mut out).await?;
-    let mut first = true;
+    // Hello and the server's first answer. A kept connection the server closed meanwhile
+    // (restart, keep timeout, NAT) fails here and is re-opened once.
     loop {
-        let reused = link.reused();
-        match link.recv().await.map(|_| ()) {
-            Ok(()) => {}
-            Err(_) if first && reused => {
-                // The server closed the idle connection (restart, keep timeout, NAT).
+        let r = match link.send(&mut out).await {
+            Ok(()) => link.recv().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => break,
+            Err(_) if link.reused() => {
                 link = link::Link::connect(cfg, tls.clone(), counters.clone()).await?;
                 out.clone_from(&hello);
-                link.send(&mut out).await?;
-                link.recv().await?;
             }
             Err(e) => return Err(e),
         }
-        first = false;
+    }
+    loop {
         let frame = link.frame();
         let msg: ServerMsg<'_> =
             postcard::from_bytes(frame).map_err(|e| format!("undecodable server message: {e}"))?;
@@ -427,5 +421,6 @@ async fn exchange(
                 _ => Err("the server did not end the session with Bye".into()),
             };
         }
+        link.recv().await?;
     }
 }
