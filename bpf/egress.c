@@ -39,7 +39,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, NC_MAX_RULES);
 	__type(key, struct nc_key4);
-	__type(value, __u32);
+	__type(value, __u32); /* connects/datagrams this rule allowed */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nc_allow4 SEC(".maps");
@@ -48,7 +48,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, NC_MAX_RULES);
 	__type(key, struct nc_key6);
-	__type(value, __u32);
+	__type(value, __u32); /* connects/datagrams this rule allowed */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nc_allow6 SEC(".maps");
@@ -94,10 +94,15 @@ static __always_inline int allowed4(__u64 cg, __u16 port, __u8 proto, __u32 addr
 		.proto = proto,
 	};
 	__builtin_memcpy(k.addr, &addr_be, 4);
-	if (bpf_map_lookup_elem(&nc_allow4, &k))
-		return 1;
-	k.port = 0;
-	return bpf_map_lookup_elem(&nc_allow4, &k) != 0;
+	__u32 *uses = bpf_map_lookup_elem(&nc_allow4, &k);
+	if (!uses) {
+		k.port = 0;
+		uses = bpf_map_lookup_elem(&nc_allow4, &k);
+	}
+	if (!uses)
+		return 0;
+	__sync_fetch_and_add(uses, 1); /* the rule's use count (`nanoclaw sim` reports unused grants) */
+	return 1;
 }
 
 static __always_inline int check4(struct bpf_sock_addr *ctx, __u8 op)
@@ -140,11 +145,15 @@ static __always_inline int check6(struct bpf_sock_addr *ctx, __u8 op)
 		.proto = proto,
 	};
 	__builtin_memcpy(k.addr, a, 16);
-	if (bpf_map_lookup_elem(&nc_allow6, &k))
+	__u32 *uses = bpf_map_lookup_elem(&nc_allow6, &k);
+	if (!uses) {
+		k.port = 0;
+		uses = bpf_map_lookup_elem(&nc_allow6, &k);
+	}
+	if (uses) {
+		__sync_fetch_and_add(uses, 1);
 		return 1;
-	k.port = 0;
-	if (bpf_map_lookup_elem(&nc_allow6, &k))
-		return 1;
+	}
 	report(cg, AF_INET6, port, proto, op, (const __u8 *)a, 16);
 	return 0;
 }

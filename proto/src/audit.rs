@@ -81,6 +81,8 @@ pub enum AuditKind {
     Energy,
     /// The battery tier in force changed, or what it does to an agent.
     Battery,
+    /// A console command, unlock or lock, with who ran it (`nanoclaw console`).
+    Console,
 }
 
 /// One audit record. `seq` is assigned by the log and is strictly increasing per device.

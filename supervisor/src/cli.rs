@@ -31,13 +31,25 @@ commands:
                                 validate offline (every problem with its JSON path), sign
   grant sign --key KEY.pem --agent A --capability CAP --ttl S [--device ID]
                                 print a signed grant token
+  console [--tty DEV --baud N] [--idle S] [--term ansi|dumb]
+                                the field engineer's console (stdin/stdout without --tty);
+                                changes need `unlock` with a field-engineer token
+  engineer sign --key KEY.pem --engineer NAME --devices ID,PATTERN --ttl S
+                                print a signed field-engineer token
   clear AGENT                   lift a quarantine, reset the trust score, start the agent
   battery [--json]              power source, charge, time to empty, tier, energy per agent
+  sim --agent DIR [--agent DIR]... [--policy FILE] [--seconds N] [--json]
+                                run agents under production enforcement on this machine
+                                (sim board, temporary state); prints every security
+                                decision and a report per agent
   sim set [charge=PCT] [charger=on|off] [speed=X]
                                 change the simulated battery (sim board)
   run --rootfs DIR [--memory SIZE] [--pids N] [--cpus F] [--scratch SIZE]
       [--syscalls default|strict] [--uid N] [--timing] -- CMD [ARGS]
                                 run one command in a full agent sandbox (no daemon)
+  support-bundle -o FILE [--config device.json] [-n AUDIT]
+                                status, posture, kernel, audit, logs, config and policy
+                                (secrets redacted) in one .tar.gz to send
   favordynmods [on|off]         show or set the host's cgroup2 favordynmods option
                                 (fast sandbox starts on cgroup v1/hybrid hosts)
   --version                     print the version
@@ -66,6 +78,14 @@ pub enum Command {
     Policy(Vec<String>),
     /// `grant sign …` (files only).
     Grant(Vec<String>),
+    /// `support-bundle -o FILE …`: one archive for a field engineer to send.
+    SupportBundle(Vec<String>),
+    /// `console …`: the field engineer's console on a tty or stdin/stdout.
+    Console(Vec<String>),
+    /// `engineer sign …`: a field-engineer token (files only).
+    Engineer(Vec<String>),
+    /// `sim --agent DIR …`: a whole supervisor on a developer's machine, with a report.
+    Sim(Vec<String>),
     /// `favordynmods [on|off] [--cgroup-root DIR]`: show or set the host's cgroup2 option.
     Favordynmods {
         set: Option<bool>,
@@ -86,6 +106,20 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     }
     if args.first().map(String::as_str) == Some("grant") {
         return Ok(Command::Grant(args[1..].to_vec()));
+    }
+    if args.first().map(String::as_str) == Some("support-bundle") {
+        return Ok(Command::SupportBundle(args[1..].to_vec()));
+    }
+    if args.first().map(String::as_str) == Some("console") {
+        return Ok(Command::Console(args[1..].to_vec()));
+    }
+    if args.first().map(String::as_str) == Some("sim")
+        && args.get(1).map(String::as_str) != Some("set")
+    {
+        return Ok(Command::Sim(args[1..].to_vec()));
+    }
+    if args.first().map(String::as_str) == Some("engineer") {
+        return Ok(Command::Engineer(args[1..].to_vec()));
     }
     if args.first().map(String::as_str) == Some("run") {
         return crate::oneshot::parse(&args[1..]).map(Command::Run);
@@ -306,7 +340,7 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
-fn human(req: &Request, v: &Value) -> String {
+pub fn human(req: &Request, v: &Value) -> String {
     let mut out = String::new();
     match req {
         Request::Agents => {

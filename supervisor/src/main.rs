@@ -52,6 +52,12 @@ fn main() -> ExitCode {
             nanoclaw::sys::default_signal(libc::SIGPIPE);
             ExitCode::from(nanoclaw::policy::cli::grant_main(&args))
         }
+        Ok(cli::Command::Sim(args)) => ExitCode::from(nanoclaw::simulator::main(&args)),
+        Ok(cli::Command::Console(args)) => ExitCode::from(nanoclaw::console::main(&args)),
+        Ok(cli::Command::Engineer(args)) => {
+            ExitCode::from(nanoclaw::policy::cli::engineer_main(&args))
+        }
+        Ok(cli::Command::SupportBundle(args)) => ExitCode::from(nanoclaw::support::main(&args)),
         Ok(cli::Command::Run(opts)) => match nanoclaw::oneshot::run(&opts) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {

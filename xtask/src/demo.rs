@@ -5,7 +5,8 @@
 //! (the sensor runs, the memory hog is OOM-killed and restarted until its crash-loop limit, the
 //! fork bomb hits pids.max, the escape artist is contained, the cruncher uses up its energy
 //! budget on the simulated battery and is throttled), shows what a field engineer would look
-//! at, then stops the daemon with SIGTERM and cleans up.
+//! at, then stops the daemon with SIGTERM and cleans up. It ends with `nanoclaw sim` on a
+//! new agent, the way its author would check it: live decisions and the report.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -16,6 +17,8 @@ use crate::util::{self, Result};
 
 const AGENTS: [&str; 5] = ["sensor", "memhog", "forkbomb", "escape", "cruncher"];
 const SOCKET: &str = "/run/nanoclaw-demo/ctl.sock";
+/// The agent the closing simulator run checks (configs/demo/sim/), next to the sensor.
+const SIM_AGENT: &str = "uplink";
 
 pub fn main(args: &[String]) -> Result {
     let secs: u64 = match args {
@@ -32,8 +35,12 @@ pub fn main(args: &[String]) -> Result {
     let b = util::build_static(util::host_target())?;
     let root = util::root();
     let demo = root.join("configs/demo");
-    for a in AGENTS {
-        let bin = demo.join("agents").join(a).join("rootfs/bin");
+    let dirs = AGENTS
+        .iter()
+        .map(|a| demo.join("agents").join(a))
+        .chain([demo.join("sim").join(SIM_AGENT)]);
+    for dir in dirs {
+        let bin = dir.join("rootfs/bin");
         std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
         std::fs::copy(&b.demo_agent, bin.join("demo-agent"))
             .map_err(|e| format!("copying the demo agent: {e}"))?;
@@ -93,9 +100,30 @@ pub fn main(args: &[String]) -> Result {
         }
     }
     println!("daemon exited: {status}");
-    if status.success() {
+    if !status.success() {
+        return Err(format!("the daemon exited with {status}"));
+    }
+
+    println!(
+        "\n== an agent author's check before shipping: `nanoclaw sim` runs agents under the same enforcement and reports =="
+    );
+    let sim_args = [
+        "sim".to_owned(),
+        "--seconds".into(),
+        "5".into(),
+        "--agent".into(),
+        demo.join("sim").join(SIM_AGENT).display().to_string(),
+        "--agent".into(),
+        demo.join("agents/sensor").display().to_string(),
+    ];
+    println!("$ nanoclaw {}", sim_args.join(" "));
+    let sim = Command::new(&b.nanoclaw)
+        .args(&sim_args)
+        .status()
+        .map_err(|e| format!("running nanoclaw sim: {e}"))?;
+    if sim.success() {
         Ok(())
     } else {
-        Err(format!("the daemon exited with {status}"))
+        Err(format!("nanoclaw sim exited with {sim}"))
     }
 }

@@ -30,6 +30,10 @@ pub const TEST: &[Pkg] = &[
     ("sqlite3", "/usr/bin/sqlite3"),
     // The admin API test's HTTPS client.
     ("curl", "/usr/bin/curl"),
+    // The metrics test: `promtool check metrics` and a real Prometheus scrape.
+    ("prometheus", "/usr/bin/promtool"),
+    // The console tests: a standard serial terminal program on a pty.
+    ("socat", "/usr/bin/socat"),
 ];
 /// VM tier (the kernel image is downloaded, not installed, by xtask/src/vm.rs).
 /// (busybox for each guest architecture is downloaded by vm.rs, not installed.)

@@ -119,6 +119,12 @@ pub struct Agent {
     pub power_stopped: bool,
     /// When the last `oom_kill` record of this instance was written (coalescing).
     pub oom_audited_ms: u64,
+    /// Violation events since the daemon started, by `Event as usize` (metrics, `sim`).
+    pub events: [u64; 7],
+    /// Highest memory use seen in any instance since the daemon started (bytes).
+    pub memory_peak: u64,
+    /// Connects and datagrams each egress rule allowed in instances that ended.
+    pub network_use: std::collections::BTreeMap<String, u64>,
     pub logs: LogRing,
 }
 
@@ -155,6 +161,9 @@ impl Agent {
             power_stopped: false,
             syscalls: Default::default(),
             oom_audited_ms: 0,
+            events: [0; 7],
+            memory_peak: 0,
+            network_use: Default::default(),
             logs: LogRing::new(log_bytes),
         }
     }

@@ -255,6 +255,13 @@ impl Egress {
     /// Replaces the allow rules of cgroup `cgid` with `endpoints` and marks it managed. A
     /// rule takes effect on the agent's next connect/sendmsg.
     pub fn set_rules(&mut self, cgid: u64, endpoints: &[Endpoint]) -> Result<(), BpfError> {
+        // A rule that stays keeps its use count (bpf/egress.c counts allowed connects).
+        let uses: std::collections::HashMap<Endpoint, u32> = self
+            .rule_uses(cgid)
+            .into_iter()
+            .map(|(e, n)| (e, n.min(u64::from(u32::MAX)) as u32))
+            .collect();
+        let used = |e: &Endpoint| uses.get(e).copied().unwrap_or(0);
         self.clear_rules(cgid)?;
         let mut t4: LpmTrie<&mut MapData, Key4, u32> = map_of(&mut self.bpf, "nc_allow4")?;
         for e in endpoints {
@@ -266,7 +273,7 @@ impl Egress {
                     a.octets(),
                     e.prefix,
                 );
-                t4.insert(&k, &1, 0).map_err(map_err("nc_allow4"))?;
+                t4.insert(&k, &used(e), 0).map_err(map_err("nc_allow4"))?;
             }
         }
         let mut t6: LpmTrie<&mut MapData, Key6, u32> = map_of(&mut self.bpf, "nc_allow6")?;
@@ -279,11 +286,61 @@ impl Egress {
                     a.octets(),
                     e.prefix,
                 );
-                t6.insert(&k, &1, 0).map_err(map_err("nc_allow6"))?;
+                t6.insert(&k, &used(e), 0).map_err(map_err("nc_allow6"))?;
             }
         }
         let mut agents: HashMap<&mut MapData, u64, u32> = map_of(&mut self.bpf, "nc_agents")?;
         agents.insert(&cgid, &0, 0).map_err(map_err("nc_agents"))
+    }
+
+    /// Every allow rule of `cgid` with the connects and datagrams it allowed.
+    pub fn rule_uses(&self, cgid: u64) -> Vec<(Endpoint, u64)> {
+        let mine = cgid.to_ne_bytes();
+        let proto = |n: u8| if n == 17 { Proto::Udp } else { Proto::Tcp };
+        let mut out = Vec::new();
+        if let Some(Ok(t4)) = self
+            .bpf
+            .map("nc_allow4")
+            .map(LpmTrie::<&MapData, Key4, u32>::try_from)
+        {
+            for k in t4.keys().filter_map(Result::ok) {
+                let d = k.data();
+                if d[0..8] != mine {
+                    continue;
+                }
+                let ip = std::net::Ipv4Addr::new(d[12], d[13], d[14], d[15]);
+                let e = Endpoint {
+                    addr: SocketAddr::new(IpAddr::V4(ip), u16::from_be_bytes([d[8], d[9]])),
+                    proto: proto(d[10]),
+                    prefix: k.prefix_len().saturating_sub(FIXED_BITS) as u8,
+                };
+                out.push((e, u64::from(t4.get(&k, 0).unwrap_or(0))));
+            }
+        }
+        if let Some(Ok(t6)) = self
+            .bpf
+            .map("nc_allow6")
+            .map(LpmTrie::<&MapData, Key6, u32>::try_from)
+        {
+            for k in t6.keys().filter_map(Result::ok) {
+                let d = k.data();
+                if d[0..8] != mine {
+                    continue;
+                }
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&d[12..28]);
+                let e = Endpoint {
+                    addr: SocketAddr::new(
+                        IpAddr::V6(std::net::Ipv6Addr::from(a)),
+                        u16::from_be_bytes([d[8], d[9]]),
+                    ),
+                    proto: proto(d[10]),
+                    prefix: k.prefix_len().saturating_sub(FIXED_BITS) as u8,
+                };
+                out.push((e, u64::from(t6.get(&k, 0).unwrap_or(0))));
+            }
+        }
+        out
     }
 
     /// Removes every allow rule of `cgid` (the cgroup stays managed: deny all).

@@ -112,6 +112,17 @@ pub struct DeviceConfig {
     /// The fleet server this device syncs with (absent: standalone).
     #[serde(default)]
     pub fleet: Option<FleetConfig>,
+    /// Prometheus metrics (absent: off).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `metrics`: where the Prometheus exposition is served (docs/CONSOLE.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback `ip:port`: the device exposes nothing on its networks by default.
+    pub listen: std::net::SocketAddr,
 }
 
 /// `fleet`: where the server is and the TLS identity to reach it with (docs/FLEET.md).
@@ -349,6 +360,17 @@ impl DeviceConfig {
         check_name(&self.board).map_err(|r| FieldError::new("board", r))?;
         if let Some(f) = &self.fleet {
             f.validate()?;
+        }
+        if let Some(m) = &self.metrics
+            && !m.listen.ip().is_loopback()
+        {
+            return Err(FieldError::new(
+                "metrics.listen",
+                format!(
+                    "{} is not a loopback address: serve metrics on 127.0.0.1 or [::1] and scrape through a local agent or an SSH tunnel",
+                    m.listen
+                ),
+            ));
         }
         check_path("cgroup_root", &self.cgroup_root)?;
         if !self.cgroup_root.is_absolute() || has_dot_components(&self.cgroup_root) {

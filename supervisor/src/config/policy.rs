@@ -814,7 +814,7 @@ fn check_pattern(p: &str) -> Result<(), String> {
 }
 
 /// `*` matches any run (including empty); everything else matches itself.
-fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+pub(crate) fn glob_match(pat: &[u8], s: &[u8]) -> bool {
     let (mut p, mut i) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while i < s.len() {

@@ -10,7 +10,7 @@ pub mod server;
 use serde::{Deserialize, Serialize};
 
 /// Longest request line accepted.
-pub const REQUEST_MAX: usize = 4096;
+pub const REQUEST_MAX: usize = 8192;
 /// Largest response the client accepts.
 pub const RESPONSE_MAX: usize = 4 * 1024 * 1024;
 
@@ -66,6 +66,35 @@ pub enum Request {
     },
     /// Check in with the fleet server now.
     Sync,
+    /// Verify a field-engineer token for the console on `tty` (audited).
+    Unlock {
+        tty: String,
+        token: String,
+    },
+    /// A console line: audited with who ran it; `request` runs if it reads only, or if
+    /// `token` is a valid field-engineer token. Without `request`, only the line is audited
+    /// (lock, hangup).
+    Console {
+        tty: String,
+        token: Option<String>,
+        line: String,
+        request: Option<Box<Request>>,
+    },
+}
+
+impl Request {
+    /// Whether the request changes the device (the console needs an unlock for these).
+    pub fn changes_state(&self) -> bool {
+        !matches!(
+            self,
+            Request::Status
+                | Request::Agents
+                | Request::Logs { .. }
+                | Request::Audit { .. }
+                | Request::Why { .. }
+                | Request::Battery
+        )
+    }
 }
 
 /// Error classes, mapped one-to-one onto CLI exit codes (docs/CLI.md).

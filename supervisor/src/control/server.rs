@@ -122,9 +122,101 @@ fn not_found(name: &str) -> Response {
     }
 }
 
+/// Console requests: audited with who ran them, state changes only with a valid token.
+async fn console(
+    ctx: &CtxRef,
+    tty: &str,
+    token: Option<&str>,
+    line: &str,
+    request: Option<Request>,
+) -> Response {
+    let tty: String = tty.chars().take(64).collect();
+    let line: String = line.chars().take(200).collect();
+    let engineer = token.map(|t| check_token(&ctx.d.borrow(), t));
+    let changes = request.as_ref().is_some_and(Request::changes_state);
+    let who = match &engineer {
+        Some(Ok(t)) => t.engineer.clone(),
+        _ => "unauthenticated".to_owned(),
+    };
+    if matches!(
+        request,
+        Some(Request::Console { .. } | Request::Unlock { .. })
+    ) {
+        return Response::Error {
+            code: ErrorCode::BadRequest,
+            message: "a console request cannot carry another console request".into(),
+        };
+    }
+    let locked = changes && !matches!(engineer, Some(Ok(_)));
+    let text = format!(
+        "console {tty}: {who}: {line}{}",
+        if locked { " (refused: locked)" } else { "" }
+    );
+    ctx.d.borrow_mut().audit(
+        "",
+        nanoclaw_proto::audit::AuditKind::Console,
+        &text,
+        changes,
+    );
+    if locked {
+        let why = match engineer {
+            Some(Err(e)) => format!("the unlock token no longer holds ({e})"),
+            _ => "the console is locked".into(),
+        };
+        return Response::Error {
+            code: ErrorCode::Permission,
+            message: format!(
+                "{why}: this command changes the device; `unlock` with a field-engineer token first"
+            ),
+        };
+    }
+    match request {
+        Some(r) => Box::pin(dispatch(ctx, r)).await,
+        None => Response::Ok(json!({})),
+    }
+}
+
+fn check_token(
+    d: &Daemon,
+    token: &str,
+) -> Result<crate::policy::engineer::Token, crate::policy::engineer::TokenError> {
+    crate::policy::engineer::check(token, d.anchors.key.as_ref(), &d.device_id, now_ms() / 1000)
+}
+
+fn unlock(ctx: &CtxRef, tty: &str, token: &str) -> Response {
+    let tty: String = tty.chars().take(64).collect();
+    let checked = check_token(&ctx.d.borrow(), token);
+    let mut d = ctx.d.borrow_mut();
+    match checked {
+        Ok(t) => {
+            let text = format!(
+                "console {tty}: {} unlocked the console (token for {:?} until {})",
+                t.engineer, t.devices, t.not_after
+            );
+            d.audit("", nanoclaw_proto::audit::AuditKind::Console, &text, true);
+            Response::Ok(json!({ "engineer": t.engineer, "not_after": t.not_after }))
+        }
+        Err(e) => {
+            let text = format!("console {tty}: unlock refused: {e}");
+            d.audit("", nanoclaw_proto::audit::AuditKind::Console, &text, true);
+            Response::Error {
+                code: ErrorCode::Permission,
+                message: format!("unlock refused: {e}"),
+            }
+        }
+    }
+}
+
 async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
     let exists = |n: &str| ctx.d.borrow().agents.contains_key(n);
     match req {
+        Request::Unlock { tty, token } => unlock(ctx, &tty, &token),
+        Request::Console {
+            tty,
+            token,
+            line,
+            request,
+        } => console(ctx, &tty, token.as_deref(), &line, request.map(|r| *r)).await,
         Request::Status => Response::Ok(status(&ctx.d.borrow())),
         Request::Agents => Response::Ok(json!(agents(&ctx.d.borrow()))),
         Request::Start { agent } if !exists(&agent) => not_found(&agent),
@@ -326,6 +418,8 @@ pub struct AgentInfo {
     pub pid: Option<i32>,
     pub restarts: u32,
     pub memory_bytes: u64,
+    /// Highest use seen since the daemon started, in any instance.
+    pub memory_peak_bytes: u64,
     pub memory_limit_bytes: u64,
     pub mode: &'static str,
     pub uptime_s: Option<u64>,
@@ -345,6 +439,7 @@ fn info(d: &Daemon, name: &str, a: &Agent) -> AgentInfo {
         pid: a.instance.as_ref().map(|i| i.pid),
         restarts: a.restarts,
         memory_bytes: mem.as_ref().map_or(0, |m| m.current),
+        memory_peak_bytes: a.memory_peak.max(mem.as_ref().map_or(0, |m| m.peak)),
         memory_limit_bytes: a.admission.as_ref().map_or(0, |e| e.memory_max),
         mode: if a.is_service() { "service" } else { "task" },
         uptime_s: a
@@ -412,6 +507,11 @@ fn status(d: &Daemon) -> Value {
                     .iter()
                     .map(|g| json!({"capability": g.capability, "not_after": g.not_after}))
                     .collect::<Vec<_>>(),
+                "network_use": crate::daemon::egress::network_use(d, n),
+                "events_total": crate::config::policy::Event::ALL
+                    .iter()
+                    .map(|e| (e.rule_key().to_owned(), json!(a.events[*e as usize])))
+                    .collect::<serde_json::Map<_, _>>(),
                 "network_revoked": a.network_revoked,
                 "quarantined": a.quarantined,
             })

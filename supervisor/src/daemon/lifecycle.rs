@@ -652,6 +652,7 @@ fn check_oom(ctx: &CtxRef, name: &str, generation: u64) -> bool {
     if a.generation != generation || a.instance.is_none() {
         return false;
     }
+    a.memory_peak = a.memory_peak.max(mem.peak);
     // One OOM event can raise the counter more than once (v2 with memory.oom.group counts the
     // victim and the group kill): coalesce increments within a second into one record.
     let now = now_ms();

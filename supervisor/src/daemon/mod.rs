@@ -19,6 +19,7 @@ pub mod health;
 pub mod installer;
 pub mod lifecycle;
 pub mod lsm;
+pub mod metrics;
 pub mod monitor;
 pub mod names;
 pub mod policy;
@@ -280,6 +281,14 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         what: format!("binding the control socket {}", cfg.socket.display()),
         source: e,
     })?;
+    let metrics_listen = cfg.metrics.as_ref().map(|m| m.listen);
+    let metrics = metrics::bind(metrics_listen).map_err(|e| DaemonError::Io {
+        what: format!(
+            "binding the metrics address {}",
+            metrics_listen.map_or_else(String::new, |a| a.to_string())
+        ),
+        source: e,
+    })?;
     let layout = cgroup::detect(&cfg.cgroup_root)?;
     // Previous favordynmods state to restore on a clean shutdown (only if we changed it).
     let dynmods_restore = if cfg.cgroup_favordynmods {
@@ -414,6 +423,9 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     health::spawn(&ctx);
     energy::spawn(&ctx);
     fleet::spawn(&ctx);
+    if let Some(l) = metrics {
+        metrics::spawn(&ctx, l);
+    }
 
     let ctl = ctx.clone();
     ctx.ex

@@ -23,6 +23,7 @@ pub fn note(ctx: &CtxRef, agent: &str, event: Event) {
         let Some(a) = d.agents.get_mut(agent) else {
             return;
         };
+        a.events[event as usize] += 1;
         let hits = a.rules.record(now_ms(), event, &rules);
         hits.into_iter().map(|i| (i, rules[i])).collect()
     };

@@ -305,3 +305,53 @@ pub fn grant_main(args: &[String]) -> u8 {
         }
     }
 }
+
+const ENGINEER_USAGE: &str = "usage: nanoclaw engineer sign --key KEY.pem --engineer NAME --devices ID[,PATTERN...] (--ttl S | --not-after UNIX_S)";
+
+/// `nanoclaw engineer sign ...`: prints a field-engineer token (one line of JSON) on stdout.
+pub fn engineer_main(args: &[String]) -> u8 {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    if a.first() != Some(&"sign") {
+        eprintln!("{ENGINEER_USAGE}");
+        return USAGE_ERR;
+    }
+    let (mut key, mut engineer, mut devices, mut ttl, mut not_after) =
+        (None, None, None, None, None);
+    let mut it = a[1..].iter();
+    while let Some(&f) = it.next() {
+        let v = it.next().copied();
+        match f {
+            "--key" => key = v,
+            "--engineer" => engineer = v,
+            "--devices" => devices = v,
+            "--ttl" => ttl = v.and_then(|s| s.parse::<u64>().ok()),
+            "--not-after" => not_after = v.and_then(|s| s.parse::<u64>().ok()),
+            _ => {
+                eprintln!("{ENGINEER_USAGE}");
+                return USAGE_ERR;
+            }
+        }
+    }
+    let now = crate::daemon::now_ms() / 1000;
+    let (Some(key), Some(engineer), Some(devices), Some(not_after)) =
+        (key, engineer, devices, not_after.or(ttl.map(|t| now + t)))
+    else {
+        eprintln!("{ENGINEER_USAGE}");
+        return USAGE_ERR;
+    };
+    let token = crate::policy::engineer::Token {
+        engineer: engineer.into(),
+        devices: devices.split(',').map(str::to_owned).collect(),
+        not_after,
+    };
+    match load_signing_key(key).and_then(|k| crate::policy::engineer::sign(&token, &k)) {
+        Ok(env) => {
+            println!("{}", serde_json::to_string(&env).unwrap_or_default());
+            OK
+        }
+        Err(e) => {
+            eprintln!("nanoclaw engineer sign: {e}");
+            INVALID
+        }
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod diff;
+pub mod engineer;
 pub mod grant;
 pub mod rules;
 pub mod signed;

@@ -19,6 +19,8 @@ use crate::sigstore::SigningKey;
 pub enum Kind {
     Policy,
     Grant,
+    /// A field engineer's console token (`policy::engineer`).
+    Engineer,
 }
 
 impl Kind {
@@ -26,6 +28,7 @@ impl Kind {
         match self {
             Kind::Policy => b"nanoclaw-policy-v1\n",
             Kind::Grant => b"nanoclaw-grant-v1\n",
+            Kind::Engineer => b"nanoclaw-engineer-v1\n",
         }
     }
 }

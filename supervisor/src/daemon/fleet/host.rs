@@ -289,6 +289,9 @@ impl Host for DeviceHost {
 
     fn acked_audit(&mut self, upto: u64) {
         self.state.audit_acked = self.state.audit_acked.max(upto);
+        if let Some(f) = self.ctx.d.borrow_mut().fleet.as_mut() {
+            f.audit_acked = self.state.audit_acked;
+        }
     }
 
     fn acked_outbox(&mut self, upto: u64) {

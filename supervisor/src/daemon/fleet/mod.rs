@@ -64,6 +64,8 @@ pub struct Status {
     pub connections: u64,
     /// A connection is kept open for the next session.
     pub connected: bool,
+    /// Audit records up to this seq are stored by the server (metrics: the backlog).
+    pub audit_acked: u64,
     /// Wakes the sync task for a session now.
     pub wake: Option<smol::channel::Sender<Wake>>,
 }
@@ -190,6 +192,7 @@ pub fn spawn(ctx: &CtxRef) {
                 0
             },
             wake: Some(tx),
+            audit_acked: state.audit_acked,
             ..Status::default()
         });
         state
