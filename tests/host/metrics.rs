@@ -24,9 +24,13 @@ fn free_port() -> u16 {
 
 /// One raw HTTP/1.1 exchange: (status code, body).
 fn http(port: u16, request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
+    try_http(port, request).expect("connecting")
+}
+
+fn try_http(port: u16, request: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let code = out
@@ -35,7 +39,7 @@ fn http(port: u16, request: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (code, body)
+    Some((code, body))
 }
 
 fn get(port: u16, path: &str) -> (u16, String) {
@@ -106,6 +110,8 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrape() {
         || {
             let (code, body) = get(port, "/metrics");
             assert_eq!(code, 200, "{body}");
+            // The first energy sample brings the battery.
+            value(&body, "nanoclaw_battery_charge_ratio")?;
             (value(
                 &body,
                 "nanoclaw_agent_denials_total{agent=\"netter\",kind=\"connect\"}",
@@ -230,7 +236,12 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrape() {
         .spawn()
         .expect("starting prometheus");
     let query = |q: &str| -> Option<Vec<Value>> {
-        let (code, body) = get(prom_port, &format!("/api/v1/query?query={q}"));
+        let (code, body) = try_http(
+            prom_port,
+            &format!(
+                "GET /api/v1/query?query={q} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            ),
+        )?;
         if code != 200 {
             return None;
         }
@@ -243,7 +254,12 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrape() {
         let mem = query("nanoclaw_agent_memory_limit_bytes%7Bagent%3D%22sensor%22%7D")?;
         (ok && !mem.is_empty()).then_some(mem)
     });
-    let targets = get(prom_port, "/api/v1/targets").1;
+    let targets = try_http(
+        prom_port,
+        "GET /api/v1/targets HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .map(|r| r.1)
+    .unwrap_or_default();
     let _ = prom.kill();
     let _ = prom.wait();
     let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();

@@ -162,11 +162,12 @@ impl Session {
         }
     }
 
-    /// Audits a console event that runs nothing (lock, hangup); best effort.
+    /// Audits a console event that runs nothing (lock, hangup), as whoever is unlocked;
+    /// best effort.
     fn note(&self, line: &str) {
         let _ = self.call(&Request::Console {
             tty: self.term.name.clone(),
-            token: None,
+            token: self.token.as_ref().map(|(t, _)| t.clone()),
             line: line.to_owned(),
             request: None,
         });
@@ -285,8 +286,9 @@ impl Session {
                 Ok(Some(n)) => n,
                 Ok(None) => {
                     last = Instant::now();
-                    if self.token.take().is_some() {
+                    if self.token.is_some() {
                         self.note(&format!("lock (idle {} s)", self.idle.as_secs()));
+                        self.token = None;
                         out.push_str(&format!("\nlocked after {} s idle\n", self.idle.as_secs()));
                         return Ok(None);
                     }
@@ -350,8 +352,9 @@ impl Session {
                 None => "nobody: read-only until `unlock`\n".into(),
             }),
             "lock" => {
-                if self.token.take().is_some() {
+                if self.token.is_some() {
                     self.note("lock");
+                    self.token = None;
                 }
                 out.push_str("locked\n");
             }
