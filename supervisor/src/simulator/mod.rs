@@ -158,6 +158,8 @@ impl Sim {
             "cgroup_subtree": subtree,
             "stop_grace_s": 3,
             "syscall_baseline_s": 5,
+            // Short tasks get their energy attributed before they end.
+            "energy_period_ms": 250,
         });
         let config = dir.join("device.json");
         std::fs::write(&config, device.to_string()).map_err(|e| io("writing device.json", e))?;

@@ -218,10 +218,15 @@ pub fn render(report: &Value) -> String {
             }
         );
         let e = &a["energy"];
+        let mwh = e["total_mwh"].as_f64().unwrap_or(0.0);
         out += &format!(
-            "  energy    {:.3} mWh ({:.2} J){}\n",
-            e["total_mwh"].as_f64().unwrap_or(0.0),
-            e["total_mwh"].as_f64().unwrap_or(0.0) * 3.6,
+            "  energy    {} ({:.3} J){}\n",
+            if mwh < 0.1 {
+                format!("{:.1} µWh", mwh * 1000.0)
+            } else {
+                format!("{mwh:.2} mWh")
+            },
+            mwh * 3.6,
             match (e["budget_mwh"].as_u64(), e["window_s"].as_u64()) {
                 (Some(b), Some(w)) => format!("; budget {b} mWh per {w} s"),
                 _ => "; no energy budget".into(),

@@ -143,8 +143,8 @@ fn median(mut v: Vec<u64>) -> u64 {
 }
 
 pub fn bench_fleet(ctx: &Ctx) -> Result<Section> {
-    util::run(util::cargo().args(["build", "--release", "-p", "nanoclaw-fleet"]))?;
-    let bin = ctx.root.join("target/release/nanoclaw-fleet");
+    util::run(util::cargo().args(["build", "--profile", "server", "-p", "nanoclaw-fleet"]))?;
+    let bin = ctx.root.join("target/server/nanoclaw-fleet");
     let dir = ctx.dir.join("fleet");
     let _ = fs::remove_dir_all(&dir);
     let srv_dir = dir.join("server");
@@ -285,7 +285,7 @@ pub fn bench_fleet(ctx: &Ctx) -> Result<Section> {
     let _ = writeln!(
         body,
         "`cargo xtask bench --only fleet`. A real daemon (static binary) syncs with a real \
-         `nanoclaw-fleet serve` (release build, SQLite) on loopback; every check-in is asked for \
+         `nanoclaw-fleet serve` (`--profile server` build, SQLite) on loopback; every check-in is asked for \
          with `nanoclaw sync` and measured by the daemon's own counters (`status`: \
          `payload_*` are protocol frames, `wire_*` everything through the socket, TLS 1.3 \
          included, resumed sessions).\n"
