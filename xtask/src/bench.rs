@@ -19,9 +19,10 @@ use crate::util::{self, Binaries, Result};
 
 mod energy;
 mod fleet;
+mod metrics;
 mod policy;
 
-const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|size|oom|monitor|egress|install|policy|energy|fleet]... [--out FILE]
+const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|metrics|size|oom|monitor|egress|install|policy|energy|fleet]... [--out FILE]
   --runs N        sandbox starts per tool (default 200)
   --oom-cycles N  OOM incidents to time (default 25)
   --only NAME     run only these sections; the report then goes to stdout unless --out is given
@@ -77,8 +78,8 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--only" => {
                 for s in val()?.split(',') {
                     if ![
-                        "start", "memory", "size", "oom", "monitor", "egress", "install", "policy",
-                        "energy", "fleet",
+                        "start", "memory", "metrics", "size", "oom", "monitor", "egress",
+                        "install", "policy", "energy", "fleet",
                     ]
                     .contains(&s)
                     {
@@ -199,6 +200,9 @@ pub fn run(root: &Path, args: &[String], build: &dyn Fn(&str) -> Result<Binaries
     }
     if want("memory") {
         section("memory", &bench_memory);
+    }
+    if want("metrics") {
+        section("metrics", &metrics::bench_metrics);
     }
     if want("oom") {
         section("oom", &|c| bench_oom(c, opts.oom_cycles));
