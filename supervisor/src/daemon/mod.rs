@@ -221,7 +221,8 @@ pub fn mem_total() -> Result<u64, DaemonError> {
 fn energy_setup(cfg: &DeviceConfig, board: &crate::board::Board) -> energy::Energy {
     let sim_root = cfg.state_dir.join("sim").join("sys");
     let sim = board.power.battery.clone().map(|spec| {
-        let s = crate::power::sim::Sim::new(spec, &sim_root, cfg.sim.start_percent, cfg.sim.speed);
+        let mut s =
+            crate::power::sim::Sim::new(spec, &sim_root, cfg.sim.start_percent, cfg.sim.speed);
         if let Err(e) = s.publish() {
             eprintln!("nanoclaw: simulated battery: {e}");
         }

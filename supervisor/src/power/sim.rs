@@ -18,6 +18,9 @@ pub struct Sim {
     pub speed: f64,
     /// Power drawn (or, charging, delivered) at the last step, W.
     pub power_w: f64,
+    /// What the files hold now: only changed values are written again (the writes are the
+    /// simulation's cost, not the supervisor's, so keep them few).
+    published: Vec<String>,
 }
 
 /// Open-circuit voltage of a Li-ion cell by state of charge (fraction), as (soc, fraction of
@@ -41,6 +44,7 @@ impl Sim {
             charger: false,
             speed: speed.max(0.0),
             power_w: 0.0,
+            published: Vec::new(),
         }
     }
 
@@ -80,11 +84,13 @@ impl Sim {
     }
 
     /// Writes the `power_supply` tree (µWh, µW, µV, as the kernel does).
-    pub fn publish(&self) -> std::io::Result<()> {
+    pub fn publish(&mut self) -> std::io::Result<()> {
         let bat = self.root.join("sim-battery");
         let ac = self.root.join("sim-ac");
-        std::fs::create_dir_all(&bat)?;
-        std::fs::create_dir_all(&ac)?;
+        if self.published.is_empty() {
+            std::fs::create_dir_all(&bat)?;
+            std::fs::create_dir_all(&ac)?;
+        }
         let full = self.percent() >= 100.0;
         let status = match (self.charger, full) {
             (true, true) => "Full",
@@ -120,10 +126,16 @@ impl Sim {
                 if self.charger { "1" } else { "0" }.to_owned(),
             ),
         ];
-        for (p, v) in files {
-            // Each file replaced whole, so a reader never sees half a number.
-            crate::agents::persist::write_file_atomic(&p, format!("{v}\n").as_bytes(), false)?;
+        let fresh = self.published.len() != files.len();
+        let mut now = Vec::with_capacity(files.len());
+        for (i, (p, v)) in files.into_iter().enumerate() {
+            if fresh || self.published[i] != v {
+                // Each file replaced whole, so a reader never sees half a number.
+                crate::agents::persist::write_file_atomic(&p, format!("{v}\n").as_bytes(), false)?;
+            }
+            now.push(v);
         }
+        self.published = now;
         Ok(())
     }
 }
