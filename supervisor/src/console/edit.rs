@@ -191,6 +191,8 @@ pub struct Editor {
     pub ansi: bool,
     /// Typed characters are not echoed (a pasted token).
     pub secret: bool,
+    /// Echo typed characters (off when the input is a pipe, not a terminal).
+    pub echo: bool,
     pub prompt: String,
     line: Vec<char>,
     bytes: usize,
@@ -207,6 +209,7 @@ impl Editor {
         Self {
             ansi,
             secret: false,
+            echo: true,
             prompt: String::new(),
             line: Vec::new(),
             bytes: 0,
@@ -241,10 +244,13 @@ impl Editor {
             Key::Backspace if self.cursor > 0 => {
                 self.cursor -= 1;
                 self.remove_at(self.cursor);
-                if self.cursor == self.line.len() && !self.secret {
-                    out.push_str("\x08 \x08");
-                } else {
-                    self.redraw(out);
+                // Nothing shows for a secret or on a pipe.
+                if self.echo && !self.secret {
+                    if self.cursor == self.line.len() {
+                        out.push_str("\x08 \x08");
+                    } else {
+                        self.redraw(out);
+                    }
                 }
             }
             Key::Eof if self.line.is_empty() => return Some(Outcome::Eof),
@@ -336,7 +342,7 @@ impl Editor {
         self.line.insert(self.cursor, c);
         self.cursor += 1;
         self.bytes += c.len_utf8();
-        if self.secret {
+        if self.secret || !self.echo {
             return;
         }
         if self.cursor == self.line.len() {
@@ -511,6 +517,15 @@ mod tests {
         assert_eq!(out.matches('\x07').count(), 1);
         let (lines, _) = run(&mut ed, b"status\r");
         assert_eq!(lines, [line("status")]);
+    }
+
+    #[test]
+    fn a_pipe_gets_no_echo() {
+        let mut ed = Editor::new(false);
+        ed.echo = false;
+        let (lines, out) = run(&mut ed, b"statsu\x08\x08us\n");
+        assert_eq!(lines, [line("status")]);
+        assert_eq!(out, "\n");
     }
 
     #[test]

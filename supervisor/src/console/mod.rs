@@ -122,10 +122,13 @@ pub fn main(args: &[String]) -> u8 {
         }
     };
     let ansi = o.ansi.unwrap_or_else(|| term.is_tty() && ansi_from_env());
+    let mut editor = Editor::new(ansi);
+    // A pipe has no terminal that would show the echo.
+    editor.echo = term.is_tty();
     let mut s = Session {
         decoder: Decoder::default(),
         pending: std::collections::VecDeque::new(),
-        editor: Editor::new(ansi),
+        editor,
         term,
         socket: o.socket,
         token: None,
