@@ -47,7 +47,7 @@ commands:
   run --rootfs DIR [--memory SIZE] [--pids N] [--cpus F] [--scratch SIZE]
       [--syscalls default|strict] [--uid N] [--timing] -- CMD [ARGS]
                                 run one command in a full agent sandbox (no daemon)
-  support-bundle -o FILE [--config device.json] [-n AUDIT]
+  support-bundle -o FILE [--config device.json] [--socket PATH] [-n AUDIT]
                                 status, posture, kernel, audit, logs, config and policy
                                 (secrets redacted) in one .tar.gz to send
   favordynmods [on|off]         show or set the host's cgroup2 favordynmods option
