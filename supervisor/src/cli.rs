@@ -95,34 +95,22 @@ pub enum Command {
 
 /// Parses argv (without argv[0]).
 pub fn parse(args: &[String]) -> Result<Command, String> {
-    if args.first().map(String::as_str) == Some("bundle") {
-        return Ok(Command::Bundle(args[1..].to_vec()));
-    }
-    // Offline policy tools need no daemon.
-    if args.first().map(String::as_str) == Some("policy")
-        && matches!(args.get(1).map(String::as_str), Some("check" | "sign"))
-    {
-        return Ok(Command::Policy(args[1..].to_vec()));
-    }
-    if args.first().map(String::as_str) == Some("grant") {
-        return Ok(Command::Grant(args[1..].to_vec()));
-    }
-    if args.first().map(String::as_str) == Some("support-bundle") {
-        return Ok(Command::SupportBundle(args[1..].to_vec()));
-    }
-    if args.first().map(String::as_str) == Some("console") {
-        return Ok(Command::Console(args[1..].to_vec()));
-    }
-    if args.first().map(String::as_str) == Some("sim")
-        && args.get(1).map(String::as_str) != Some("set")
-    {
-        return Ok(Command::Sim(args[1..].to_vec()));
-    }
-    if args.first().map(String::as_str) == Some("engineer") {
-        return Ok(Command::Engineer(args[1..].to_vec()));
-    }
-    if args.first().map(String::as_str) == Some("run") {
-        return crate::oneshot::parse(&args[1..]).map(Command::Run);
+    // Subcommands that parse their own arguments (most need no daemon).
+    let rest = || args[1..].to_vec();
+    match (
+        args.first().map(String::as_str),
+        args.get(1).map(String::as_str),
+    ) {
+        (Some("bundle"), _) => return Ok(Command::Bundle(rest())),
+        (Some("policy"), Some("check" | "sign")) => return Ok(Command::Policy(rest())),
+        (Some("grant"), _) => return Ok(Command::Grant(rest())),
+        (Some("support-bundle"), _) => return Ok(Command::SupportBundle(rest())),
+        (Some("console"), _) => return Ok(Command::Console(rest())),
+        // `sim set …` talks to a running daemon; `sim --agent …` is the simulator.
+        (Some("sim"), next) if next != Some("set") => return Ok(Command::Sim(rest())),
+        (Some("engineer"), _) => return Ok(Command::Engineer(rest())),
+        (Some("run"), _) => return crate::oneshot::parse(&args[1..]).map(Command::Run),
+        _ => {}
     }
     if args.first().map(String::as_str) == Some("favordynmods") {
         let mut set = None;

@@ -851,8 +851,7 @@ pub fn run(opts: &Opts) -> Result<Written, SupportError> {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-/// A ustar header via [`tar::encode`], stamped with `mtime` (encode writes 0, for reproducible
-/// bundles; a support bundle should show when it was made).
+/// A ustar header stamped with `mtime`.
 fn header(
     path: &str,
     kind: Kind,
@@ -860,29 +859,20 @@ fn header(
     size: u64,
     mtime: u64,
 ) -> Result<[u8; tar::BLOCK], SupportError> {
-    let mut b = tar::encode(&Header {
-        path: path.to_owned(),
-        kind,
-        mode,
-        size,
-        link: String::new(),
-    })
+    tar::encode_at(
+        &Header {
+            path: path.to_owned(),
+            kind,
+            mode,
+            size,
+            link: String::new(),
+        },
+        mtime,
+    )
     .map_err(|reason| SupportError::Entry {
         path: path.to_owned(),
         reason,
-    })?;
-    let m = format!("{mtime:011o}");
-    if m.len() == 11 {
-        b[136..147].copy_from_slice(m.as_bytes());
-        b[147] = 0;
-        b[148..156].fill(b' ');
-        let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
-        let s = format!("{sum:06o}");
-        b[148..154].copy_from_slice(&s.as_bytes()[s.len() - 6..]);
-        b[154] = 0;
-        b[155] = b' ';
-    }
-    Ok(b)
+    })
 }
 
 /// Writes `files` under `top/` as a gzip'd tar: to `out.tmp` (mode 0600), fsync, rename, fsync

@@ -409,5 +409,7 @@ fn socat_as_the_serial_terminal_and_a_pipe_without_a_tty() {
         out.contains("sensor") && out.contains("locked") && out.contains("bye"),
         "{out}"
     );
+    // Nothing shows what a pipe typed: no echo.
+    assert!(!out.contains("start sensor"), "{out}");
     assert_eq!(dev.agent("sensor")["state"], "stopped");
 }

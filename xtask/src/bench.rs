@@ -2336,19 +2336,37 @@ fn bench_memory(ctx: &Ctx) -> Result<Section> {
     })
 }
 
+/// Adds the keys of `add` (an object) to the device.json `write_device` wrote.
+fn add_device_keys(config: &Path, add: Json) -> Result {
+    let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let mut v: Json = serde_json::from_str(&text).map_err(|e| format!("{e}"))?;
+    if let (Some(o), Json::Object(add)) = (v.as_object_mut(), add) {
+        o.extend(add);
+    }
+    write(config, &v.to_string())
+}
+
+/// An idle agent: `/bin/demo-agent sleep` in 8 MiB, 4 pids, 0.1 CPU.
+fn sleeper(name: String) -> Bundle<'static> {
+    Bundle {
+        name,
+        network: &[],
+        exec: &["/bin/demo-agent", "sleep"],
+        memory: "8MiB",
+        pids: 4,
+        cpus: 0.1,
+        restart: r#"{ "policy": "on-failure" }"#,
+        grant_extra: "",
+    }
+}
+
+/// `n` idle agents `sleep-00`, `sleep-01`, …
+fn sleepers(n: usize) -> Vec<Bundle<'static>> {
+    (0..n).map(|i| sleeper(format!("sleep-{i:02}"))).collect()
+}
+
 fn mem_run(ctx: &Ctx, n: usize) -> Result<MemSample> {
-    let bundles: Vec<Bundle> = (0..n)
-        .map(|i| Bundle {
-            name: format!("sleep-{i:02}"),
-            network: &[],
-            exec: &["/bin/demo-agent", "sleep"],
-            memory: "8MiB",
-            pids: 4,
-            cpus: 0.1,
-            restart: r#"{ "policy": "on-failure" }"#,
-            grant_extra: "",
-        })
-        .collect();
+    let bundles = sleepers(n);
     let dir = ctx.dir.join(format!("memory-{n}"));
     let config = write_device(ctx, &dir, &format!("{}-mem{n}", ctx.tag), &bundles)?;
     let mut d = Daemon::start(&ctx.bins.nanoclaw, &config)?;

@@ -32,6 +32,17 @@ pub enum State {
 }
 
 impl State {
+    pub const ALL: [State; 8] = [
+        State::Starting,
+        State::Running,
+        State::Stopped,
+        State::Exited,
+        State::Failed,
+        State::Frozen,
+        State::Throttled,
+        State::Quarantined,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Starting => "starting",
@@ -120,7 +131,7 @@ pub struct Agent {
     /// When the last `oom_kill` record of this instance was written (coalescing).
     pub oom_audited_ms: u64,
     /// Violation events since the daemon started, by `Event as usize` (metrics, `sim`).
-    pub events: [u64; 7],
+    pub events: [u64; crate::config::policy::Event::ALL.len()],
     /// Highest memory use seen in any instance since the daemon started (bytes).
     pub memory_peak: u64,
     /// Connects and datagrams each egress rule allowed in instances that ended.
@@ -161,7 +172,7 @@ impl Agent {
             power_stopped: false,
             syscalls: Default::default(),
             oom_audited_ms: 0,
-            events: [0; 7],
+            events: [0; crate::config::policy::Event::ALL.len()],
             memory_peak: 0,
             network_use: Default::default(),
             logs: LogRing::new(log_bytes),

@@ -158,6 +158,23 @@ fn key6(cgid: u64, port: u16, proto: u8, addr: [u8; 16], prefix: u8) -> Key<Key6
     Key::new(FIXED_BITS + u32::from(prefix.min(128)), d)
 }
 
+/// The rule an allow-map key (`Key4` or `Key6` data, cgroup id first) stands for.
+fn endpoint_of(k: &[u8], prefix_len: u32) -> Endpoint {
+    let ip = match k.len() {
+        16 => IpAddr::V4(std::net::Ipv4Addr::new(k[12], k[13], k[14], k[15])),
+        _ => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&k[12..28]);
+            IpAddr::V6(a.into())
+        }
+    };
+    Endpoint {
+        addr: SocketAddr::new(ip, u16::from_be_bytes([k[8], k[9]])),
+        proto: if k[10] == 17 { Proto::Udp } else { Proto::Tcp },
+        prefix: prefix_len.saturating_sub(FIXED_BITS) as u8,
+    }
+}
+
 fn proto_number(p: Proto) -> u8 {
     match p {
         Proto::Tcp => 6,
@@ -253,16 +270,15 @@ impl Egress {
     }
 
     /// Replaces the allow rules of cgroup `cgid` with `endpoints` and marks it managed. A
-    /// rule takes effect on the agent's next connect/sendmsg.
+    /// rule takes effect on the agent's next connect/sendmsg; a rule that stays keeps its
+    /// use count (bpf/egress.c counts the connects and datagrams each rule allows).
     pub fn set_rules(&mut self, cgid: u64, endpoints: &[Endpoint]) -> Result<(), BpfError> {
-        // A rule that stays keeps its use count (bpf/egress.c counts allowed connects).
         let uses: std::collections::HashMap<Endpoint, u32> = self
-            .rule_uses(cgid)
+            .clear_rules(cgid)?
             .into_iter()
             .map(|(e, n)| (e, n.min(u64::from(u32::MAX)) as u32))
             .collect();
         let used = |e: &Endpoint| uses.get(e).copied().unwrap_or(0);
-        self.clear_rules(cgid)?;
         let mut t4: LpmTrie<&mut MapData, Key4, u32> = map_of(&mut self.bpf, "nc_allow4")?;
         for e in endpoints {
             if let IpAddr::V4(a) = e.addr.ip() {
@@ -293,85 +309,79 @@ impl Egress {
         agents.insert(&cgid, &0, 0).map_err(map_err("nc_agents"))
     }
 
-    /// Every allow rule of `cgid` with the connects and datagrams it allowed.
-    pub fn rule_uses(&self, cgid: u64) -> Vec<(Endpoint, u64)> {
-        let mine = cgid.to_ne_bytes();
-        let proto = |n: u8| if n == 17 { Proto::Udp } else { Proto::Tcp };
-        let mut out = Vec::new();
-        if let Some(Ok(t4)) = self
+    /// Every allow rule with the connects and datagrams it allowed, by cgroup id: one pass
+    /// over both maps.
+    pub fn rule_uses(&self) -> std::collections::HashMap<u64, Vec<(Endpoint, u64)>> {
+        let mut out: std::collections::HashMap<u64, Vec<(Endpoint, u64)>> = Default::default();
+        let mut add = |k: &[u8], prefix_len: u32, n: u32| {
+            let mut cg = [0u8; 8];
+            cg.copy_from_slice(&k[0..8]);
+            out.entry(u64::from_ne_bytes(cg))
+                .or_default()
+                .push((endpoint_of(k, prefix_len), u64::from(n)));
+        };
+        if let Some(Ok(t)) = self
             .bpf
             .map("nc_allow4")
-            .map(LpmTrie::<&MapData, Key4, u32>::try_from)
+            .map(LpmTrie::<_, Key4, u32>::try_from)
         {
-            for k in t4.keys().filter_map(Result::ok) {
-                let d = k.data();
-                if d[0..8] != mine {
-                    continue;
-                }
-                let ip = std::net::Ipv4Addr::new(d[12], d[13], d[14], d[15]);
-                let e = Endpoint {
-                    addr: SocketAddr::new(IpAddr::V4(ip), u16::from_be_bytes([d[8], d[9]])),
-                    proto: proto(d[10]),
-                    prefix: k.prefix_len().saturating_sub(FIXED_BITS) as u8,
-                };
-                out.push((e, u64::from(t4.get(&k, 0).unwrap_or(0))));
+            for (k, n) in t.iter().filter_map(Result::ok) {
+                add(k.data().as_slice(), k.prefix_len(), n);
             }
         }
-        if let Some(Ok(t6)) = self
+        if let Some(Ok(t)) = self
             .bpf
             .map("nc_allow6")
-            .map(LpmTrie::<&MapData, Key6, u32>::try_from)
+            .map(LpmTrie::<_, Key6, u32>::try_from)
         {
-            for k in t6.keys().filter_map(Result::ok) {
-                let d = k.data();
-                if d[0..8] != mine {
-                    continue;
-                }
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&d[12..28]);
-                let e = Endpoint {
-                    addr: SocketAddr::new(
-                        IpAddr::V6(std::net::Ipv6Addr::from(a)),
-                        u16::from_be_bytes([d[8], d[9]]),
-                    ),
-                    proto: proto(d[10]),
-                    prefix: k.prefix_len().saturating_sub(FIXED_BITS) as u8,
-                };
-                out.push((e, u64::from(t6.get(&k, 0).unwrap_or(0))));
+            for (k, n) in t.iter().filter_map(Result::ok) {
+                add(k.data().as_slice(), k.prefix_len(), n);
             }
         }
         out
     }
 
-    /// Removes every allow rule of `cgid` (the cgroup stays managed: deny all).
-    pub fn clear_rules(&mut self, cgid: u64) -> Result<(), BpfError> {
+    /// Removes every allow rule of `cgid` (the cgroup stays managed: deny all) and returns
+    /// them with their use counts.
+    pub fn clear_rules(&mut self, cgid: u64) -> Result<Vec<(Endpoint, u64)>, BpfError> {
         let mine = cgid.to_ne_bytes();
+        let mut taken = Vec::new();
         let mut t4: LpmTrie<&mut MapData, Key4, u32> = map_of(&mut self.bpf, "nc_allow4")?;
-        let stale: Vec<Key<Key4>> = t4
-            .keys()
+        let stale: Vec<(Key<Key4>, u32)> = t4
+            .iter()
             .filter_map(Result::ok)
-            .filter(|k| k.data()[0..8] == mine)
+            .filter(|(k, _)| k.data()[0..8] == mine)
             .collect();
-        for k in stale {
+        for (k, n) in stale {
             let _ = t4.remove(&k);
+            taken.push((
+                endpoint_of(k.data().as_slice(), k.prefix_len()),
+                u64::from(n),
+            ));
         }
         let mut t6: LpmTrie<&mut MapData, Key6, u32> = map_of(&mut self.bpf, "nc_allow6")?;
-        let stale: Vec<Key<Key6>> = t6
-            .keys()
+        let stale: Vec<(Key<Key6>, u32)> = t6
+            .iter()
             .filter_map(Result::ok)
-            .filter(|k| k.data()[0..8] == mine)
+            .filter(|(k, _)| k.data()[0..8] == mine)
             .collect();
-        for k in stale {
+        for (k, n) in stale {
             let _ = t6.remove(&k);
+            taken.push((
+                endpoint_of(k.data().as_slice(), k.prefix_len()),
+                u64::from(n),
+            ));
         }
-        Ok(())
+        Ok(taken)
     }
 
-    /// Detaches `agent` (unpins its links) and forgets `cgid`'s rules.
-    pub fn detach(&mut self, agent: &str, cgid: Option<u64>) {
+    /// Detaches `agent` (unpins its links) and forgets `cgid`'s rules; returns them with
+    /// their use counts.
+    pub fn detach(&mut self, agent: &str, cgid: Option<u64>) -> Vec<(Endpoint, u64)> {
         let _ = std::fs::remove_dir_all(self.links_dir(agent));
+        let mut taken = Vec::new();
         if let Some(cgid) = cgid {
-            let _ = self.clear_rules(cgid);
+            taken = self.clear_rules(cgid).unwrap_or_default();
             if let Ok(mut m) = map_of::<HashMap<&mut MapData, u64, u32>>(&mut self.bpf, "nc_agents")
             {
                 let _ = m.remove(&cgid);
@@ -382,6 +392,7 @@ impl Egress {
                 let _ = m.remove(&cgid);
             }
         }
+        taken
     }
 
     /// Whether syscall counting works here, or why not.

@@ -242,6 +242,12 @@ pub fn padded(size: u64) -> u64 {
 
 /// A header block for `h`: mtime 0, owner 0:0, no user or group names (reproducible).
 pub fn encode(h: &Header) -> Result<[u8; BLOCK], String> {
+    encode_at(h, 0)
+}
+
+/// [`encode`] with a modification time (Unix seconds; a support bundle shows when it was
+/// made).
+pub fn encode_at(h: &Header, mtime: u64) -> Result<[u8; BLOCK], String> {
     let mut b = [0u8; BLOCK];
     let (prefix, name) = split_path(&h.path)?;
     b[0..name.len()].copy_from_slice(name.as_bytes());
@@ -250,7 +256,10 @@ pub fn encode(h: &Header) -> Result<[u8; BLOCK], String> {
     put_octal(&mut b[108..116], 0);
     put_octal(&mut b[116..124], 0);
     put_octal(&mut b[124..136], h.size);
-    put_octal(&mut b[136..148], 0);
+    if mtime >= 1 << 33 {
+        return Err(format!("`{}`: mtime {mtime} does not fit ustar", h.path));
+    }
+    put_octal(&mut b[136..148], mtime);
     b[156] = match h.kind {
         Kind::File => b'0',
         Kind::Dir => b'5',

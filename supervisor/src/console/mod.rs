@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cli;
-use crate::control::{Request, Response, client, exit};
+use crate::control::{Request, client, exit};
 use edit::{Decoder, Editor, Outcome};
 
 const USAGE: &str = "usage: nanoclaw console [--tty DEVICE] [--baud N] [--socket PATH] [--idle SECONDS] [--term ansi|dumb]";
@@ -158,11 +158,7 @@ enum End {
 impl Session {
     fn call(&self, req: &Request) -> Result<Value, String> {
         let timeout = crate::control::server::CONNECTION_MAX + Duration::from_secs(5);
-        match client::call(&self.socket, req, timeout) {
-            Ok(Response::Ok(v)) => Ok(v),
-            Ok(Response::Error { message, .. }) => Err(message),
-            Err(e) => Err(e.to_string()),
-        }
+        client::value(&self.socket, req, timeout)
     }
 
     /// Audits a console event that runs nothing (lock, hangup), as whoever is unlocked;
@@ -174,6 +170,16 @@ impl Session {
             line: line.to_owned(),
             request: None,
         });
+    }
+
+    /// Drops the unlock, audited as `line` by whoever held it; false if it was locked.
+    fn lock(&mut self, line: &str) -> bool {
+        if self.token.is_none() {
+            return false;
+        }
+        self.note(line);
+        self.token = None;
+        true
     }
 
     fn prompt(&mut self, device: &str) {
@@ -194,10 +200,7 @@ impl Session {
             out.clear();
             match self.read_line(&mut out) {
                 Err(end) => break end,
-                Ok(None) => {
-                    self.prompt(&device);
-                    out.push_str(&self.editor.prompt);
-                }
+                Ok(None) => {}
                 Ok(Some(line)) => {
                     if self.term.write(&out).is_err() {
                         break End::Hangup;
@@ -206,10 +209,10 @@ impl Session {
                     if let Err(end) = self.execute(&line, &mut out) {
                         break end;
                     }
-                    self.prompt(&device);
-                    out.push_str(&self.editor.prompt);
                 }
             }
+            self.prompt(&device);
+            out.push_str(&self.editor.prompt);
         };
         match end {
             End::Exit => {
@@ -289,9 +292,7 @@ impl Session {
                 Ok(Some(n)) => n,
                 Ok(None) => {
                     last = Instant::now();
-                    if self.token.is_some() {
-                        self.note(&format!("lock (idle {} s)", self.idle.as_secs()));
-                        self.token = None;
+                    if self.lock(&format!("lock (idle {} s)", self.idle.as_secs())) {
                         out.push_str(&format!("\nlocked after {} s idle\n", self.idle.as_secs()));
                         return Ok(None);
                     }
@@ -355,10 +356,7 @@ impl Session {
                 None => "nobody: read-only until `unlock`\n".into(),
             }),
             "lock" => {
-                if self.token.is_some() {
-                    self.note("lock");
-                    self.token = None;
-                }
+                self.lock("lock");
                 out.push_str("locked\n");
             }
             "unlock" => self.unlock(&words[1..], out)?,

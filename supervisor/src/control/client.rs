@@ -53,3 +53,13 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
     }
     serde_json::from_slice(&buf).map_err(|e| ClientError::Decode(e.to_string()))
 }
+
+/// [`call`] for callers that only need the answer or a message: the daemon's error message,
+/// or why it could not be asked.
+pub fn value(socket: &Path, req: &Request, timeout: Duration) -> Result<serde_json::Value, String> {
+    match call(socket, req, timeout) {
+        Ok(Response::Ok(v)) => Ok(v),
+        Ok(Response::Error { message, .. }) => Err(message),
+        Err(e) => Err(e.to_string()),
+    }
+}

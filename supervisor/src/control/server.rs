@@ -466,6 +466,11 @@ fn record_json(r: &nanoclaw_proto::audit::AuditRecord) -> Value {
 }
 
 fn status(d: &Daemon) -> Value {
+    let rule_uses = d
+        .egress
+        .as_ref()
+        .map(crate::bpf::Egress::rule_uses)
+        .unwrap_or_default();
     let per_agent: Vec<Value> = d
         .agents
         .iter()
@@ -507,7 +512,7 @@ fn status(d: &Daemon) -> Value {
                     .iter()
                     .map(|g| json!({"capability": g.capability, "not_after": g.not_after}))
                     .collect::<Vec<_>>(),
-                "network_use": crate::daemon::egress::network_use(d, n),
+                "network_use": crate::daemon::egress::network_use(a, &rule_uses),
                 "events_total": crate::config::policy::Event::ALL
                     .iter()
                     .map(|e| (e.rule_key().to_owned(), json!(a.events[*e as usize])))

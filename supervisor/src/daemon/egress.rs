@@ -128,40 +128,35 @@ fn summary(n: u32) -> String {
     format!("{n} more denied connections in the last second (rate-limited)")
 }
 
-/// After an agent's instance is gone: detach its programs and forget its rules.
+/// After an agent's instance is gone: detach its programs and forget its rules (their use
+/// counts are kept with the agent).
 pub fn release(d: &mut Daemon, name: &str, cgid: Option<u64>) {
-    let live = network_use_live(d, cgid);
+    if let Some(e) = d.egress.as_mut() {
+        let taken = e.detach(name, cgid);
+        bank_uses(d, name, taken);
+    }
+}
+
+/// Adds the use counts of rules that are gone to the agent's totals.
+pub fn bank_uses(d: &mut Daemon, name: &str, taken: Vec<(crate::config::manifest::Endpoint, u64)>) {
     if let Some(a) = d.agents.get_mut(name) {
-        for (e, n) in live {
-            *a.network_use.entry(e).or_default() += n;
+        for (e, n) in taken {
+            *a.network_use.entry(e.to_string()).or_default() += n;
         }
     }
-    if let Some(e) = d.egress.as_mut() {
-        e.detach(name, cgid);
-    }
 }
 
-fn network_use_live(d: &Daemon, cgid: Option<u64>) -> Vec<(String, u64)> {
-    match (d.egress.as_ref(), cgid) {
-        (Some(e), Some(cg)) => e
-            .rule_uses(cg)
-            .into_iter()
-            .map(|(e, n)| (e.to_string(), n))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Connects and datagrams each egress rule of `name` allowed since the daemon started, by
-/// rule (`10.0.0.5:6379/tcp`); a rule in force that was never used counts 0.
-pub fn network_use(d: &Daemon, name: &str) -> std::collections::BTreeMap<String, u64> {
-    let Some(a) = d.agents.get(name) else {
-        return Default::default();
-    };
+/// Connects and datagrams each egress rule of `a` allowed since the daemon started, by rule
+/// (`10.0.0.5:6379/tcp`); a rule in force that was never used counts 0. `live` is
+/// [`crate::bpf::Egress::rule_uses`], read once for all agents.
+pub fn network_use(
+    a: &crate::agents::Agent,
+    live: &std::collections::HashMap<u64, Vec<(crate::config::manifest::Endpoint, u64)>>,
+) -> std::collections::BTreeMap<String, u64> {
     let mut m = a.network_use.clone();
     let cgid = a.instance.as_ref().and_then(|i| i.egress_cgid);
-    for (e, n) in network_use_live(d, cgid) {
-        *m.entry(e).or_default() += n;
+    for (e, n) in cgid.and_then(|cg| live.get(&cg)).into_iter().flatten() {
+        *m.entry(e.to_string()).or_default() += n;
     }
     m
 }

@@ -26,17 +26,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrapes served at once (Prometheus sends one at a time per target).
 const MAX_CLIENTS: usize = 4;
 
-const STATES: [State; 8] = [
-    State::Starting,
-    State::Running,
-    State::Stopped,
-    State::Exited,
-    State::Failed,
-    State::Frozen,
-    State::Throttled,
-    State::Quarantined,
-];
-
 /// Binds the configured address (`None` when metrics are off).
 pub fn bind(listen: Option<SocketAddr>) -> std::io::Result<Option<Async<TcpListener>>> {
     listen.map(Async::<TcpListener>::bind).transpose()
@@ -140,6 +129,12 @@ impl Out {
         }
     }
 
+    /// A family of one sample without labels.
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
     /// A family with one sample per agent.
     fn per_agent<'a>(
         &mut self,
@@ -194,22 +189,18 @@ pub fn render(d: &Daemon) -> String {
         ],
         1.0,
     );
-    o.family(
+    o.one(
         "nanoclaw_start_time_seconds",
         "gauge",
         "When the supervisor started, Unix seconds.",
-    );
-    o.sample(
-        "nanoclaw_start_time_seconds",
-        &[],
         d.started_ms as f64 / 1000.0,
     );
-    o.family(
+    o.one(
         "nanoclaw_policy_version",
         "gauge",
         "Version of the policy in force.",
+        d.policy.version as f64,
     );
-    o.sample("nanoclaw_policy_version", &[], d.policy.version as f64);
     posture(&mut o, d);
     agents(&mut o, d);
     energy(&mut o, d);
@@ -239,24 +230,16 @@ fn posture(o: &mut Out, d: &Daemon) {
             1.0,
         );
     }
-    o.family(
+    o.one(
         "nanoclaw_missing_cgroup_controllers",
         "gauge",
         "Cgroup controllers the supervisor needs and this kernel does not offer.",
-    );
-    o.sample(
-        "nanoclaw_missing_cgroup_controllers",
-        &[],
         p.missing_controllers.len() as f64,
     );
-    o.family(
+    o.one(
         "nanoclaw_unsigned_bundles_allowed",
         "gauge",
         "1 when device.json allow_unsigned lets unsigned bundles run (development only).",
-    );
-    o.sample(
-        "nanoclaw_unsigned_bundles_allowed",
-        &[],
         flag(p.unsigned_bundles_allowed),
     );
 }
@@ -296,7 +279,7 @@ fn agents(o: &mut Out, d: &Daemon) {
         "Agent state: 1 for the state it is in, 0 for the others.",
     );
     for (n, a, _) in &mem {
-        for s in STATES {
+        for s in State::ALL {
             o.sample(
                 "nanoclaw_agent_state",
                 &[("agent", n), ("state", s.as_str())],
@@ -463,72 +446,56 @@ fn energy(o: &mut Out, d: &Daemon) {
                 .map(|b| b.budget_mwh as f64 * 3.6)
         }),
     );
-    o.family(
+    o.one(
         "nanoclaw_power_watts",
         "gauge",
         "Device power draw (measured, else the board's model).",
+        e.power_w,
     );
-    o.sample("nanoclaw_power_watts", &[], e.power_w);
-    o.family(
+    o.one(
         "nanoclaw_external_power",
         "gauge",
         "1 on external power or while charging.",
-    );
-    o.sample(
-        "nanoclaw_external_power",
-        &[],
         flag(e.last.supplies.powered()),
     );
     if let Some(p) = e.last.supplies.batteries.first().and_then(|b| b.percent()) {
-        o.family(
+        o.one(
             "nanoclaw_battery_charge_ratio",
             "gauge",
             "Battery charge, 0 to 1.",
+            p / 100.0,
         );
-        o.sample("nanoclaw_battery_charge_ratio", &[], p / 100.0);
     }
-    o.family(
+    o.one(
         "nanoclaw_battery_tier",
         "gauge",
         "Index of the policy's battery tier in force (-1: none).",
-    );
-    o.sample(
-        "nanoclaw_battery_tier",
-        &[],
         e.tier.map_or(-1.0, |t| t as f64),
     );
 }
 
 fn fleet(o: &mut Out, d: &Daemon) {
-    o.family(
+    o.one(
         "nanoclaw_audit_records_total",
         "counter",
         "Audit records written on this device (the next sequence number minus one).",
-    );
-    o.sample(
-        "nanoclaw_audit_records_total",
-        &[],
         d.audit.next_seq().saturating_sub(1) as f64,
     );
     if let Some(ob) = d.outbox.as_ref() {
-        o.family(
+        o.one(
             "nanoclaw_outbox_records",
             "gauge",
             "Records agents put for the fleet that the server has not stored yet.",
+            ob.count() as f64,
         );
-        o.sample("nanoclaw_outbox_records", &[], ob.count() as f64);
     }
     let Some(f) = d.fleet.as_ref() else {
         return;
     };
-    o.family(
+    o.one(
         "nanoclaw_audit_backlog_records",
         "gauge",
         "Audit records the fleet server has not acknowledged yet.",
-    );
-    o.sample(
-        "nanoclaw_audit_backlog_records",
-        &[],
         d.audit
             .next_seq()
             .saturating_sub(1)
@@ -549,28 +516,24 @@ fn fleet(o: &mut Out, d: &Daemon) {
         &[("result", "failed")],
         f.sessions_failed as f64,
     );
-    o.family(
+    o.one(
         "nanoclaw_fleet_last_success_timestamp_seconds",
         "gauge",
         "When the last sync session succeeded, Unix seconds (0: never).",
-    );
-    o.sample(
-        "nanoclaw_fleet_last_success_timestamp_seconds",
-        &[],
         f.last_ok_ms as f64 / 1000.0,
     );
-    o.family(
+    o.one(
         "nanoclaw_fleet_connected",
         "gauge",
         "1 while a connection to the fleet server is open.",
+        flag(f.connected),
     );
-    o.sample("nanoclaw_fleet_connected", &[], flag(f.connected));
-    o.family(
+    o.one(
         "nanoclaw_fleet_bytes_today",
         "gauge",
         "Bytes on the wire to and from the fleet server today (UTC), counted against daily_bytes.",
+        f.bytes_today as f64,
     );
-    o.sample("nanoclaw_fleet_bytes_today", &[], f.bytes_today as f64);
 }
 
 #[cfg(test)]

@@ -95,7 +95,10 @@ fn revoke_network(d: &mut Daemon, agent: &str) -> Result<String, String> {
     a.network_revoked = true;
     let cgid = a.instance.as_ref().and_then(|i| i.egress_cgid);
     match (cgid, d.egress.as_mut()) {
-        (Some(cgid), Some(e)) => e.clear_rules(cgid).map_err(|e| e.to_string())?,
+        (Some(cgid), Some(e)) => {
+            let taken = e.clear_rules(cgid).map_err(|e| e.to_string())?;
+            super::egress::bank_uses(d, agent, taken);
+        }
         _ => return Ok("no network to revoke (empty network namespace)".into()),
     }
     Ok("network revoked until the agent is restarted".into())

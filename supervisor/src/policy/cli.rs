@@ -4,6 +4,7 @@
 //! Exit codes: 0 valid / written, 1 invalid (every problem printed, one per line as
 //! `PATH: problem`), 2 usage or an unreadable file.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -247,111 +248,115 @@ fn sign_policy(args: &[&str]) -> u8 {
     }
 }
 
-/// `nanoclaw grant sign ...`: prints the token (one line of JSON) on stdout.
-pub fn grant_main(args: &[String]) -> u8 {
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    if a.first() != Some(&"sign") {
-        eprintln!("{USAGE}");
-        return USAGE_ERR;
+/// The `--flag value` pairs of a `sign` subcommand (`args[0]` must be `sign`), only `flags`;
+/// `None` on anything else.
+fn sign_flags<'a>(args: &'a [String], flags: &[&str]) -> Option<BTreeMap<&'a str, &'a str>> {
+    let (first, rest) = args.split_first()?;
+    if first != "sign" || rest.len() % 2 != 0 {
+        return None;
     }
-    let (mut key, mut agent, mut cap, mut ttl, mut not_after, mut device, mut nonce) =
-        (None, None, None, None, None, None, None);
-    let mut it = a[1..].iter();
-    while let Some(&f) = it.next() {
-        let v = it.next().copied();
-        match f {
-            "--key" => key = v,
-            "--agent" => agent = v,
-            "--capability" => cap = v,
-            "--ttl" => ttl = v.and_then(|s| s.parse::<u64>().ok()),
-            "--not-after" => not_after = v.and_then(|s| s.parse::<u64>().ok()),
-            "--device" => device = v,
-            "--nonce" => nonce = v,
-            _ => {
-                eprintln!("{USAGE}");
-                return USAGE_ERR;
-            }
-        }
-    }
-    let now = crate::daemon::now_ms() / 1000;
-    let (Some(key), Some(agent), Some(cap), Some(not_after)) =
-        (key, agent, cap, not_after.or(ttl.map(|t| now + t)))
-    else {
-        eprintln!("{USAGE}");
-        return USAGE_ERR;
-    };
-    let token = Token {
-        agent: agent.into(),
-        capability: cap.into(),
-        not_after,
-        nonce: nonce.map_or_else(
-            || format!("{:016x}{:016x}", crate::daemon::random_u64(), now),
-            str::to_owned,
-        ),
-        device: device.map(str::to_owned),
-    };
-    if let Err(e) = cap.parse::<crate::config::policy::Capability>() {
-        eprintln!("nanoclaw grant sign: --capability: {e}");
-        return USAGE_ERR;
-    }
-    match load_signing_key(key).and_then(|k| grant::sign(&token, &k)) {
+    rest.chunks(2)
+        .map(|kv| {
+            flags
+                .contains(&kv[0].as_str())
+                .then(|| (kv[0].as_str(), kv[1].as_str()))
+        })
+        .collect()
+}
+
+/// `--not-after UNIX_S`, else now + `--ttl S`.
+fn not_after(f: &BTreeMap<&str, &str>) -> Option<u64> {
+    let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
+    num("--not-after").or_else(|| num("--ttl").map(|t| crate::daemon::now_ms() / 1000 + t))
+}
+
+/// Signs with the key file and prints the envelope as one JSON line.
+fn print_signed(
+    cmd: &str,
+    key: &str,
+    sign: impl FnOnce(&crate::sigstore::SigningKey) -> Result<super::signed::Envelope, String>,
+) -> u8 {
+    match load_signing_key(key).and_then(|k| sign(&k)) {
         Ok(env) => {
             println!("{}", serde_json::to_string(&env).unwrap_or_default());
             OK
         }
         Err(e) => {
-            eprintln!("nanoclaw grant sign: {e}");
+            eprintln!("nanoclaw {cmd}: {e}");
             INVALID
         }
     }
+}
+
+/// `nanoclaw grant sign ...`: prints the token (one line of JSON) on stdout.
+pub fn grant_main(args: &[String]) -> u8 {
+    let f = sign_flags(
+        args,
+        &[
+            "--key",
+            "--agent",
+            "--capability",
+            "--ttl",
+            "--not-after",
+            "--device",
+            "--nonce",
+        ],
+    );
+    let Some((f, key, agent, cap, not_after)) = f.and_then(|f| {
+        let (key, agent, cap) = (
+            *f.get("--key")?,
+            *f.get("--agent")?,
+            *f.get("--capability")?,
+        );
+        let t = not_after(&f)?;
+        Some((f, key, agent, cap, t))
+    }) else {
+        eprintln!("{USAGE}");
+        return USAGE_ERR;
+    };
+    if let Err(e) = cap.parse::<crate::config::policy::Capability>() {
+        eprintln!("nanoclaw grant sign: --capability: {e}");
+        return USAGE_ERR;
+    }
+    let token = Token {
+        agent: agent.into(),
+        capability: cap.into(),
+        not_after,
+        nonce: f.get("--nonce").map_or_else(
+            || {
+                format!(
+                    "{:016x}{:016x}",
+                    crate::daemon::random_u64(),
+                    crate::daemon::now_ms() / 1000
+                )
+            },
+            |n| (*n).to_owned(),
+        ),
+        device: f.get("--device").map(|d| (*d).to_owned()),
+    };
+    print_signed("grant sign", key, |k| grant::sign(&token, k))
 }
 
 const ENGINEER_USAGE: &str = "usage: nanoclaw engineer sign --key KEY.pem --engineer NAME --devices ID[,PATTERN...] (--ttl S | --not-after UNIX_S)";
 
 /// `nanoclaw engineer sign ...`: prints a field-engineer token (one line of JSON) on stdout.
 pub fn engineer_main(args: &[String]) -> u8 {
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    if a.first() != Some(&"sign") {
-        eprintln!("{ENGINEER_USAGE}");
-        return USAGE_ERR;
-    }
-    let (mut key, mut engineer, mut devices, mut ttl, mut not_after) =
-        (None, None, None, None, None);
-    let mut it = a[1..].iter();
-    while let Some(&f) = it.next() {
-        let v = it.next().copied();
-        match f {
-            "--key" => key = v,
-            "--engineer" => engineer = v,
-            "--devices" => devices = v,
-            "--ttl" => ttl = v.and_then(|s| s.parse::<u64>().ok()),
-            "--not-after" => not_after = v.and_then(|s| s.parse::<u64>().ok()),
-            _ => {
-                eprintln!("{ENGINEER_USAGE}");
-                return USAGE_ERR;
-            }
-        }
-    }
-    let now = crate::daemon::now_ms() / 1000;
-    let (Some(key), Some(engineer), Some(devices), Some(not_after)) =
-        (key, engineer, devices, not_after.or(ttl.map(|t| now + t)))
-    else {
+    let f = sign_flags(
+        args,
+        &["--key", "--engineer", "--devices", "--ttl", "--not-after"],
+    );
+    let Some((key, token)) = f.and_then(|f| {
+        let token = crate::policy::engineer::Token {
+            engineer: (*f.get("--engineer")?).to_owned(),
+            devices: f.get("--devices")?.split(',').map(str::to_owned).collect(),
+            not_after: not_after(&f)?,
+        };
+        Some((*f.get("--key")?, token))
+    }) else {
         eprintln!("{ENGINEER_USAGE}");
         return USAGE_ERR;
     };
-    let token = crate::policy::engineer::Token {
-        engineer: engineer.into(),
-        devices: devices.split(',').map(str::to_owned).collect(),
-        not_after,
-    };
-    match load_signing_key(key).and_then(|k| crate::policy::engineer::sign(&token, &k)) {
-        Ok(env) => {
-            println!("{}", serde_json::to_string(&env).unwrap_or_default());
-            OK
-        }
-        Err(e) => {
-            eprintln!("nanoclaw engineer sign: {e}");
-            INVALID
-        }
-    }
+    print_signed("engineer sign", key, |k| {
+        crate::policy::engineer::sign(&token, k)
+    })
 }

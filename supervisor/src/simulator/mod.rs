@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::control::{Request, Response, client, exit};
+use crate::control::{Request, client, exit};
 
 const USAGE: &str = "usage: nanoclaw sim --agent DIR [--agent DIR]... [--policy FILE] [--seconds N] [--json] [--keep]
   DIR holds manifest.json and rootfs/ (an unpacked bundle); runs as root.
@@ -187,11 +187,7 @@ impl Sim {
     }
 
     fn call(&self, req: &Request) -> Result<Value, String> {
-        match client::call(&self.socket, req, Duration::from_secs(30)) {
-            Ok(Response::Ok(v)) => Ok(v),
-            Ok(Response::Error { message, .. }) => Err(message),
-            Err(e) => Err(e.to_string()),
-        }
+        client::value(&self.socket, req, Duration::from_secs(30))
     }
 
     fn daemon_log(&self) -> String {

@@ -11,12 +11,7 @@ use crate::util::Result;
 
 /// Adds keys to the device.json `write_device` wrote, and a class to some manifests.
 fn tweak(config: &Path, device: serde_json::Value, classes: &[(&str, &str)]) -> Result {
-    let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{e}"))?;
-    if let (Some(o), serde_json::Value::Object(add)) = (v.as_object_mut(), device) {
-        o.extend(add);
-    }
-    super::write(config, &v.to_string())?;
+    super::add_device_keys(config, device)?;
     let dir = config.parent().unwrap_or(Path::new("."));
     for (agent, class) in classes {
         let p = dir.join("agents").join(agent).join("manifest.json");
@@ -43,19 +38,6 @@ fn battery_policy(config: &Path, rules: serde_json::Value) -> Result {
     super::write(&p, &v.to_string())
 }
 
-fn sleeper(name: String) -> Bundle<'static> {
-    Bundle {
-        name,
-        exec: &["/bin/demo-agent", "sleep"],
-        network: &[],
-        memory: "8MiB",
-        pids: 4,
-        cpus: 0.1,
-        restart: r#"{ "policy": "never" }"#,
-        grant_extra: "",
-    }
-}
-
 fn burner(name: &str, cpus: f64) -> Bundle<'static> {
     Bundle {
         name: name.into(),
@@ -72,7 +54,7 @@ fn burner(name: &str, cpus: f64) -> Bundle<'static> {
 /// Supervisor CPU over `secs` with 32 idle agents, sampling every `period_ms`.
 fn sampling_cost(ctx: &Ctx, period_ms: u32, secs: u64) -> Result<f64> {
     let dir = ctx.dir.join(format!("energy-cost-{period_ms}"));
-    let bundles: Vec<Bundle> = (0..32).map(|i| sleeper(format!("idle{i}"))).collect();
+    let bundles = super::sleepers(32);
     let config = write_device(ctx, &dir, &format!("{}-ecost", ctx.tag), &bundles)?;
     tweak(
         &config,
@@ -131,7 +113,7 @@ fn battery_life(ctx: &Ctx, tiers: bool, speed: f64) -> Result<f64> {
         &[
             burner("worker", 0.5),
             burner("uploader", 0.5),
-            sleeper("sensor".into()),
+            super::sleeper("sensor".into()),
         ],
     )?;
     tweak(

@@ -2,12 +2,11 @@
 //! metrics on, scraped back to back over loopback.
 
 use std::fmt::Write as _;
-use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::{Bundle, Ctx, Daemon, IDLE_AGENTS, Section, cpu_s, target, write_device};
+use super::{Ctx, Daemon, IDLE_AGENTS, Section, cpu_s, target, write_device};
 use crate::util::Result;
 
 const SCRAPES: usize = 500;
@@ -30,28 +29,17 @@ fn scrape(port: u16) -> Result<usize> {
 }
 
 pub fn bench_metrics(ctx: &Ctx) -> Result<Section> {
-    let bundles: Vec<Bundle> = (0..IDLE_AGENTS)
-        .map(|i| Bundle {
-            name: format!("sleep-{i:02}"),
-            network: &[],
-            exec: &["/bin/demo-agent", "sleep"],
-            memory: "8MiB",
-            pids: 4,
-            cpus: 0.1,
-            restart: r#"{ "policy": "on-failure" }"#,
-            grant_extra: "",
-        })
-        .collect();
+    let bundles = super::sleepers(IDLE_AGENTS);
     let dir = ctx.dir.join("metrics");
     let config = write_device(ctx, &dir, &format!("{}-metrics", ctx.tag), &bundles)?;
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("a free port: {e}"))?
         .port();
-    let text = fs::read_to_string(&config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{e}"))?;
-    v["metrics"] = serde_json::json!({ "listen": format!("127.0.0.1:{port}") });
-    super::write(&config, &v.to_string())?;
+    super::add_device_keys(
+        &config,
+        serde_json::json!({ "metrics": { "listen": format!("127.0.0.1:{port}") } }),
+    )?;
     let mut d = Daemon::start(&ctx.bins.nanoclaw, &config)?;
     d.wait_running(IDLE_AGENTS, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_secs(2));
