@@ -28,6 +28,9 @@ use crate::serve::now_ms;
 
 /// Longest TLS handshake and longest wait for a request's headers.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long, and how many bytes, a closing connection drains (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
 /// Admin connections served at once; more wait in the listen queue.
 const CONNECTIONS: usize = 64;
 /// Cap of JSON and query bodies other than policies and bundles.
@@ -152,14 +155,42 @@ pub async fn serve(
                 return;
             };
             let svc = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
+            let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HANDSHAKE)
                 .max_buf_size(64 * 1024)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .without_shutdown()
                 .await;
+            if let Ok(parts) = served {
+                linger(parts.io.into_inner()).await;
+            }
         });
     }
+}
+
+/// Closes a served connection gently: TLS close_notify and FIN first, then whatever the
+/// client still sends (the rest of a body refused before it was read whole, such as a 413)
+/// is read and dropped until it closes, for at most [`LINGER`] and [`LINGER_BYTES`].
+/// Closing with unread input would make the kernel reset the connection, and a client
+/// still sending its body could then lose the error response it was sent.
+async fn linger(mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
+    use tokio::io::AsyncReadExt;
+    if tls.shutdown().await.is_err() {
+        return;
+    }
+    let (mut tcp, _) = tls.into_inner();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER, async {
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 fn router(app: App) -> Router {

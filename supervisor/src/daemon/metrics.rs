@@ -72,7 +72,8 @@ async fn handle(ctx: &CtxRef, mut stream: Async<TcpStream>) -> std::io::Result<(
         }
         head.extend_from_slice(&buf[..n]);
         if head.len() > HEAD_MAX {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "").await;
+            respond(&mut stream, "431 Request Header Fields Too Large", "").await?;
+            return linger(&mut stream).await;
         }
     }
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
@@ -88,8 +89,25 @@ async fn handle(ctx: &CtxRef, mut stream: Async<TcpStream>) -> std::io::Result<(
             respond(&mut stream, "200 OK", "nanoclaw: metrics at /metrics\n").await
         }
         (b"GET", _) => respond(&mut stream, "404 Not Found", "only /metrics is here\n").await,
-        _ => respond(&mut stream, "405 Method Not Allowed", "GET only\n").await,
+        _ => {
+            respond(&mut stream, "405 Method Not Allowed", "GET only\n").await?;
+            linger(&mut stream).await
+        }
     }
+}
+
+/// After refusing a request whose rest may still be arriving: FIN, then read and drop
+/// input until the client closes (bounded by the client timeout and 64 KiB). Closing with
+/// unread input resets the connection, which can lose the answer on the client's side.
+async fn linger(stream: &mut Async<TcpStream>) -> std::io::Result<()> {
+    stream.get_ref().shutdown(std::net::Shutdown::Write)?;
+    let mut buf = [0u8; 1024];
+    for _ in 0..64 {
+        if stream.read(&mut buf).await? == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 async fn respond(stream: &mut Async<TcpStream>, status: &str, body: &str) -> std::io::Result<()> {
