@@ -209,6 +209,11 @@ pub fn admit(m: &Manifest, p: &Policy) -> Result<Effective, AdmissionError> {
             grant.syscalls.to_string(),
         ));
     }
+    if let Some(rt) = &m.runtime
+        && !grant.runtimes.contains(rt)
+    {
+        return Err(refuse("runtime".into(), rt.clone(), list(&grant.runtimes)));
+    }
 
     let memory_max = r.memory.bytes();
     // cpus is validated to (0, 1024], so the product fits easily in u64.

@@ -38,6 +38,34 @@ pub enum Op {
     },
 }
 
+/// What kind of refusal an error answer is (its `code`), so SDKs can raise typed errors;
+/// the `error` text says the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// The request itself is wrong: not JSON, unknown op or field, a bad value.
+    BadRequest,
+    /// The policy does not allow it (no channel, a grant token refused).
+    Denied,
+    /// The supervisor cannot do it now (outbox full or missing, receiver's queue full).
+    Unavailable,
+    /// A socket limit was crossed; the connection is closed after this answer.
+    Limit,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::Denied => "denied",
+            Self::Unavailable => "unavailable",
+            Self::Limit => "limit",
+        }
+    }
+}
+
+/// A refused request: its code and the reason given to the agent.
+pub type Refusal = (Code, String);
+
 /// A request that cannot be served: the answer's error text (and the id, when readable).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bad {
@@ -96,10 +124,11 @@ pub fn ok(id: &Option<Value>, mut body: Map<String, Value>) -> String {
 }
 
 /// The answer line for a refused request.
-pub fn err(id: &Option<Value>, error: &str) -> String {
+pub fn err(id: &Option<Value>, code: Code, error: &str) -> String {
     let mut body = Map::new();
     body.insert("ok".into(), Value::Bool(false));
     body.insert("error".into(), Value::String(error.into()));
+    body.insert("code".into(), Value::String(code.as_str().into()));
     if let Some(id) = id {
         body.insert("id".into(), id.clone());
     }
@@ -170,6 +199,9 @@ mod tests {
             ok(&Some(json!(7)), m),
             "{\"agent\":\"a\",\"id\":7,\"ok\":true}\n"
         );
-        assert_eq!(err(&None, "x\ny"), "{\"error\":\"x\\ny\",\"ok\":false}\n");
+        assert_eq!(
+            err(&None, Code::Denied, "x\ny"),
+            "{\"code\":\"denied\",\"error\":\"x\\ny\",\"ok\":false}\n"
+        );
     }
 }

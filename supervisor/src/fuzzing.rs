@@ -42,7 +42,7 @@ pub fn agent_api(data: &[u8]) {
                 assert_eq!(a.matches('\n').count(), 1);
             }
             Err(b) => {
-                let a = crate::agentapi::err(&b.id, &b.error);
+                let a = crate::agentapi::err(&b.id, crate::agentapi::Code::BadRequest, &b.error);
                 assert_eq!(a.matches('\n').count(), 1);
             }
         }

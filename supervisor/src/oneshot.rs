@@ -142,6 +142,7 @@ fn run_in(o: &RunOpts, cg: &dyn cgroup::Cgroups, name: &str) -> Result<u8, Strin
         host_network: false,
         devices: Vec::new(),
         socket_dir: None,
+        runtime: None,
     };
     let t0 = Instant::now();
     let v2 = cg.unified_dir(name);

@@ -122,6 +122,17 @@ pub fn check(dir: &Path) -> Result<Bundle, InstallError> {
         .exec
         .first()
         .ok_or_else(|| bad("exec is empty".into()))?;
+    if manifest.runtime.is_some() {
+        runtime_mount_point(&rootfs).map_err(bad)?;
+    }
+    if manifest.runtime.is_some() && exec.starts_with("/usr/") {
+        // The program is in the runtime layer; the sandbox start checks it there.
+        make_mount_points(&rootfs).map_err(bad)?;
+        return Ok(Bundle {
+            dir: dir.to_path_buf(),
+            manifest,
+        });
+    }
     let rel = exec.trim_start_matches('/');
     // Resolve symlinks as the sandbox would: inside the rootfs only.
     let mut path = rootfs.clone();
@@ -149,19 +160,57 @@ pub fn check(dir: &Path) -> Result<Bundle, InstallError> {
             "exec {exec} is not an executable regular file in rootfs/"
         )));
     }
-    for mp in crate::sandbox::mount::MOUNT_POINTS {
-        let p = rootfs.join(mp);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(bad(format!("rootfs/{mp} exists but is not a directory"))),
-            Err(_) => std::fs::create_dir(&p)
-                .map_err(|e| bad(format!("creating mount point rootfs/{mp}: {e}")))?,
-        }
-    }
+    make_mount_points(&rootfs).map_err(bad)?;
     Ok(Bundle {
         dir: dir.to_path_buf(),
         manifest,
     })
+}
+
+fn make_mount_points(rootfs: &Path) -> Result<(), String> {
+    for mp in crate::sandbox::mount::MOUNT_POINTS {
+        let p = rootfs.join(mp);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("rootfs/{mp} exists but is not a directory")),
+            Err(_) => std::fs::create_dir(&p)
+                .map_err(|e| format!("creating mount point rootfs/{mp}: {e}"))?,
+        }
+    }
+    Ok(())
+}
+
+/// An agent on a runtime layer gets the layer at `/usr`: `rootfs/usr` must be an empty
+/// directory (created when missing; anything in it would be hidden), and the merged-/usr
+/// links a Debian-built interpreter needs (`/lib`, `/lib64`, `/bin`, `/sbin` into `/usr`) are
+/// created where the bundle has nothing of that name.
+fn runtime_mount_point(rootfs: &Path) -> Result<(), String> {
+    let usr = rootfs.join("usr");
+    match std::fs::symlink_metadata(&usr) {
+        Ok(m) if m.is_dir() => {
+            let used = std::fs::read_dir(&usr)
+                .map_err(|e| format!("rootfs/usr: {e}"))?
+                .next()
+                .is_some();
+            if used {
+                return Err(
+                    "rootfs/usr is not empty, but the runtime layer is mounted there and would \
+                     hide it; move the agent's files elsewhere (such as /app)"
+                        .into(),
+                );
+            }
+        }
+        Ok(_) => return Err("rootfs/usr exists but is not a directory".into()),
+        Err(_) => std::fs::create_dir(&usr).map_err(|e| format!("creating rootfs/usr: {e}"))?,
+    }
+    for link in ["bin", "lib", "lib64", "sbin"] {
+        let p = rootfs.join(link);
+        if std::fs::symlink_metadata(&p).is_err() {
+            std::os::unix::fs::symlink(format!("usr/{link}"), &p)
+                .map_err(|e| format!("creating rootfs/{link} -> usr/{link}: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use serde_json::json;
 use super::{BundleError, hex, tar, unpack};
 use crate::config::manifest::MAX_MANIFEST_BYTES;
 
-pub const USAGE: &str = "usage: nanoclaw bundle pack DIR -o FILE [--gzip]
+pub const USAGE: &str = "usage: nanoclaw bundle init --lang python|node|go|rust NAME [--sdk DIR] [--runtime LAYER]
+       nanoclaw bundle pack DIR -o FILE [--gzip] [--requests-from PATH]...
        nanoclaw bundle sign FILE --key KEY.pem [-o FILE.sigstore.json]
        nanoclaw bundle verify --bundle B (--key K | --certificate-identity I --certificate-oidc-issuer U) [--trusted-root T] FILE|sha256:HEX
        nanoclaw bundle inspect FILE [--json]
@@ -22,16 +23,15 @@ const USAGE_ERR: u8 = 2;
 /// Runs `nanoclaw bundle ARGS`; returns the exit code.
 pub fn main(args: &[String]) -> u8 {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    if a.first() == Some(&"verify") {
-        return verify(&a[1..]);
+    match a.first() {
+        Some(&"verify") => return verify(&a[1..]),
+        Some(&"init") => return super::init::main(&a[1..]),
+        Some(&"pack") => return pack_cmd(&a[1..]),
+        _ => {}
     }
     let result = match a.as_slice() {
         ["sign", file, "--key", key] => sign(file, key, None),
         ["sign", file, "--key", key, "-o", out] => sign(file, key, Some(out)),
-        ["pack", dir, "-o", out] | ["pack", "-o", out, dir] => pack(dir, out, false),
-        ["pack", dir, "-o", out, "--gzip"] | ["pack", "--gzip", dir, "-o", out] => {
-            pack(dir, out, true)
-        }
         ["inspect", file] => inspect(file, false),
         ["inspect", file, "--json"] | ["inspect", "--json", file] => inspect(file, true),
         ["unpack", file, dir] => unpack_cmd(file, dir),
@@ -148,8 +148,51 @@ fn parse_sha256(h: &str) -> Result<[u8; 32], String> {
     super::unhex32(h).ok_or_else(|| format!("sha256:{h} is not 64 hex digits"))
 }
 
-fn pack(dir: &str, out: &str, gzip: bool) -> Result<(), BundleError> {
-    let p = super::pack::pack(Path::new(dir), Path::new(out), gzip)?;
+/// `bundle pack DIR -o FILE [--gzip] [--requests-from PATH]...`
+fn pack_cmd(args: &[&str]) -> u8 {
+    let (mut dir, mut out, mut gzip, mut from) = (None, None, false, Vec::new());
+    let mut it = args.iter();
+    while let Some(&a) = it.next() {
+        match a {
+            "--gzip" => gzip = true,
+            "-o" | "--requests-from" => {
+                let Some(v) = it.next() else {
+                    eprintln!("nanoclaw bundle pack: {a} needs a value\n{USAGE}");
+                    return USAGE_ERR;
+                };
+                match a {
+                    "-o" => out = Some(*v),
+                    _ => from.push(PathBuf::from(v)),
+                }
+            }
+            d if !d.starts_with('-') && dir.is_none() => dir = Some(d),
+            _ => {
+                eprintln!("nanoclaw bundle pack: unexpected argument {a}\n{USAGE}");
+                return USAGE_ERR;
+            }
+        }
+    }
+    let (Some(dir), Some(out)) = (dir, out) else {
+        eprintln!("nanoclaw bundle pack: DIR and -o FILE are required\n{USAGE}");
+        return USAGE_ERR;
+    };
+    match pack(dir, out, gzip, &from) {
+        Ok(()) => OK,
+        Err(e) => {
+            eprintln!("nanoclaw bundle: {e}");
+            FAILED
+        }
+    }
+}
+
+fn pack(dir: &str, out: &str, gzip: bool, from: &[PathBuf]) -> Result<(), BundleError> {
+    let p = super::pack::pack_with(Path::new(dir), Path::new(out), gzip, from)?;
+    if !p.derived.is_empty() {
+        println!("requests derived from the agent's declarations:");
+        for d in &p.derived {
+            println!("  {d}");
+        }
+    }
     println!(
         "{out}: {} entries, {} bytes of data, {} bytes, sha256:{}",
         p.entries,
@@ -184,17 +227,24 @@ fn inspect(file: &str, as_json: bool) -> Result<(), BundleError> {
             let mut buf = Vec::new();
             r.copy_data(h.size, &mut buf)
                 .map_err(|e| BundleError::Archive(e.to_string()))?;
-            let m =
-                crate::config::Manifest::parse(&buf, Path::new("manifest.json")).map_err(|e| {
-                    BundleError::Invalid {
-                        what: "manifest.json".into(),
-                        reason: e.to_string(),
-                    }
-                })?;
-            manifest = Some(json!({
-                "name": m.name, "version": m.version, "mode": m.mode, "exec": m.exec,
-                "memory": m.requests.memory.to_string(), "network": m.requests.network,
-            }));
+            let invalid = |reason| BundleError::Invalid {
+                what: "manifest.json".into(),
+                reason,
+            };
+            manifest = Some(
+                match super::Contents::parse(&buf, Path::new("manifest.json")) {
+                    Ok(super::Contents::Agent(m)) => json!({
+                        "name": m.name, "version": m.version, "mode": m.mode, "exec": m.exec,
+                        "memory": m.requests.memory.to_string(), "network": m.requests.network,
+                        "runtime": m.runtime,
+                    }),
+                    Ok(super::Contents::Runtime(l)) => json!({
+                        "name": l.name, "version": l.version, "mode": "runtime layer",
+                        "exec": l.description,
+                    }),
+                    Err(e) => return Err(invalid(e)),
+                },
+            );
         }
     }
     let sig = PathBuf::from(format!("{file}.sigstore.json"));

@@ -6,6 +6,8 @@
 //! `nanoclaw bundle …`.
 
 pub mod cli;
+pub mod derive;
+pub mod init;
 pub mod pack;
 pub mod tar;
 pub mod unpack;
@@ -36,8 +38,56 @@ pub enum BundleError {
     },
 }
 
-/// The manifest inside an archive, parsed and checked (the archive is not verified here).
+/// What a bundle archive holds: an agent, or a runtime layer for agents to share.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Contents {
+    Agent(crate::config::manifest::Manifest),
+    Runtime(crate::config::layer::Layer),
+}
+
+impl Contents {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Agent(m) => &m.name,
+            Self::Runtime(l) => &l.name,
+        }
+    }
+
+    pub fn version(&self) -> &str {
+        match self {
+            Self::Agent(m) => &m.version,
+            Self::Runtime(l) => &l.version,
+        }
+    }
+
+    /// Parses a `manifest.json`: a layer when it has a `kind`, else an agent's manifest.
+    pub fn parse(bytes: &[u8], origin: &Path) -> Result<Self, String> {
+        if crate::config::layer::Layer::is_layer(bytes) {
+            crate::config::layer::Layer::parse(bytes, origin)
+                .map(Self::Runtime)
+                .map_err(|e| e.to_string())
+        } else {
+            crate::config::manifest::Manifest::parse(bytes, origin)
+                .map(Self::Agent)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The agent manifest inside an archive, parsed and checked (the archive is not verified).
 pub fn manifest_of(file: &Path) -> Result<crate::config::manifest::Manifest, String> {
+    match contents_of(file)? {
+        Contents::Agent(m) => Ok(m),
+        Contents::Runtime(l) => Err(format!(
+            "{} is runtime layer {}, not an agent",
+            file.display(),
+            l.name
+        )),
+    }
+}
+
+/// The manifest inside an archive (agent or layer), read without unpacking anything.
+pub fn contents_of(file: &Path) -> Result<Contents, String> {
     let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let stream = unpack::maybe_gunzip(f).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut r = tar::Reader::new(stream);
@@ -52,8 +102,7 @@ pub fn manifest_of(file: &Path) -> Result<crate::config::manifest::Manifest, Str
             let mut buf = Vec::new();
             r.copy_data(h.size, &mut buf)
                 .map_err(|e| format!("malformed archive: {e}"))?;
-            return crate::config::manifest::Manifest::parse(&buf, Path::new("manifest.json"))
-                .map_err(|e| e.to_string());
+            return Contents::parse(&buf, Path::new("manifest.json"));
         }
     }
     Err("the archive has no manifest.json".into())

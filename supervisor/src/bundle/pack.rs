@@ -18,6 +18,8 @@ pub struct Packed {
     pub data_bytes: u64,
     pub archive_bytes: u64,
     pub sha256: [u8; 32],
+    /// Requests derived from declarations (`bundle::derive`), with where each came from.
+    pub derived: Vec<String>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
@@ -27,19 +29,50 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
     }
 }
 
-/// One entry to write: its archive path, header kind/mode/link, and the source file.
+/// One entry to write: its archive path, header kind/mode/link, and the source file (or,
+/// for a derived manifest, its bytes).
 struct Item {
     header: Header,
     source: Option<PathBuf>,
+    bytes: Option<Vec<u8>>,
+}
+
+/// The manifest to pack: the file as it is, or with `requests` derived from declarations
+/// when it has none (agents only; a runtime layer requests nothing).
+fn manifest_bytes(
+    dir: &Path,
+    requests_from: &[PathBuf],
+) -> Result<(Vec<u8>, Vec<String>), BundleError> {
+    let path = dir.join("manifest.json");
+    let invalid = |reason: String| BundleError::Invalid {
+        what: "manifest.json".into(),
+        reason,
+    };
+    let bytes = crate::config::read_capped(&path, crate::config::manifest::MAX_MANIFEST_BYTES)
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut derived = Vec::new();
+    let mut out = bytes.clone();
+    if !crate::config::layer::Layer::is_layer(&bytes)
+        && let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(&bytes)
+        && !m.contains_key("requests")
+    {
+        let roots = match requests_from {
+            [] => vec![dir.join("rootfs")],
+            r => r.to_vec(),
+        };
+        let (req, notes) = super::derive::requests(&roots).map_err(invalid)?;
+        m.insert("requests".into(), serde_json::Value::Object(req));
+        out = serde_json::to_vec_pretty(&m).map_err(|e| invalid(e.to_string()))?;
+        out.push(b'\n');
+        derived = notes;
+    }
+    super::Contents::parse(&out, &path).map_err(invalid)?;
+    Ok((out, derived))
 }
 
 /// The entries of `dir` in archive order, checked.
-fn collect(dir: &Path) -> Result<Vec<Item>, BundleError> {
-    let manifest = dir.join("manifest.json");
-    crate::config::Manifest::load(&manifest).map_err(|e| BundleError::Invalid {
-        what: "manifest.json".into(),
-        reason: e.to_string(),
-    })?;
+fn collect(dir: &Path, requests_from: &[PathBuf]) -> Result<(Vec<Item>, Vec<String>), BundleError> {
+    let (manifest, derived) = manifest_bytes(dir, requests_from)?;
     let rootfs = dir.join("rootfs");
     let meta = std::fs::symlink_metadata(&rootfs).map_err(io_err(&rootfs))?;
     if !meta.is_dir() {
@@ -48,21 +81,19 @@ fn collect(dir: &Path) -> Result<Vec<Item>, BundleError> {
             reason: "must be a directory".into(),
         });
     }
-    let size = std::fs::metadata(&manifest)
-        .map_err(io_err(&manifest))?
-        .len();
     let mut items = vec![Item {
         header: Header {
             path: "manifest.json".into(),
             kind: Kind::File,
             mode: 0o644,
-            size,
+            size: manifest.len() as u64,
             link: String::new(),
         },
-        source: Some(manifest),
+        source: None,
+        bytes: Some(manifest),
     }];
     walk(&rootfs, "rootfs", &mut items)?;
-    Ok(items)
+    Ok((items, derived))
 }
 
 fn walk(path: &Path, name: &str, items: &mut Vec<Item>) -> Result<(), BundleError> {
@@ -88,6 +119,7 @@ fn walk(path: &Path, name: &str, items: &mut Vec<Item>) -> Result<(), BundleErro
         items.push(Item {
             header,
             source: None,
+            bytes: None,
         });
         let mut children: Vec<(Vec<u8>, PathBuf)> = std::fs::read_dir(path)
             .map_err(io_err(path))?
@@ -123,12 +155,14 @@ fn walk(path: &Path, name: &str, items: &mut Vec<Item>) -> Result<(), BundleErro
         items.push(Item {
             header,
             source: None,
+            bytes: None,
         });
     } else if ft.is_file() {
         header.size = meta.size();
         items.push(Item {
             header,
             source: Some(path.to_path_buf()),
+            bytes: None,
         });
     } else {
         let what = if ft.is_block_device() || ft.is_char_device() {
@@ -148,7 +182,18 @@ fn walk(path: &Path, name: &str, items: &mut Vec<Item>) -> Result<(), BundleErro
 
 /// Packs `dir` into `out` (written to a temporary name, then renamed).
 pub fn pack(dir: &Path, out: &Path, gzip: bool) -> Result<Packed, BundleError> {
-    let items = collect(dir)?;
+    pack_with(dir, out, gzip, &[])
+}
+
+/// [`pack`], deriving missing `requests` from declarations in `requests_from` (default: the
+/// bundle's `rootfs/`).
+pub fn pack_with(
+    dir: &Path,
+    out: &Path,
+    gzip: bool,
+    requests_from: &[PathBuf],
+) -> Result<Packed, BundleError> {
+    let (items, derived) = collect(dir, requests_from)?;
     let tmp = out.with_extension("nclaw.partial");
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
     let write_items = |w: &mut dyn Write| -> Result<u64, BundleError> {
@@ -159,6 +204,12 @@ pub fn pack(dir: &Path, out: &Path, gzip: bool) -> Result<Packed, BundleError> {
                 reason,
             })?;
             w.write_all(&block).map_err(io_err(&tmp))?;
+            if let Some(b) = &item.bytes {
+                w.write_all(b).map_err(io_err(&tmp))?;
+                let pad = (tar::padded(b.len() as u64) - b.len() as u64) as usize;
+                w.write_all(&vec![0u8; pad]).map_err(io_err(&tmp))?;
+                data += b.len() as u64;
+            }
             if let Some(src) = &item.source {
                 let mut f = File::open(src).map_err(io_err(src))?;
                 let n = io::copy(&mut f, w).map_err(io_err(src))?;
@@ -209,5 +260,6 @@ pub fn pack(dir: &Path, out: &Path, gzip: bool) -> Result<Packed, BundleError> {
         data_bytes: data,
         archive_bytes,
         sha256,
+        derived,
     })
 }

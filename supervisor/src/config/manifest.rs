@@ -438,6 +438,9 @@ pub struct Manifest {
     /// An explicit syscall baseline (name → most calls per second, 0 = any rate): the monitor
     /// uses it instead of learning one.
     pub syscall_profile: Option<BTreeMap<String, u64>>,
+    /// The runtime layer (a separately installed, signed bundle such as `python3.11`) mounted
+    /// read-only at `/usr` in the agent's view; the policy must allow it (docs/RUNTIMES.md).
+    pub runtime: Option<String>,
 }
 
 /// Most entries in `syscall_profile`.
@@ -463,6 +466,8 @@ struct RawManifest {
     stop_grace_s: Option<u32>,
     #[serde(default, deserialize_with = "unique_opt_map")]
     syscall_profile: Option<BTreeMap<String, u64>>,
+    #[serde(default)]
+    runtime: Option<String>,
 }
 
 fn unique_opt_map<'de, D: Deserializer<'de>>(
@@ -505,6 +510,7 @@ impl Manifest {
             },
             stop_grace_s: raw.stop_grace_s,
             syscall_profile: raw.syscall_profile,
+            runtime: raw.runtime,
         };
         m.validate().map_err(|e| ConfigError::invalid(origin, e))?;
         Ok(m)
@@ -588,6 +594,9 @@ impl Manifest {
                 ));
             }
         }
+        if let Some(rt) = &self.runtime {
+            check_runtime_name(rt).map_err(|r| FieldError::new("runtime", r))?;
+        }
         let r = &self.requests;
         check_limits("requests", r.memory, r.cpus, r.pids, r.scratch, &r.devices)?;
         if let Some(h) = self.health
@@ -622,6 +631,26 @@ impl Manifest {
             ));
         }
         Ok(())
+    }
+}
+
+/// Runtime layer names: like agent names, plus dots for versions (`python3.11`, `node20`).
+pub fn check_runtime_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && !name.contains("..")
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "runtime name `{}` must be 1 to 64 of a-z 0-9 . _ -, starting with a letter or \
+             digit, such as python3.11",
+            name.escape_default()
+        ))
     }
 }
 

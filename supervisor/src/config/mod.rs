@@ -10,6 +10,7 @@
 
 pub mod device;
 mod diagnose;
+pub mod layer;
 pub mod manifest;
 pub mod master;
 pub mod policy;

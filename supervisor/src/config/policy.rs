@@ -142,6 +142,9 @@ pub struct Grant {
     /// (`net:ip:port/proto` or `dev:/dev/...`; see [`Capability`]).
     #[serde(default)]
     pub grantable: Vec<String>,
+    /// Runtime layers the agent may run on (`python3.11`, `node20`; docs/RUNTIMES.md).
+    #[serde(default)]
+    pub runtimes: Vec<String>,
     #[serde(default)]
     pub on_violation: Vec<ViolationRule>,
     /// Mechanisms without which the agent must not start (no silent fallback).
@@ -773,6 +776,11 @@ impl Grant {
                     format!("{prefix}.energy.window_s"),
                     "must be at least 1",
                 ));
+            }
+        }
+        for (i, rt) in self.runtimes.iter().enumerate() {
+            if let Err(r) = super::manifest::check_runtime_name(rt) {
+                errs.push(FieldError::new(format!("{prefix}.runtimes[{i}]"), r));
             }
         }
         for (i, cap) in self.grantable.iter().enumerate() {

@@ -299,6 +299,18 @@ async fn dispatch(ctx: &CtxRef, req: Request) -> Response {
                 message: m,
             },
         },
+        Request::Rollback { agent }
+            if !exists(&agent) && crate::daemon::runtimes::exists(&ctx.d.borrow(), &agent) =>
+        {
+            match crate::daemon::runtimes::rollback(ctx, &agent, "requested by the control socket")
+            {
+                Ok(m) => Response::Ok(json!({ "result": m })),
+                Err(m) => Response::Error {
+                    code: ErrorCode::Failed,
+                    message: m,
+                },
+            }
+        }
         Request::Rollback { agent } if !exists(&agent) => not_found(&agent),
         Request::Rollback { agent } => {
             match crate::daemon::installer::rollback(ctx, &agent, "requested by the control socket")
@@ -539,6 +551,7 @@ fn status(d: &Daemon) -> Value {
         "agents": counts,
         "fleet": d.fleet.as_ref().map(fleet::Status::json),
         "enforcement": per_agent,
+        "runtimes": crate::daemon::runtimes::summary(d),
     })
 }
 

@@ -25,7 +25,7 @@ use smol::Async;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{CtxRef, Daemon, now_ms};
-use crate::agentapi::{self, MAX_LINE, Op};
+use crate::agentapi::{self, Code, MAX_LINE, Op, Refusal};
 use crate::config::policy::Event;
 
 pub const SOCKET_NAME: &str = "nanoclaw.sock";
@@ -144,7 +144,7 @@ fn accept(ctx: &CtxRef, agent: &str, uid: u32, stream: Async<UnixStream>) {
         ctx.ex
             .spawn(async move {
                 let _ = (&stream)
-                    .write_all(agentapi::err(&None, &why).as_bytes())
+                    .write_all(agentapi::err(&None, Code::Limit, &why).as_bytes())
                     .await;
             })
             .detach();
@@ -174,7 +174,7 @@ fn accept(ctx: &CtxRef, agent: &str, uid: u32, stream: Async<UnixStream>) {
     ctx.ex
         .spawn(async move {
             if let Some(why) = read_loop(&c, &name, &stream, &tx).await {
-                let _ = tx.send(agentapi::err(&None, &why)).await;
+                let _ = tx.send(agentapi::err(&None, Code::Limit, &why)).await;
                 bad(&c, &name, &format!("disconnected: {why}"));
             }
             if let Some(s) = c.d.borrow_mut().socks.get_mut(&name) {
@@ -219,10 +219,12 @@ async fn read_loop(
                     bad_count += 1;
                     bad(ctx, agent, &format!("malformed message: {}", b.error));
                     if bad_count >= BAD_PER_CONNECTION {
-                        let _ = tx.send(agentapi::err(&b.id, &b.error)).await;
+                        let _ = tx
+                            .send(agentapi::err(&b.id, Code::BadRequest, &b.error))
+                            .await;
                         return Some(format!("{bad_count} malformed messages"));
                     }
-                    agentapi::err(&b.id, &b.error)
+                    agentapi::err(&b.id, Code::BadRequest, &b.error)
                 }
             };
             if tx.send(answer).await.is_err() {
@@ -275,7 +277,7 @@ fn obj(v: Value) -> Map<String, Value> {
 
 /// Serves one request; returns the answer line.
 fn serve_op(ctx: &CtxRef, agent: &str, id: &Option<Value>, op: Op) -> String {
-    let result: Result<Value, String> = match op {
+    let result: Result<Value, Refusal> = match op {
         Op::Hello { protocol } => {
             let r = hello(ctx, agent, protocol);
             // Messages that waited for this agent follow the answer.
@@ -295,26 +297,35 @@ fn serve_op(ctx: &CtxRef, agent: &str, id: &Option<Value>, op: Op) -> String {
         Op::Whoami => Ok(whoami(&ctx.d.borrow(), agent)),
         Op::Config => Ok(config(&ctx.d.borrow(), agent)),
         Op::OutboxPut { topic, data } => outbox_put(ctx, agent, &topic, data),
-        Op::RequestCapability { token } => super::grants::request(ctx, agent, &token),
+        Op::RequestCapability { token } => {
+            super::grants::request(ctx, agent, &token).map_err(|e| (Code::Denied, e))
+        }
         Op::Send { to, topic, data } => send(ctx, agent, &to, &topic, data),
     };
     match result {
         Ok(v) => agentapi::ok(id, obj(v)),
-        Err(e) => agentapi::err(id, &e),
+        Err((code, e)) => agentapi::err(id, code, &e),
     }
 }
 
-fn hello(ctx: &CtxRef, agent: &str, protocol: Option<u32>) -> Result<Value, String> {
+fn unknown() -> Refusal {
+    (Code::Unavailable, "unknown agent".into())
+}
+
+fn hello(ctx: &CtxRef, agent: &str, protocol: Option<u32>) -> Result<Value, Refusal> {
     if let Some(p) = protocol
         && p != agentapi::PROTOCOL
     {
-        return Err(format!(
-            "protocol {p} is not spoken here; this supervisor speaks {}",
-            agentapi::PROTOCOL
+        return Err((
+            Code::BadRequest,
+            format!(
+                "protocol {p} is not spoken here; this supervisor speaks {}",
+                agentapi::PROTOCOL
+            ),
         ));
     }
     let d = ctx.d.borrow();
-    let a = d.agents.get(agent).ok_or("unknown agent")?;
+    let a = d.agents.get(agent).ok_or_else(unknown)?;
     Ok(json!({
         "agent": agent,
         "version": a.manifest.version,
@@ -324,9 +335,9 @@ fn hello(ctx: &CtxRef, agent: &str, protocol: Option<u32>) -> Result<Value, Stri
     }))
 }
 
-fn heartbeat(ctx: &CtxRef, agent: &str, status: Option<String>) -> Result<Value, String> {
+fn heartbeat(ctx: &CtxRef, agent: &str, status: Option<String>) -> Result<Value, Refusal> {
     let mut d = ctx.d.borrow_mut();
-    let a = d.agents.get_mut(agent).ok_or("unknown agent")?;
+    let a = d.agents.get_mut(agent).ok_or_else(unknown)?;
     let now = now_ms();
     a.last_heartbeat_ms = Some(now);
     if let Some(s) = status {
@@ -387,28 +398,44 @@ fn config(d: &Daemon, agent: &str) -> Value {
         "channels": { "send": out, "receive": inc },
         "heartbeat_s": a.manifest.health.map(|h| h.heartbeat_s),
         "policy_version": d.policy.version,
+        "energy": grant.and_then(|g| g.energy).map(|e| json!({
+            "budget_mwh": e.budget_mwh,
+            "window_s": e.window_s,
+            "used_mwh": a.energy.window.used_mwh,
+        })),
+        "runtime": a.manifest.runtime,
     })
 }
 
-fn outbox_put(ctx: &CtxRef, agent: &str, topic: &str, data: Value) -> Result<Value, String> {
+fn outbox_put(ctx: &CtxRef, agent: &str, topic: &str, data: Value) -> Result<Value, Refusal> {
     if !crate::config::policy::valid_topic(topic) {
-        return Err(format!(
-            "topic `{}` must be 1 to 64 of a-z 0-9 . _ -",
-            topic.escape_default()
+        return Err((
+            Code::BadRequest,
+            format!(
+                "topic `{}` must be 1 to 64 of a-z 0-9 . _ -",
+                topic.escape_default()
+            ),
         ));
     }
     let mut d = ctx.d.borrow_mut();
     let Some(o) = d.outbox.as_mut() else {
-        return Err("the outbox is unavailable on this device (see `nanoclaw status`)".into());
+        return Err((
+            Code::Unavailable,
+            "the outbox is unavailable on this device (see `nanoclaw status`)".into(),
+        ));
     };
-    let seq = o
-        .put(now_ms(), agent, topic, data)
-        .map_err(|e| e.to_string())?;
+    let seq = o.put(now_ms(), agent, topic, data).map_err(|e| {
+        let code = match e {
+            crate::outbox::OutboxError::TooLarge(_) => Code::BadRequest,
+            _ => Code::Unavailable,
+        };
+        (code, e.to_string())
+    })?;
     Ok(json!({ "seq": seq }))
 }
 
 /// Inter-agent message along a declared channel.
-fn send(ctx: &CtxRef, agent: &str, to: &str, topic: &str, data: Value) -> Result<Value, String> {
+fn send(ctx: &CtxRef, agent: &str, to: &str, topic: &str, data: Value) -> Result<Value, Refusal> {
     let mut d = ctx.d.borrow_mut();
     let allowed = d.policy.channels.iter().any(|c| c.allows(agent, to, topic));
     if !allowed || !crate::config::policy::valid_topic(topic) {
@@ -418,13 +445,13 @@ fn send(ctx: &CtxRef, agent: &str, to: &str, topic: &str, data: Value) -> Result
             topic.escape_default()
         );
         d.audit(agent, AuditKind::ChannelRefused, &why, true);
-        return Err(why);
+        return Err((Code::Denied, why));
     }
     let size = serde_json::to_vec(&data).map_or(usize::MAX, |v| v.len());
     if size > crate::outbox::MAX_DATA {
-        return Err(format!(
-            "data is {size} bytes; at most {}",
-            crate::outbox::MAX_DATA
+        return Err((
+            Code::BadRequest,
+            format!("data is {size} bytes; at most {}", crate::outbox::MAX_DATA),
         ));
     }
     let line = format!(
@@ -441,8 +468,9 @@ fn send(ctx: &CtxRef, agent: &str, to: &str, topic: &str, data: Value) -> Result
         return Ok(json!({ "delivered": delivered }));
     }
     if s.inbox.len() >= INBOX_MAX {
-        return Err(format!(
-            "{to} is not connected and {INBOX_MAX} messages already wait for it"
+        return Err((
+            Code::Unavailable,
+            format!("{to} is not connected and {INBOX_MAX} messages already wait for it"),
         ));
     }
     s.inbox.push_back(line);

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{CtxRef, Daemon};
 use crate::bundle::{self, unpack};
-use crate::config::Manifest;
 use crate::sigstore::{self as sg, Signer};
 
 /// Largest archive accepted.
@@ -60,15 +59,22 @@ fn versions_path(d: &Daemon, agent: &str) -> PathBuf {
 }
 
 pub fn load_versions(d: &Daemon, agent: &str) -> Versions {
-    let p = versions_path(d, agent);
-    sg::read_capped(&p, 64 * 1024, "versions")
+    load_versions_at(&versions_path(d, agent))
+}
+
+pub(super) fn load_versions_at(p: &Path) -> Versions {
+    sg::read_capped(p, 64 * 1024, "versions")
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default()
 }
 
 fn save_versions(d: &Daemon, agent: &str, v: &Versions) -> Result<(), String> {
-    crate::agents::persist::write_json_atomic(&versions_path(d, agent), v, true)
+    save_versions_at(&versions_path(d, agent), v)
+}
+
+pub(super) fn save_versions_at(p: &Path, v: &Versions) -> Result<(), String> {
+    crate::agents::persist::write_json_atomic(p, v, true)
         .map_err(|e| format!("saving the version history: {e}"))
 }
 
@@ -173,7 +179,7 @@ pub async fn install(ctx: &CtxRef, file: &Path) -> Result<String, String> {
 }
 
 /// Reads the archive once: its SHA-256 and the manifest inside.
-fn hash_and_manifest(file: &Path) -> Result<([u8; 32], Manifest), String> {
+fn hash_and_manifest(file: &Path) -> Result<([u8; 32], bundle::Contents), String> {
     let len = std::fs::metadata(file)
         .map_err(|e| format!("{}: {e}", file.display()))?
         .len();
@@ -181,17 +187,17 @@ fn hash_and_manifest(file: &Path) -> Result<([u8; 32], Manifest), String> {
         return Err(format!("{len} bytes; at most {MAX_ARCHIVE}"));
     }
     let (digest, _) = bundle::sha256_file(file).map_err(|e| e.to_string())?;
-    Ok((digest, bundle::manifest_of(file)?))
+    Ok((digest, bundle::contents_of(file)?))
 }
 
 /// Unpacks `file` into `staging` while hashing it again (only the verified bytes may be
-/// installed), checks the result, and renames it to `final_dir`.
-fn unpack_verified(
+/// installed), checks the result with `check`, and renames it to `final_dir`.
+pub(super) fn unpack_verified(
     file: &Path,
     staging: &Path,
     final_dir: &Path,
     digest: [u8; 32],
-    manifest: &Manifest,
+    check: impl FnOnce(&Path) -> Result<(), String>,
     reserve_bytes: u64,
 ) -> Result<unpack::Unpacked, String> {
     if let Some(parent) = staging.parent() {
@@ -224,12 +230,7 @@ fn unpack_verified(
             "the archive changed while it was being installed".into(),
         ));
     }
-    let checked = crate::agents::install::check(staging).map_err(|e| fail(e.to_string()))?;
-    if &checked.manifest != manifest {
-        return Err(fail(
-            "the unpacked manifest differs from the verified one".into(),
-        ));
-    }
+    check(staging).map_err(fail)?;
     std::fs::rename(staging, final_dir)
         .map_err(|e| fail(format!("{}: {e}", final_dir.display())))?;
     sync_dir(final_dir.parent());
@@ -239,11 +240,11 @@ fn unpack_verified(
 async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, String)> {
     let none = |e: String| (String::new(), e);
     let f = file.clone();
-    let (digest, manifest) = smol::unblock(move || hash_and_manifest(&f))
+    let (digest, contents) = smol::unblock(move || hash_and_manifest(&f))
         .await
         .map_err(none)?;
-    let name = manifest.name.clone();
-    let version = manifest.version.clone();
+    let name = contents.name().to_owned();
+    let version = contents.version().to_owned();
     let named = |e: String| (name.clone(), e);
     let (signers, root, allow) = {
         let d = ctx.d.borrow();
@@ -261,6 +262,14 @@ async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, S
         smol::unblock(move || verify_signature(&signers, root.as_deref(), allow, &n, &f, digest))
             .await
             .map_err(named)?;
+    let manifest = match contents {
+        bundle::Contents::Agent(m) => m,
+        bundle::Contents::Runtime(layer) => {
+            return super::runtimes::install(ctx, &file, digest, &layer, &signed_by)
+                .await
+                .map_err(|e| (super::runtimes::audit_name(&layer.name), e));
+        }
+    };
     let (staging, final_dir, reserve, pin_note) = {
         let d = ctx.d.borrow();
         crate::admission::admit(&manifest, &d.policy).map_err(|e| named(e.to_string()))?;
@@ -306,7 +315,14 @@ async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, S
         return Err(named(format!("version {version} is already installed")));
     }
     let (f, s, fd, m) = (file.clone(), staging, final_dir.clone(), manifest.clone());
-    let unpacked = smol::unblock(move || unpack_verified(&f, &s, &fd, digest, &m, reserve))
+    let check = move |dir: &Path| {
+        let checked = crate::agents::install::check(dir).map_err(|e| e.to_string())?;
+        if checked.manifest != m {
+            return Err("the unpacked manifest differs from the verified one".into());
+        }
+        Ok(())
+    };
+    let unpacked = smol::unblock(move || unpack_verified(&f, &s, &fd, digest, check, reserve))
         .await
         .map_err(named)?;
     let d = ctx.d.borrow();
@@ -338,6 +354,10 @@ async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, S
 /// Drops the oldest installed versions beyond `keep_versions` from `v` (never the current one
 /// or the minimum); returns their directories, to be removed once `v` is saved.
 fn prune(d: &Daemon, agent: &str, v: &mut Versions) -> Vec<PathBuf> {
+    prune_in(d, &d.cfg.state_dir.join("bundles").join(agent), v)
+}
+
+pub(super) fn prune_in(d: &Daemon, dir: &Path, v: &mut Versions) -> Vec<PathBuf> {
     let keep = d.cfg.keep_versions.max(1) as usize;
     let mut gone = Vec::new();
     while v.installed.len() > keep {
@@ -349,7 +369,7 @@ fn prune(d: &Daemon, agent: &str, v: &mut Versions) -> Vec<PathBuf> {
             break;
         };
         let old = v.installed.remove(i);
-        gone.push(d.cfg.state_dir.join("bundles").join(agent).join(old));
+        gone.push(dir.join(old));
     }
     gone
 }
@@ -357,14 +377,23 @@ fn prune(d: &Daemon, agent: &str, v: &mut Versions) -> Vec<PathBuf> {
 /// At start-up: what an install interrupted by a power cut or `kill -9` left behind (staging
 /// directories, a half-made switch link) goes; the versions themselves are complete or absent.
 pub fn cleanup(d: &Daemon) {
-    let bundles = d.cfg.state_dir.join("bundles");
-    for agent in std::fs::read_dir(&bundles).into_iter().flatten().flatten() {
+    let kinds = [
+        d.cfg.state_dir.join("bundles"),
+        d.cfg.state_dir.join(super::runtimes::DIR),
+    ];
+    let dirs = kinds
+        .iter()
+        .flat_map(|k| std::fs::read_dir(k).into_iter().flatten().flatten());
+    for agent in dirs {
         for e in std::fs::read_dir(agent.path())
             .into_iter()
             .flatten()
             .flatten()
         {
-            if e.file_name().to_string_lossy().starts_with(".staging-") {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with('.') && n.ends_with(".switch") {
+                let _ = std::fs::remove_file(e.path()); // a runtime's half-made switch link
+            } else if n.starts_with(".staging-") {
                 match std::fs::remove_dir_all(e.path()) {
                     Ok(()) => eprintln!(
                         "nanoclaw: removed {} (an interrupted install)",
@@ -387,7 +416,7 @@ pub fn cleanup(d: &Daemon) {
     }
 }
 
-fn sync_dir(dir: Option<&Path>) {
+pub(super) fn sync_dir(dir: Option<&Path>) {
     if let Some(d) = dir
         && let Ok(f) = std::fs::File::open(d)
     {
@@ -406,11 +435,21 @@ fn switch(d: &Daemon, name: &str, target: &Path) -> Result<(), String> {
             link.display()
         ));
     }
-    let tmp = d.cfg.agents_dir.join(format!(".{name}.switch"));
+    switch_link(&link, target)
+}
+
+/// Replaces the symlink `link` (in a directory of its own kind) with one to `target`, atomically.
+pub(super) fn switch_link(link: &Path, target: &Path) -> Result<(), String> {
+    let parent = link.parent().unwrap_or(Path::new("."));
+    let file = link
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{file}.switch"));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &link).map_err(|e| format!("{}: {e}", link.display()))?;
-    sync_dir(Some(&d.cfg.agents_dir));
+    std::fs::rename(&tmp, link).map_err(|e| format!("{}: {e}", link.display()))?;
+    sync_dir(Some(parent));
     Ok(())
 }
 

@@ -310,6 +310,19 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         d.audit(name, AuditKind::SandboxError, &reason, true);
         return None;
     }
+    let runtime_dir = match d.agents.get(name).map(|a| a.manifest.clone()) {
+        Some(m) => match super::runtimes::usr_for(d, &m) {
+            Ok(dir) => dir,
+            Err(reason) => {
+                let a = d.agents.get_mut(name)?;
+                a.state = State::Failed;
+                a.reason = reason.clone();
+                d.audit(name, AuditKind::SandboxError, &reason, true);
+                return None;
+            }
+        },
+        None => None,
+    };
     let a = d.agents.get_mut(name)?;
     let seccomp_filter = match sandbox::filter_for(&eff.syscalls.to_string(), d.lsm.is_some()) {
         Ok(f) => f,
@@ -347,6 +360,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
             .map(|d| d.trim_start_matches("/dev/").to_owned())
             .collect(),
         socket_dir: None,
+        runtime: runtime_dir,
     };
     // The agent socket exists before the agent does (rootfs without /run: no socket).
     let listener = if spec.rootfs.join("run").is_dir() {

@@ -26,6 +26,7 @@ pub mod policy;
 pub mod posture;
 pub mod ratelimit;
 mod rings;
+pub mod runtimes;
 pub mod violations;
 
 use std::cell::RefCell;

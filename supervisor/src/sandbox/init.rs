@@ -70,14 +70,7 @@ fn run(spec: &Spec, control: &mut impl Read, report: &mut File) -> Result<i32, S
     let argv = cstrings(&spec.exec)?;
     let envp = cstrings(&spec.env)?;
     sys::sethostname(&spec.name).map_err(|e| format!("sethostname: {e}"))?;
-    mount::build_root(
-        &spec.rootfs,
-        spec.scratch_bytes,
-        spec.uid,
-        spec.gid,
-        &spec.devices,
-        spec.socket_dir.as_deref(),
-    )?;
+    mount::build_root(spec)?;
     let devnull = File::options()
         .read(true)
         .write(true)

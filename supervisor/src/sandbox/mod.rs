@@ -70,6 +70,9 @@ pub struct Spec {
     /// Host directory holding the agent's socket, bound at `/run` (read-only).
     #[serde(default)]
     pub socket_dir: Option<PathBuf>,
+    /// Host path of a runtime layer's `usr` tree, bound read-only at `/usr`.
+    #[serde(default)]
+    pub runtime: Option<PathBuf>,
 }
 
 /// The packed seccomp filter for a profile name (`default`, `strict`), compiled once.

@@ -1,8 +1,9 @@
 //! The agent's filesystem view, built by the init inside its new mount namespace: the bundle's
 //! `rootfs/` bound read-only as `/`, a fresh `/proc` for the new PID namespace, a tmpfs `/dev`
 //! holding only bind-mounted device nodes, and a size-capped tmpfs scratch at `/tmp` that dies
-//! with the namespace (so it is empty on every start). Then `pivot_root` and detach the old
-//! root, so no host path stays reachable.
+//! with the namespace (so it is empty on every start), and, for agents on a runtime layer, the
+//! layer's `usr` tree read-only at `/usr`. Then `pivot_root` and detach the old root, so no
+//! host path stays reachable.
 
 use std::ffi::CString;
 use std::path::Path;
@@ -46,15 +47,31 @@ fn mount(
     })
 }
 
+/// A read-only, nosuid, nodev, bind mount of `src` on `target` (`noexec` too when asked).
+fn bind_ro(src: &Path, target: &str, noexec: bool) -> Result<(), String> {
+    let src = src
+        .to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", src.display()))?;
+    mount(Some(src), target, None, libc::MS_BIND | libc::MS_REC, None)?;
+    let exec = if noexec { libc::MS_NOEXEC } else { 0 };
+    mount(
+        None,
+        target,
+        None,
+        libc::MS_REMOUNT
+            | libc::MS_BIND
+            | libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV
+            | exec,
+        None,
+    )
+}
+
 /// Builds the root and pivots into it. Runs as root in the new mount namespace.
-pub fn build_root(
-    rootfs: &Path,
-    scratch_bytes: u64,
-    uid: u32,
-    gid: u32,
-    devices: &[String],
-    socket_dir: Option<&Path>,
-) -> Result<(), String> {
+pub fn build_root(spec: &super::Spec) -> Result<(), String> {
+    let (rootfs, scratch_bytes, uid, gid) = (&spec.rootfs, spec.scratch_bytes, spec.uid, spec.gid);
+    let (devices, socket_dir) = (&spec.devices, spec.socket_dir.as_deref());
     let root = rootfs
         .to_str()
         .ok_or_else(|| format!("rootfs path {} is not UTF-8", rootfs.display()))?;
@@ -150,23 +167,19 @@ pub fn build_root(
     if let Some(dir) = socket_dir
         && rootfs.join("run").is_dir()
     {
-        let src = dir
-            .to_str()
-            .ok_or_else(|| format!("socket directory {} is not UTF-8", dir.display()))?;
-        let target = format!("{root}/run");
-        mount(Some(src), &target, None, libc::MS_BIND, None)?;
-        mount(
-            None,
-            &target,
-            None,
-            libc::MS_REMOUNT
-                | libc::MS_BIND
-                | libc::MS_RDONLY
-                | libc::MS_NOSUID
-                | libc::MS_NODEV
-                | libc::MS_NOEXEC,
-            None,
-        )?;
+        bind_ro(dir, &format!("{root}/run"), true)?;
+    }
+
+    // The runtime layer (an interpreter and its libraries, installed once per device) at
+    // /usr, read-only; the installer made rootfs/usr an empty directory for it.
+    if let Some(layer) = &spec.runtime {
+        if !rootfs.join("usr").is_dir() {
+            return Err(format!(
+                "rootfs {} has no /usr directory to mount the runtime layer on",
+                rootfs.display()
+            ));
+        }
+        bind_ro(layer, &format!("{root}/usr"), false)?;
     }
 
     // Read-only root, applied last so the mounts above could be made on it.

@@ -1,0 +1,3 @@
+module nanoclaw.dev/agent
+
+go 1.19
