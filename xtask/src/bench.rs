@@ -21,8 +21,9 @@ mod energy;
 mod fleet;
 mod metrics;
 mod policy;
+mod sdk;
 
-const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|metrics|size|oom|monitor|egress|install|policy|energy|fleet]... [--out FILE]
+const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|metrics|size|oom|monitor|egress|install|policy|sdk|energy|fleet]... [--out FILE]
   --runs N        sandbox starts per tool (default 200)
   --oom-cycles N  OOM incidents to time (default 25)
   --only NAME     run only these sections; the report then goes to stdout unless --out is given
@@ -79,7 +80,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 for s in val()?.split(',') {
                     if ![
                         "start", "memory", "metrics", "size", "oom", "monitor", "egress",
-                        "install", "policy", "energy", "fleet",
+                        "install", "policy", "sdk", "energy", "fleet",
                     ]
                     .contains(&s)
                     {
@@ -215,6 +216,9 @@ pub fn run(root: &Path, args: &[String], build: &dyn Fn(&str) -> Result<Binaries
     }
     if want("policy") {
         section("policy", &policy::bench_policy);
+    }
+    if want("sdk") {
+        section("sdk", &sdk::bench_sdk);
     }
     if want("energy") {
         section("energy", &energy::bench_energy);

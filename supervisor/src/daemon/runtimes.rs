@@ -210,14 +210,17 @@ pub fn rollback(ctx: &CtxRef, name: &str, why: &str) -> Result<String, String> {
     Ok(text)
 }
 
-/// Restarts the running agents on layer `name`, so they get the version now current.
+/// Restarts the running agents on layer `name`, so they get the version now current, and
+/// starts those that failed because it was not installed.
 fn restart_users(ctx: &CtxRef, name: &str) {
+    let missing = format!("runtime layer {name} is not installed");
     let users: Vec<String> = ctx
         .d
         .borrow()
         .agents
         .iter()
-        .filter(|(_, a)| a.instance.is_some() && a.manifest.runtime.as_deref() == Some(name))
+        .filter(|(_, a)| a.manifest.runtime.as_deref() == Some(name))
+        .filter(|(_, a)| a.instance.is_some() || a.reason.starts_with(&missing))
         .map(|(n, _)| n.clone())
         .collect();
     for agent in users {
