@@ -407,7 +407,10 @@ fn sdk_agent_in_a_sandbox(lang: &Lang) {
         "{c:#?}"
     );
     // The example agent's record may come first.
-    assert!(["outbox seq=1", "outbox seq=2"].contains(&at(2).as_str()), "{c:#?}");
+    assert!(
+        ["outbox seq=1", "outbox seq=2"].contains(&at(2).as_str()),
+        "{c:#?}"
+    );
     assert_eq!(
         at(3),
         "error bad_request: topic `Bad Topic` must be 1 to 64 of a-z 0-9 . _ -",
@@ -419,7 +422,9 @@ fn sdk_agent_in_a_sandbox(lang: &Lang) {
         "{c:#?}"
     );
     assert_eq!(at(5), "send delivered=1 queued=none", "{c:#?}");
-    let outbox = String::from_utf8_lossy(&std::fs::read(dev.state_dir().join("outbox/outbox.log")).unwrap()).into_owned();
+    let outbox =
+        String::from_utf8_lossy(&std::fs::read(dev.state_dir().join("outbox/outbox.log")).unwrap())
+            .into_owned();
     assert!(
         outbox.contains(&format!("\"lang\":\"{}\"", lang.name)),
         "{outbox}"
@@ -494,7 +499,9 @@ fn sdk_agent_in_a_sandbox(lang: &Lang) {
     // record is in the outbox.
     let ex = lines(&dev, &ex_agent, "example: sent seq=");
     assert_eq!(ex.len(), 1, "{:#?}", dev.logs(&ex_agent));
-    let outbox = String::from_utf8_lossy(&std::fs::read(dev.state_dir().join("outbox/outbox.log")).unwrap()).into_owned();
+    let outbox =
+        String::from_utf8_lossy(&std::fs::read(dev.state_dir().join("outbox/outbox.log")).unwrap())
+            .into_owned();
     assert!(
         outbox.contains(&format!("\"hello\":\"{}\"", lang.name)),
         "{outbox}"
@@ -511,7 +518,67 @@ fn sdk_agent_in_a_sandbox(lang: &Lang) {
             .any(|r| r["agent"] == ex_agent.as_str()),
         "the example agent kept its heartbeat"
     );
+    if lang.sdk == "python" {
+        layer_versions(&dev, &work, &vendor, &ex_agent);
+    }
     drop(granted);
+}
+
+/// A layer moves forward with its agents, rolls back, and is never installed backwards.
+fn layer_versions(dev: &Device, work: &Path, vendor: &Path, agent: &str) {
+    let src = work.join("layer");
+    let starts = || {
+        dev.audit_of("start")
+            .iter()
+            .filter(|r| r["agent"] == agent)
+            .count()
+    };
+    let before = starts();
+    let install = |version: &str| {
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(src.join("manifest.json")).unwrap()).unwrap();
+        let mut m = m;
+        m["version"] = json!(version);
+        std::fs::write(src.join("manifest.json"), m.to_string()).unwrap();
+        let file = work.join(format!("python3.11-{version}.nclaw"));
+        pack_and_sign(&src, &file, vendor);
+        dev.cli(&["install", file.to_str().unwrap()])
+    };
+    let current = || dev.json(&["status"])["runtimes"]["python3.11"]["current"].clone();
+    let out = install("1.0.1");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(current(), "1.0.1");
+    dev.wait(LONG, "the agent on the layer to restart onto 1.0.1", || {
+        (starts() > before && dev.agent(agent)["state"] == "running").then_some(())
+    });
+    let out = dev.cli(&["rollback", "python3.11"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("from 1.0.1 to 1.0.0"), "{out:?}");
+    assert_eq!(current(), "1.0.0");
+    let out = install("0.9.0");
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("older than the current 1.0.0"),
+        "{out:?}"
+    );
+    assert_eq!(current(), "1.0.0");
+    let kinds: Vec<Value> = dev
+        .audit_json()
+        .into_iter()
+        .filter(|r| r["agent"] == "runtime:python3.11")
+        .map(|r| r["kind"].clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            json!("install"),
+            json!("install"),
+            json!("rollback"),
+            json!("install_refused")
+        ],
+        "every layer step is audited"
+    );
+    dev.wait_state(agent, "running");
 }
 
 #[test]
@@ -532,4 +599,53 @@ fn go_sdk_agent_as_a_static_binary() {
 #[test]
 fn rust_sdk_agent_as_a_static_binary() {
     sdk_agent_in_a_sandbox(&RUST);
+}
+
+/// `bundle init` scaffolds an agent per language whose one-command build packs a bundle with
+/// the requests derived from the declaration in its code (and signs it when asked).
+#[test]
+fn bundle_init_scaffolds_and_builds_each_language() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, _) = keypair(tmp.path(), "vendor", true);
+    for (lang, name) in [
+        ("python", "py-hello"),
+        ("node", "js-hello"),
+        ("go", "go-hello"),
+        ("rust", "rs-hello"),
+    ] {
+        let out = run(Command::new(&bins().nanoclaw)
+            .current_dir(tmp.path())
+            .args(["bundle", "init", "--lang", lang, name, "--sdk"])
+            .arg(workspace_root().join("sdk")));
+        assert_eq!(out.code, 0, "{lang}: {out:?}");
+        let out = run(Command::new(tmp.path().join(name).join("build.sh"))
+            .env("NANOCLAW", &bins().nanoclaw)
+            .env("NANOCLAW_KEY", &key)
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off"));
+        assert_eq!(out.code, 0, "{lang} build.sh: {out:?}");
+        assert!(out.stdout.contains("memory=32MiB ("), "{lang}: {out:?}");
+        let file = tmp.path().join(name).join(format!("{name}-0.1.0.nclaw"));
+        let out = run(Command::new(&bins().nanoclaw)
+            .args(["bundle", "inspect", "--json"])
+            .arg(&file));
+        assert_eq!(out.code, 0, "{lang}: {out:?}");
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["manifest"]["memory"], "32MiB", "{v}");
+        assert!(v["signature"].is_string(), "signed with NANOCLAW_KEY: {v}");
+        let runtime = match lang {
+            "python" => json!("python3.11"),
+            "node" => json!("node20"),
+            _ => Value::Null,
+        };
+        assert_eq!(v["manifest"]["runtime"], runtime, "{v}");
+    }
+    let out = run(Command::new(&bins().nanoclaw)
+        .current_dir(tmp.path())
+        .args(["bundle", "init", "--lang", "cobol", "x"]));
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("expected python, node, go or rust"),
+        "{out:?}"
+    );
 }

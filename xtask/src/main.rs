@@ -16,7 +16,7 @@ mod vm;
 
 use std::process::{Command, ExitCode};
 
-use util::{Result, cargo, run};
+use util::{Result, cargo, output, run};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,6 +59,30 @@ fn build(args: &[String]) -> Result {
 }
 
 /// Every test tier, in the order that fails fastest. `--quick` skips the VM tier.
+/// The Python, JavaScript and Go SDKs' own tests (the Rust one is in the `unit` stage).
+fn sdk_unit_tests() -> Result {
+    let root = util::root();
+    run(Command::new("/usr/bin/python3").current_dir(&root).args([
+        "-B",
+        "-m",
+        "unittest",
+        "discover",
+        "-s",
+        "sdk/python",
+    ]))?;
+    run(Command::new("node")
+        .current_dir(&root)
+        .args(["--test", "sdk/javascript/test/"]))?;
+    let go = root.join("sdk/go");
+    run(Command::new("go").current_dir(&go).args(["vet", "./..."]))?;
+    run(Command::new("go").current_dir(&go).args(["test", "./..."]))?;
+    let unformatted = output(Command::new("gofmt").current_dir(&go).args(["-l", "."]))?;
+    if !unformatted.trim().is_empty() {
+        return Err(format!("gofmt: not formatted: {unformatted}"));
+    }
+    Ok(())
+}
+
 fn test(args: &[String]) -> Result {
     let quick = args.iter().any(|a| a == "--quick");
     setup::ensure(setup::TIERS)?;
@@ -98,6 +122,7 @@ fn test(args: &[String]) -> Result {
             "unit",
             run(cargo().args(["test", "--workspace", "--exclude", "nanoclaw-tests"])),
         );
+        stage("sdk", sdk_unit_tests());
         stage("aarch64", arm.clone().and_then(|b| aarch64(&b)));
         match host {
             Ok(b) => {

@@ -34,6 +34,11 @@ pub const TEST: &[Pkg] = &[
     ("prometheus", "/usr/bin/promtool"),
     // The console tests: a standard serial terminal program on a pty.
     ("socat", "/usr/bin/socat"),
+    // The SDKs' own tests, and their agents in tests/host/sdk.rs (the Python and Node.js
+    // runtime layers are built from these interpreters).
+    ("python3", "/usr/bin/python3.11"),
+    ("nodejs", "/usr/bin/node"),
+    ("golang-go", "/usr/bin/go"),
 ];
 /// VM tier (the kernel image is downloaded, not installed, by xtask/src/vm.rs).
 /// (busybox for each guest architecture is downloaded by vm.rs, not installed.)

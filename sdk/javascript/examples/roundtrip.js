@@ -13,7 +13,8 @@ async function main() {
   }
   c.close();
   us.sort((a, b) => a - b);
-  const at = (q) => Math.round(us[Math.min(us.length - 1, Math.floor(q * us.length))]);
+  // Nearest rank, as the other SDKs compute it.
+  const at = (q) => Math.round(us[Math.max(0, Math.ceil(q * us.length) - 1)]);
   const mean = Math.round(us.reduce((a, b) => a + b, 0) / us.length);
   console.log(`roundtrip lang=${process.env.LANG_NAME || 'javascript'} n=${us.length} p50_us=${at(0.5)} p99_us=${at(0.99)} mean_us=${mean}`);
 }
