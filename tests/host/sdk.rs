@@ -77,7 +77,10 @@ fn readme_example(lang: &Lang) -> String {
 }
 
 /// Builds the language's programs; returns (conformance, example) as (rootfs files, exec).
-fn programs(lang: &Lang, out: &Path) -> [(Vec<(PathBuf, String)>, Vec<String>); 2] {
+/// A program: (host file, path in the rootfs) pairs, and its exec line.
+type Program = (Vec<(PathBuf, String)>, Vec<String>);
+
+fn programs(lang: &Lang, out: &Path) -> [Program; 2] {
     let s = sdk(lang);
     let arch = std::env::consts::ARCH;
     match lang.sdk {

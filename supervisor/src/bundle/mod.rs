@@ -39,6 +39,8 @@ pub enum BundleError {
 }
 
 /// What a bundle archive holds: an agent, or a runtime layer for agents to share.
+// One lives briefly per install or pack; boxing the manifest would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Contents {
     Agent(crate::config::manifest::Manifest),
