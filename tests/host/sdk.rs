@@ -523,8 +523,46 @@ fn sdk_agent_in_a_sandbox(lang: &Lang) {
     );
     if lang.sdk == "python" {
         layer_versions(&dev, &work, &vendor, &ex_agent);
+        simulate_on_the_layer(&work, &work.join("python3.11-1.0.0.nclaw"));
     }
     drop(granted);
+}
+
+/// A developer tries a scaffolded Python agent in the simulator, as `bundle init` says: the
+/// built archive (its requests derived from the code) on the signed layer archive.
+fn simulate_on_the_layer(work: &Path, layer: &Path) {
+    let out = run(Command::new(&bins().nanoclaw)
+        .current_dir(work)
+        .args(["bundle", "init", "--lang", "python", "sim-py", "--sdk"])
+        .arg(workspace_root().join("sdk")));
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("sim --agent sim-py/sim-py-0.1.0.nclaw --runtime"),
+        "{out:?}"
+    );
+    let out = run(Command::new(work.join("sim-py/build.sh")).env("NANOCLAW", &bins().nanoclaw));
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = run(Command::new(&bins().nanoclaw)
+        .args(["sim", "--json", "--seconds", "4", "--agent"])
+        .arg(work.join("sim-py/sim-py-0.1.0.nclaw"))
+        .arg("--runtime")
+        .arg(layer));
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("installed runtime layer python3.11 1.0.0"),
+        "{out:?}"
+    );
+    let json_start = out.stdout.find("\n{\n").expect("a JSON report");
+    let report: Value = serde_json::from_str(&out.stdout[json_start..]).unwrap();
+    let a = &report["agents"][0];
+    assert_eq!(
+        (a["agent"].as_str(), a["state"].as_str()),
+        (Some("sim-py"), Some("running")),
+        "{report:#}"
+    );
+    assert_eq!(a["restarts"], 0, "{report:#}");
 }
 
 /// A layer moves forward with its agents, rolls back, and is never installed backwards.

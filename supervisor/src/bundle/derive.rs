@@ -174,7 +174,11 @@ mod tests {
 
         std::fs::write(app.join("b.py"), "# nanoclaw:request memory=64MiB\n").unwrap();
         let e = requests(&[t.path().to_path_buf()]).unwrap_err();
-        assert!(e.contains("contradicts memory=32MiB"), "{e}");
+        // Files are read in path order: b.py comes first.
+        assert!(
+            e.contains("main.py:1: memory=32MiB contradicts memory=64MiB at "),
+            "{e}"
+        );
         std::fs::write(app.join("b.py"), "# nanoclaw:request colour=red\n").unwrap();
         let e = requests(&[t.path().to_path_buf()]).unwrap_err();
         assert!(e.contains("b.py:1: colour=red: unknown key"), "{e}");

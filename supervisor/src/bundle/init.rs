@@ -94,12 +94,14 @@ pub fn main(args: &[&str]) -> u8 {
     };
     match init(l, name, sdk, runtime) {
         Ok(dir) => {
+            let layer = match lang {
+                "python" | "node" => " --runtime LAYER.nclaw",
+                _ => "",
+            };
             println!(
-                "{}: a {lang} agent. Build its bundle with {}/build.sh \
-                 (NANOCLAW_KEY=KEY.pem to sign it too); try it with `nanoclaw sim --agent {}`",
-                dir.display(),
-                dir.display(),
-                dir.join(l.bundle).display()
+                "{d}: a {lang} agent. Build its bundle with {d}/build.sh (NANOCLAW_KEY=KEY.pem \
+                 to sign it too), then try it: sudo nanoclaw sim --agent {d}/{name}-0.1.0.nclaw{layer}",
+                d = dir.display(),
             );
             0
         }

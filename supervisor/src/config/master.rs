@@ -26,6 +26,8 @@ pub struct MasterPolicy {
     /// Destinations that grants (and grantable `net:` capabilities) must fall within.
     pub network: Option<Vec<Destination>>,
     pub devices: Option<Vec<String>>,
+    /// Runtime layers that grants may list in `runtimes`.
+    pub runtimes: Option<Vec<String>>,
     /// The most permissive syscall profile any agent may be granted.
     pub syscalls: Option<SyscallProfile>,
     /// Capabilities that may appear in `grantable` (a `net:` entry covers narrower ones).
@@ -64,11 +66,12 @@ struct RawSigner {
     issuer: Option<String>,
 }
 
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 9] = [
     "version",
     "limits",
     "network",
     "devices",
+    "runtimes",
     "syscalls",
     "grantable",
     "signers",
@@ -105,6 +108,9 @@ impl MasterPolicy {
         }
         if let Some(v) = top.get("devices") {
             m.devices = diagnose::section(v, "devices", &Value::Null, &mut errs);
+        }
+        if let Some(v) = top.get("runtimes") {
+            m.runtimes = diagnose::section(v, "runtimes", &Value::Null, &mut errs);
         }
         if let Some(v) = top.get("syscalls") {
             m.syscalls = diagnose::section(v, "syscalls", &Value::Null, &mut errs);
@@ -227,12 +233,16 @@ impl MasterPolicy {
                     }
                 }
             }
-            if let Some(allowed) = &self.devices {
-                for (i, d) in g.devices.iter().enumerate() {
+            for (key, list, allowed) in [
+                ("devices", &g.devices, &self.devices),
+                ("runtimes", &g.runtimes, &self.runtimes),
+            ] {
+                let Some(allowed) = allowed else { continue };
+                for (i, d) in list.iter().enumerate() {
                     if !allowed.contains(d) {
                         errs.push(FieldError::new(
-                            at(&format!("devices[{i}]")),
-                            format!("{d} is not in the master policy's devices"),
+                            at(&format!("{key}[{i}]")),
+                            format!("{d} is not in the master policy's {key}"),
                         ));
                     }
                 }
@@ -332,6 +342,7 @@ mod tests {
     const MASTER: &str = r#"{ "version": 3,
       "limits": { "memory": "64MiB", "cpus": 1, "pids": 64, "scratch": "16MiB", "agents": 8 },
       "network": ["10.0.0.0/8:6379/tcp"],
+      "runtimes": ["python3.11"],
       "syscalls": "default",
       "grantable": ["net:10.0.0.0/8:6379/tcp"],
       "signers": [ { "identity": "https://ci.example/release", "issuer": "https://token.example" } ],
@@ -351,6 +362,7 @@ mod tests {
             r#"{"version": 1,
             "signers": [ { "agents": "*", "identity": "https://ci.example/release", "issuer": "https://token.example" } ],
             "agents": {"a": {"memory": "32MiB", "cpus": 0.5, "pids": 16, "network": ["10.1.2.3:6379/tcp"],
+                             "runtimes": ["python3.11"],
                              "grantable": ["net:10.0.0.9:6379/tcp"], "require": ["bpf-egress"]}}}"#,
         );
         assert_eq!(master().check(&p), []);
@@ -363,6 +375,7 @@ mod tests {
             "signers": [ { "agents": "*", "identity": "https://evil.example/x", "issuer": "https://token.example" } ],
             "agents": {"a": {"memory": "128MiB", "cpus": 2, "pids": 100, "scratch": "32MiB",
                              "network": ["192.168.1.1:80/tcp"], "syscalls": "default",
+                             "runtimes": ["node20"],
                              "grantable": ["net:8.8.8.8:53/udp"]}}}"#,
         );
         let errs = master().check(&p);
@@ -375,6 +388,7 @@ mod tests {
                 "agents.a.pids",
                 "agents.a.scratch",
                 "agents.a.network[0]",
+                "agents.a.runtimes[0]",
                 "agents.a.grantable[0]",
                 "agents.a.require",
                 "signers[0]"

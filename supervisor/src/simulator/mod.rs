@@ -19,12 +19,14 @@ use serde_json::{Value, json};
 
 use crate::control::{Request, client, exit};
 
-const USAGE: &str = "usage: nanoclaw sim --agent DIR [--agent DIR]... [--policy FILE] [--seconds N] [--json] [--keep]
-  DIR holds manifest.json and rootfs/ (an unpacked bundle); runs as root.
+const USAGE: &str = "usage: nanoclaw sim --agent DIR|FILE... [--runtime DIR|FILE]... [--policy FILE] [--seconds N] [--json] [--keep]
+  DIR holds manifest.json and rootfs/ (a bundle directory), FILE is a bundle archive (.nclaw);
+  --runtime installs a runtime layer the agents name (docs/RUNTIMES.md); runs as root.
   Ends after N seconds, when every agent is a task that has finished, or on Ctrl-C.";
 
 struct Opts {
     agents: Vec<PathBuf>,
+    runtimes: Vec<PathBuf>,
     policy: Option<PathBuf>,
     seconds: Option<u64>,
     json: bool,
@@ -34,6 +36,7 @@ struct Opts {
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
         agents: Vec::new(),
+        runtimes: Vec::new(),
         policy: None,
         seconds: None,
         json: false,
@@ -44,6 +47,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         let mut v = || it.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
             "--agent" => o.agents.push(PathBuf::from(v()?)),
+            "--runtime" => o.runtimes.push(PathBuf::from(v()?)),
             "--policy" => o.policy = Some(PathBuf::from(v()?)),
             "--seconds" => {
                 let s = v()?;
@@ -110,8 +114,9 @@ impl Sim {
         let agents_dir = dir.join("agents");
         std::fs::create_dir_all(&agents_dir).map_err(|e| io(&dir.display().to_string(), e))?;
         let mut grants = serde_json::Map::new();
-        for a in &o.agents {
+        for (i, a) in o.agents.iter().enumerate() {
             let src = std::fs::canonicalize(a).map_err(|e| io(&a.display().to_string(), e))?;
+            let src = as_directory(&src, &dir.join(format!("agent-{i}")))?;
             let m = crate::agents::install::check(&src).map_err(|e| e.to_string())?;
             let name = m.manifest.name.clone();
             if grants.contains_key(&name) {
@@ -129,6 +134,9 @@ impl Sim {
             // not name one grants `strict`: the grant says it.
             if grant.get("syscalls").is_none() {
                 grant["syscalls"] = json!("default");
+            }
+            if let Some(rt) = &m.manifest.runtime {
+                grant["runtimes"] = json!([rt]);
             }
             grants.insert(name, grant);
         }
@@ -218,6 +226,23 @@ impl Sim {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
+        // Layers: an unsigned copy (the simulated device trusts no signer, but allows
+        // unsigned bundles), installed through the daemon like on a device.
+        for (i, r) in o.runtimes.iter().enumerate() {
+            let layer = self.dir.join(format!("runtime-{i}.nclaw"));
+            if r.is_dir() {
+                crate::bundle::pack::pack(r, &layer, false).map_err(|e| e.to_string())?;
+            } else {
+                std::fs::copy(r, &layer).map_err(|e| format!("{}: {e}", r.display()))?;
+            }
+            let done = self
+                .call(&Request::Install { path: layer })
+                .map_err(|e| format!("runtime layer {}: {e}", r.display()))?;
+            println!(
+                "nanoclaw sim: {}",
+                done["result"].as_str().unwrap_or("installed")
+            );
+        }
         let p = &status["posture"];
         println!(
             "nanoclaw sim: {} agent(s) on the sim board with production enforcement; policy: {}\n  cgroups {}; seccomp {}; landlock {}; egress {}; lsm {}\n  Ctrl-C ends the run and prints the report",
@@ -385,4 +410,32 @@ impl Drop for Sim {
             let _ = crate::cgroup::remove_subtree(&layout, &self.subtree);
         }
     }
+}
+
+/// An agent as a directory the daemon can run: a bundle directory whose manifest has its
+/// `requests` as it is; an archive, or a directory whose requests are declared in code
+/// (`bundle::derive`), packed as `bundle pack` would and unpacked into `scratch`.
+fn as_directory(src: &Path, scratch: &Path) -> Result<PathBuf, String> {
+    let has_requests = || {
+        std::fs::read(src.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|m| m.get("requests").is_some())
+    };
+    if src.is_dir() && has_requests() {
+        return Ok(src.to_path_buf());
+    }
+    let archive = if src.is_dir() {
+        let f = scratch.with_extension("nclaw");
+        crate::bundle::pack::pack(src, &f, false).map_err(|e| e.to_string())?;
+        f
+    } else {
+        src.to_path_buf()
+    };
+    let f = std::fs::File::open(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+    let stream = crate::bundle::unpack::maybe_gunzip(f)
+        .map_err(|e| format!("{}: {e}", archive.display()))?;
+    crate::bundle::unpack::unpack(stream, scratch, crate::bundle::unpack::Limits::default())
+        .map_err(|e| format!("{}: {e}", archive.display()))?;
+    Ok(scratch.to_path_buf())
 }
