@@ -327,23 +327,14 @@ async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, S
         .map_err(named)?;
     let d = ctx.d.borrow();
     switch(&d, &name, &final_dir).map_err(named)?;
-    let mut v = load_versions(&d, &name);
-    v.installed.retain(|x| x != &version);
-    v.installed.push(version.clone());
-    v.current = Some(version.clone());
-    let pruned = prune(&d, &name, &mut v);
-    save_versions(&d, &name, &v).map_err(named)?;
+    let home = d.cfg.state_dir.join("bundles").join(&name);
+    let pruned = record_current(&d, &versions_path(&d, &name), &home, &version).map_err(named)?;
     drop(d);
     for p in pruned {
         let _ = std::fs::remove_dir_all(p);
     }
-    let text = format!(
-        "installed {version}{pin_note} from {} (sha256:{}, {} entries, {} bytes), signed: {signed_by}",
-        file.display(),
-        bundle::hex(&digest),
-        unpacked.entries,
-        unpacked.data_bytes
-    );
+    let what = format!("{version}{pin_note}");
+    let text = installed_text(&what, &file, &digest, &unpacked, &signed_by);
     ctx.d
         .borrow_mut()
         .audit(&name, AuditKind::Install, &text, true);
@@ -351,13 +342,43 @@ async fn install_steps(ctx: &CtxRef, file: PathBuf) -> Result<String, (String, S
     Ok(text)
 }
 
-/// Drops the oldest installed versions beyond `keep_versions` from `v` (never the current one
-/// or the minimum); returns their directories, to be removed once `v` is saved.
-fn prune(d: &Daemon, agent: &str, v: &mut Versions) -> Vec<PathBuf> {
-    prune_in(d, &d.cfg.state_dir.join("bundles").join(agent), v)
+/// Makes `version` the current one in the history at `path` (versions unpacked under `dir`),
+/// pruning the oldest; returns the directories to remove now that the history is saved.
+pub(super) fn record_current(
+    d: &Daemon,
+    path: &Path,
+    dir: &Path,
+    version: &str,
+) -> Result<Vec<PathBuf>, String> {
+    let mut v = load_versions_at(path);
+    v.installed.retain(|x| x != version);
+    v.installed.push(version.to_owned());
+    v.current = Some(version.to_owned());
+    let pruned = prune_in(d, dir, &mut v);
+    save_versions_at(path, &v)?;
+    Ok(pruned)
 }
 
-pub(super) fn prune_in(d: &Daemon, dir: &Path, v: &mut Versions) -> Vec<PathBuf> {
+/// The audit text of an install.
+pub(super) fn installed_text(
+    what: &str,
+    file: &Path,
+    digest: &[u8; 32],
+    unpacked: &unpack::Unpacked,
+    signed_by: &str,
+) -> String {
+    format!(
+        "installed {what} from {} (sha256:{}, {} entries, {} bytes), signed: {signed_by}",
+        file.display(),
+        bundle::hex(digest),
+        unpacked.entries,
+        unpacked.data_bytes
+    )
+}
+
+/// Drops the oldest installed versions beyond `keep_versions` from `v` (never the current one
+/// or the minimum); returns their directories, to be removed once `v` is saved.
+fn prune_in(d: &Daemon, dir: &Path, v: &mut Versions) -> Vec<PathBuf> {
     let keep = d.cfg.keep_versions.max(1) as usize;
     let mut gone = Vec::new();
     while v.installed.len() > keep {

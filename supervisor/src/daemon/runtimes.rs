@@ -16,10 +16,11 @@ use nanoclaw_proto::audit::AuditKind;
 use serde_json::{Value, json};
 
 use super::installer::{
-    load_versions_at, older, prune_in, save_versions_at, switch_link, unpack_verified,
+    installed_text, load_versions_at, older, record_current, save_versions_at, switch_link,
+    unpack_verified,
 };
 use super::{CtxRef, Daemon};
-use crate::bundle::{self, Contents};
+use crate::bundle::Contents;
 use crate::config::Manifest;
 use crate::config::layer::Layer;
 
@@ -154,24 +155,13 @@ pub async fn install(
     let pruned = {
         let d = ctx.d.borrow();
         switch_link(&home.join("current"), &final_dir)?;
-        let mut v = load_versions_at(&versions_file(&d, &name));
-        v.installed.retain(|x| x != &version);
-        v.installed.push(version.clone());
-        v.current = Some(version.clone());
-        let pruned = prune_in(&d, &home, &mut v);
-        save_versions_at(&versions_file(&d, &name), &v)?;
-        pruned
+        record_current(&d, &versions_file(&d, &name), &home, &version)?
     };
     for p in pruned {
         let _ = std::fs::remove_dir_all(p);
     }
-    let text = format!(
-        "installed runtime layer {name} {version} from {} (sha256:{}, {} entries, {} bytes), signed: {signed_by}",
-        file.display(),
-        bundle::hex(&digest),
-        unpacked.entries,
-        unpacked.data_bytes
-    );
+    let what = format!("runtime layer {name} {version}");
+    let text = installed_text(&what, file, &digest, &unpacked, signed_by);
     ctx.d
         .borrow_mut()
         .audit(&audit_name(&name), AuditKind::Install, &text, true);
