@@ -474,8 +474,8 @@ fn bench_size(ctx: &Ctx, build: &dyn Fn(&str) -> Result<Binaries>) -> Result<Sec
     );
     let _ = writeln!(
         body,
-        "Release profile: LTO, `codegen-units = 1`, `panic = \"abort\"`, `opt-level = \"s\"`, stripped; \
-         musl, statically linked.\n\n\
+        "Release profile: LTO, `codegen-units = 1`, `panic = \"abort\"`, `opt-level = \"z\"` \
+         (`sha2` at `\"s\"`), stripped; musl, statically linked.\n\n\
          | target | `nanoclaw` | static | `demo-agent` | command |\n|---|---|---|---|---|"
     );
     for triple in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
