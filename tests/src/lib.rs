@@ -220,6 +220,8 @@ pub struct Device {
     daemon: Option<Child>,
     /// stderr files of every daemon started, in order.
     logs: Vec<PathBuf>,
+    /// Environment variables the daemon is started with (a service manager's, say).
+    pub daemon_env: Vec<(String, String)>,
 }
 
 impl Default for Device {
@@ -274,6 +276,7 @@ impl Device {
             policy,
             daemon: None,
             logs: Vec::new(),
+            daemon_env: Vec::new(),
         }
     }
 
@@ -371,6 +374,7 @@ impl Device {
             .arg("daemon")
             .arg("--config")
             .arg(self.config_path())
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(file)

@@ -39,6 +39,8 @@ pub const TEST: &[Pkg] = &[
     ("python3", "/usr/bin/python3.11"),
     ("nodejs", "/usr/bin/node"),
     ("golang-go", "/usr/bin/go"),
+    // tests/host/service.rs: `systemd-analyze verify` of the shipped units.
+    ("systemd", "/usr/bin/systemd-analyze"),
 ];
 /// VM tier (the kernel image is downloaded, not installed, by xtask/src/vm.rs).
 /// (busybox for each guest architecture is downloaded by vm.rs, not installed.)

@@ -22,6 +22,7 @@ pub mod lsm;
 pub mod metrics;
 pub mod monitor;
 pub mod names;
+pub mod notify;
 pub mod policy;
 pub mod posture;
 pub mod ratelimit;
@@ -437,13 +438,28 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
         "nanoclaw: daemon ready, control socket {}",
         ctx.d.borrow().cfg.socket.display()
     );
+    let notifier = notify::Notifier::from_env().map(Rc::new);
+    if let Some(n) = &notifier {
+        n.send("READY=1");
+        if let Some(every) = notify::watchdog_interval() {
+            let n = n.clone();
+            ctx.ex
+                .spawn(async move {
+                    loop {
+                        n.send("WATCHDOG=1");
+                        smol::Timer::after(every).await;
+                    }
+                })
+                .detach();
+        }
+    }
 
-    let code = smol::block_on(ctx.ex.run(signals(ctx.clone(), sigfd)));
+    let code = smol::block_on(ctx.ex.run(signals(ctx.clone(), sigfd, notifier)));
     Ok(code)
 }
 
 /// Waits for signals: SIGHUP reloads, SIGTERM/SIGINT shut down gracefully.
-async fn signals(ctx: CtxRef, sigfd: OwnedFd) -> u8 {
+async fn signals(ctx: CtxRef, sigfd: OwnedFd, notifier: Option<Rc<notify::Notifier>>) -> u8 {
     let Ok(sigfd) = smol::Async::new(sigfd) else {
         eprintln!("nanoclaw: cannot watch signals; stopping");
         return exit::SETUP;
@@ -459,6 +475,9 @@ async fn signals(ctx: CtxRef, sigfd: OwnedFd) -> u8 {
         if sig == libc::SIGHUP {
             let _ = policy::reload(&ctx);
             continue;
+        }
+        if let Some(n) = &notifier {
+            n.send("STOPPING=1");
         }
         return shutdown(&ctx).await;
     }

@@ -1,0 +1,120 @@
+//! Host tier: the daemon as a systemd service, through the notification protocol itself (a
+//! real datagram socket where systemd would listen): `READY=1` only once the control socket
+//! serves, `WATCHDOG=1` from the event loop at half the watchdog interval, `STOPPING=1` on
+//! SIGTERM; and the shipped unit files pass `systemd-analyze verify`.
+// Test support code: panicking on a broken fixture is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixStream};
+use std::time::{Duration, Instant};
+
+use nanoclaw_tests::{Device, grant, manifest};
+
+fn recv(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = sock
+        .recv(&mut buf)
+        .expect("a notification within the timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn notifications(sock: UnixDatagram, notify_socket: String) {
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut dev = Device::new();
+    dev.add_agent(
+        "idle",
+        manifest("idle", "service", &["sleep:600000"], "8MiB"),
+        Some(grant("8MiB")),
+    );
+    dev.daemon_env = vec![
+        ("NOTIFY_SOCKET".into(), notify_socket),
+        ("WATCHDOG_USEC".into(), "200000".into()),
+    ];
+    dev.start();
+    assert_eq!(recv(&sock), "READY=1");
+    assert!(
+        UnixStream::connect(dev.socket()).is_ok(),
+        "ready means the control socket serves"
+    );
+    // 100 ms apart: about 10 in a second (the first is sent with READY).
+    let t0 = Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_secs(1) {
+        assert_eq!(recv(&sock), "WATCHDOG=1");
+        pings += 1;
+    }
+    assert!((8..=13).contains(&pings), "{pings} pings in a second");
+    dev.wait_state("idle", "running");
+    let status = dev.sigterm();
+    assert!(status.success(), "{status}");
+    let mut rest = Vec::new();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = sock.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+}
+
+#[test]
+fn the_daemon_notifies_on_a_path_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    notifications(sock, path.to_str().unwrap().to_owned());
+}
+
+#[test]
+fn the_daemon_notifies_on_an_abstract_socket() {
+    let name = format!("nanoclaw-test-notify-{}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let sock = UnixDatagram::bind_addr(&addr).unwrap();
+    notifications(sock, format!("@{name}"));
+}
+
+/// The shipped units (packaging/systemd/) as systemd itself reads them: `systemd-analyze
+/// verify` reports nothing, with `ExecStart=` pointed at the binaries this run built.
+#[test]
+fn the_unit_files_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = nanoclaw_tests::workspace_root().join("packaging/systemd");
+    let mut files = Vec::new();
+    for (unit, installed, built) in [
+        (
+            "nanoclaw.service",
+            "/usr/bin/nanoclaw ",
+            nanoclaw_tests::bins().nanoclaw.clone(),
+        ),
+        (
+            "nanoclaw-fleet.service",
+            "/usr/bin/nanoclaw-fleet ",
+            nanoclaw_tests::fleet::fleet_bin().clone(),
+        ),
+    ] {
+        let text = std::fs::read_to_string(units.join(unit)).unwrap();
+        assert!(text.contains(&format!("ExecStart={installed}")), "{unit}");
+        let text = text.replace(installed, &format!("{} ", built.display()));
+        let f = dir.path().join(unit);
+        std::fs::write(&f, text).unwrap();
+        files.push(f);
+    }
+    let out = nanoclaw_tests::run(
+        std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .args(&files),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stderr.trim(), "", "systemd-analyze verify: {out:?}");
+    let unit = std::fs::read_to_string(units.join("nanoclaw.service")).unwrap();
+    for needed in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=always",
+        "KillMode=process",
+    ] {
+        assert!(unit.contains(needed), "nanoclaw.service lacks {needed}");
+    }
+}
