@@ -261,3 +261,47 @@ fn crash_loop_verdict_survives_a_supervisor_restart() {
         "the new supervisor started the crash-looping agent again"
     );
 }
+
+/// SIGUSR2 hands over (an upgrade of nanoclaw itself): the daemon exits 0, audits it, leaves
+/// the agents running untouched, and the next daemon re-adopts the same processes.
+#[test]
+fn sigusr2_hands_agents_over_to_the_next_daemon() {
+    let mut dev = Device::new();
+    dev.add_demo_agent("sensor");
+    dev.start();
+    let pid = pid_of(&dev.wait_state("sensor", "running"));
+    let procs = dev.wait(LONG, "sensor's agent process", || {
+        let p = dev.procs("sensor");
+        (p.len() == 2).then_some(p)
+    });
+    let status = dev.signal_exit(rustix::process::Signal::USR2);
+    assert!(status.success(), "{status}");
+    for &p in &procs {
+        assert!(alive(p), "pid {p} died with the hand-over");
+    }
+    assert_eq!(dev.procs("sensor"), procs, "its cgroup changed");
+    dev.start();
+    dev.wait(LONG, "the adoption", || {
+        (dev.audit_of("adopt").len() == 1).then_some(())
+    });
+    let a = dev.agent("sensor");
+    assert_eq!(
+        (a["state"].as_str(), pid_of(&a)),
+        (Some("running"), pid),
+        "{a}"
+    );
+    assert_eq!(
+        dev.procs("sensor"),
+        procs,
+        "processes changed on re-adoption"
+    );
+    let stops = dev.audit_of("daemon_stop");
+    assert!(
+        stops.iter().any(|r| r["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 agent(s) left running")),
+        "{stops:?}"
+    );
+    assert!(dev.audit_of("stop").is_empty(), "no agent was stopped");
+}

@@ -479,6 +479,22 @@ impl Device {
         c.wait().expect("reaping the daemon");
     }
 
+    /// Sends `sig` to the daemon and waits for it to exit on its own (panics after [`LONG`]).
+    pub fn signal_exit(&mut self, sig: rustix::process::Signal) -> ExitStatus {
+        let mut c = self.daemon.take().expect("no daemon running");
+        if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
+            rustix::process::kill_process(pid, sig).expect("signalling the daemon");
+        }
+        match wait_until(LONG, || c.try_wait().ok().flatten()) {
+            Some(s) => s,
+            None => {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("the daemon did not exit on {sig:?}");
+            }
+        }
+    }
+
     /// SIGTERMs the daemon and waits for it (SIGKILL after a minute). Returns its status.
     pub fn sigterm(&mut self) -> ExitStatus {
         let mut c = self.daemon.take().expect("no daemon running");

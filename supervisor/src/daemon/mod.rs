@@ -259,13 +259,11 @@ fn device_id(cfg: &DeviceConfig) -> String {
 /// Runs the daemon until SIGTERM/SIGINT. Returns the process exit code.
 pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     // Block the signals we handle before any thread exists, so every thread inherits the mask.
-    let sigfd =
-        crate::sys::signalfd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).map_err(|e| {
-            DaemonError::Io {
-                what: "creating the signalfd".into(),
-                source: e,
-            }
-        })?;
+    let sigfd = crate::sys::signalfd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR2])
+        .map_err(|e| DaemonError::Io {
+        what: "creating the signalfd".into(),
+        source: e,
+    })?;
     let cfg = DeviceConfig::load(config_path)?;
     let board =
         crate::board::resolve(&cfg.board, Path::new("/")).map_err(|reason| DaemonError::Board {
@@ -458,7 +456,9 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     Ok(code)
 }
 
-/// Waits for signals: SIGHUP reloads, SIGTERM/SIGINT shut down gracefully.
+/// Waits for signals: SIGHUP reloads, SIGTERM/SIGINT shut down gracefully, SIGUSR2 hands
+/// over: the daemon exits and leaves its agents running for the next one to re-adopt (an
+/// upgrade of nanoclaw itself: `systemctl kill -s USR2 nanoclaw` with `Restart=always`).
 async fn signals(ctx: CtxRef, sigfd: OwnedFd, notifier: Option<Rc<notify::Notifier>>) -> u8 {
     let Ok(sigfd) = smol::Async::new(sigfd) else {
         eprintln!("nanoclaw: cannot watch signals; stopping");
@@ -478,6 +478,16 @@ async fn signals(ctx: CtxRef, sigfd: OwnedFd, notifier: Option<Rc<notify::Notifi
         }
         if let Some(n) = &notifier {
             n.send("STOPPING=1");
+        }
+        if sig == libc::SIGUSR2 {
+            let mut d = ctx.d.borrow_mut();
+            let n = d.agents.values().filter(|a| a.instance.is_some()).count();
+            let why = format!(
+                "handing over on SIGUSR2: {n} agent(s) left running for the next supervisor"
+            );
+            d.audit("", AuditKind::DaemonStop, &why, true);
+            eprintln!("nanoclaw: {why}");
+            return exit::OK;
         }
         return shutdown(&ctx).await;
     }
