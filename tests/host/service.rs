@@ -25,7 +25,7 @@ fn notifications(sock: UnixDatagram, notify_socket: String) {
     let mut dev = Device::new();
     dev.add_agent(
         "idle",
-        manifest("idle", "service", &["sleep:600000"], "8MiB"),
+        manifest("idle", "service", &["sleep"], "8MiB"),
         Some(grant("8MiB")),
     );
     dev.daemon_env = vec![
@@ -46,13 +46,20 @@ fn notifications(sock: UnixDatagram, notify_socket: String) {
         pings += 1;
     }
     assert!((8..=13).contains(&pings), "{pings} pings in a second");
+    // A manager that stops reading never stalls the daemon: fill the queue, then it still serves.
+    std::thread::sleep(Duration::from_secs(2));
     dev.wait_state("idle", "running");
+    assert_eq!(dev.agent("idle")["restarts"], 0);
+    // Make room for STOPPING=1 (pings that find the queue full are dropped, by design).
+    let mut buf = [0u8; 512];
+    sock.set_nonblocking(true).unwrap();
+    while sock.recv(&mut buf).is_ok() {}
+    sock.set_nonblocking(false).unwrap();
     let status = dev.sigterm();
     assert!(status.success(), "{status}");
     let mut rest = Vec::new();
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let mut buf = [0u8; 512];
     while let Ok(n) = sock.recv(&mut buf) {
         rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }

@@ -24,7 +24,10 @@ impl Notifier {
             }
             None => SocketAddr::from_pathname(&path),
         };
-        match (addr, UnixDatagram::unbound()) {
+        // Non-blocking: a service manager that stops reading must never stall the event loop
+        // (a full receive queue drops the notification instead).
+        let sock = UnixDatagram::unbound().and_then(|s| s.set_nonblocking(true).map(|()| s));
+        match (addr, sock) {
             (Ok(addr), Ok(sock)) => Some(Notifier { addr, sock }),
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!(
@@ -35,10 +38,14 @@ impl Notifier {
         }
     }
 
-    /// Sends one notification (`READY=1`, `WATCHDOG=1`, ...); failures are not fatal.
+    /// Sends one notification (`READY=1`, `WATCHDOG=1`, ...); failures are not fatal, and a
+    /// full queue (nobody reading) is not worth a line per ping.
     pub fn send(&self, state: &str) {
-        if let Err(e) = self.sock.send_to_addr(state.as_bytes(), &self.addr) {
-            eprintln!("nanoclaw: notifying the service manager ({state}): {e}");
+        match self.sock.send_to_addr(state.as_bytes(), &self.addr) {
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                eprintln!("nanoclaw: notifying the service manager ({state}): {e}");
+            }
+            _ => {}
         }
     }
 }
