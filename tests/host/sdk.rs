@@ -77,6 +77,35 @@ fn readme_example(lang: &Lang) -> String {
 }
 
 /// Builds the language's programs; returns (conformance, example) as (rootfs files, exec).
+/// An interpreted language's two programs: the SDK module beside the conformance agent
+/// (in `examples/`, as in the SDK tree) or beside the README's example (`main.EXT`).
+fn interpreted(
+    lang: &Lang,
+    out: &Path,
+    interpreter: &str,
+    module: &str,
+    ext: &str,
+) -> [Program; 2] {
+    let s = sdk(lang);
+    let ex = out.join(format!("main.{ext}"));
+    std::fs::write(&ex, readme_example(lang)).unwrap();
+    let sdk_file = (s.join(module), format!("app/{module}"));
+    let conformance = format!("examples/conformance.{ext}");
+    [
+        (
+            vec![
+                sdk_file.clone(),
+                (s.join(&conformance), format!("app/{conformance}")),
+            ],
+            vec![interpreter.into(), format!("/app/{conformance}")],
+        ),
+        (
+            vec![sdk_file, (ex, format!("app/main.{ext}"))],
+            vec![interpreter.into(), format!("/app/main.{ext}")],
+        ),
+    ]
+}
+
 /// A program: (host file, path in the rootfs) pairs, and its exec line.
 type Program = (Vec<(PathBuf, String)>, Vec<String>);
 
@@ -84,57 +113,8 @@ fn programs(lang: &Lang, out: &Path) -> [Program; 2] {
     let s = sdk(lang);
     let arch = std::env::consts::ARCH;
     match lang.sdk {
-        "python" => {
-            let ex = out.join("main.py");
-            std::fs::write(&ex, readme_example(lang)).unwrap();
-            let m = s.join("nanoclaw_agent.py");
-            [
-                (
-                    vec![
-                        (m.clone(), "app/nanoclaw_agent.py".into()),
-                        (
-                            s.join("examples/conformance.py"),
-                            "app/examples/conformance.py".into(),
-                        ),
-                    ],
-                    vec![
-                        "/usr/bin/python3".into(),
-                        "/app/examples/conformance.py".into(),
-                    ],
-                ),
-                (
-                    vec![
-                        (m, "app/nanoclaw_agent.py".into()),
-                        (ex, "app/main.py".into()),
-                    ],
-                    vec!["/usr/bin/python3".into(), "/app/main.py".into()],
-                ),
-            ]
-        }
-        "javascript" => {
-            let ex = out.join("main.js");
-            std::fs::write(&ex, readme_example(lang)).unwrap();
-            let m = s.join("nanoclaw.js");
-            [
-                (
-                    vec![
-                        (m.clone(), "app/nanoclaw.js".into()),
-                        (
-                            s.join("examples/conformance.js"),
-                            "app/examples/conformance.js".into(),
-                        ),
-                    ],
-                    vec![
-                        "/usr/bin/node".into(),
-                        "/app/examples/conformance.js".into(),
-                    ],
-                ),
-                (
-                    vec![(m, "app/nanoclaw.js".into()), (ex, "app/main.js".into())],
-                    vec!["/usr/bin/node".into(), "/app/main.js".into()],
-                ),
-            ]
-        }
+        "python" => interpreted(lang, out, "/usr/bin/python3", "nanoclaw_agent.py", "py"),
+        "javascript" => interpreted(lang, out, "/usr/bin/node", "nanoclaw.js", "js"),
         "go" => {
             let go = |dir: &Path, pkg: &str, bin: &Path| {
                 let o = run(Command::new("go")

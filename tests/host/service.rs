@@ -32,7 +32,8 @@ fn notifications(sock: UnixDatagram, notify_socket: String) {
         ("NOTIFY_SOCKET".into(), notify_socket),
         ("WATCHDOG_USEC".into(), "200000".into()),
     ];
-    dev.start();
+    // Not `start()`, which waits for the control socket itself: READY=1 alone must say it serves.
+    dev.spawn();
     assert_eq!(recv(&sock), "READY=1");
     assert!(
         UnixStream::connect(dev.socket()).is_ok(),

@@ -384,6 +384,13 @@ impl Device {
         self.daemon.insert(child)
     }
 
+    /// Writes the configs and starts `nanoclaw daemon` without waiting for it (for a test that
+    /// watches the start-up itself).
+    pub fn spawn(&mut self) {
+        self.write_configs();
+        self.spawn_daemon();
+    }
+
     /// Writes the configs and starts `nanoclaw daemon`; returns once the control socket
     /// accepts connections. Panics (with the daemon's stderr) if the daemon exits instead.
     pub fn start(&mut self) -> &mut Self {

@@ -207,7 +207,7 @@ fn pack(dir: &str, out: &str, gzip: bool, from: &[PathBuf]) -> Result<(), Bundle
 fn inspect(file: &str, as_json: bool) -> Result<(), BundleError> {
     let path = Path::new(file);
     let (digest, size) = super::sha256_file(path)?;
-    let stream = open_archive(path)?;
+    let stream = unpack::open_archive(path)?;
     let mut r = tar::Reader::new(stream);
     let (mut entries, mut data) = (0u64, 0u64);
     let mut manifest: Option<serde_json::Value> = None;
@@ -263,6 +263,12 @@ fn inspect(file: &str, as_json: bool) -> Result<(), BundleError> {
         println!("{file}: {size} bytes, sha256:{}", hex(&digest));
         println!("  {entries} entries, {data} bytes of data");
         match &manifest {
+            Some(m) if m["mode"] == "runtime layer" => println!(
+                "  runtime layer {} {}: {}",
+                m["name"].as_str().unwrap_or("?"),
+                m["version"].as_str().unwrap_or("?"),
+                m["exec"].as_str().unwrap_or("")
+            ),
             Some(m) => println!(
                 "  agent {} {} ({}), exec {}",
                 m["name"].as_str().unwrap_or("?"),
@@ -280,19 +286,9 @@ fn inspect(file: &str, as_json: bool) -> Result<(), BundleError> {
     Ok(())
 }
 
-/// The archive's tar stream (gunzipped when it is gzip).
-fn open_archive(path: &Path) -> Result<Box<dyn std::io::Read>, BundleError> {
-    let io = |e| BundleError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let f = std::fs::File::open(path).map_err(io)?;
-    unpack::maybe_gunzip(f).map_err(io)
-}
-
 fn unpack_cmd(file: &str, dir: &str) -> Result<(), BundleError> {
     let path = Path::new(file);
-    let stream = open_archive(path)?;
+    let stream = unpack::open_archive(path)?;
     let u = unpack::unpack(stream, Path::new(dir), unpack::Limits::default())?;
     println!(
         "{dir}: {} entries, {} bytes of data",

@@ -22,6 +22,11 @@ struct Lang {
     main: &'static str,
     /// Where the bundle (manifest.json + rootfs/) is, relative to the project.
     bundle: &'static str,
+    /// Interpreted languages: the interpreter in the runtime layer, the default layer, and
+    /// the SDK file copied beside the code. Compiled ones build `/app/agent`.
+    interpreter: Option<(&'static str, &'static str, &'static str)>,
+    /// `bundle pack` arguments naming where the declarations are (none: the rootfs).
+    requests_from: &'static str,
 }
 
 const LANGS: [Lang; 4] = [
@@ -31,6 +36,8 @@ const LANGS: [Lang; 4] = [
         comment: "#",
         main: "rootfs/app/main.py",
         bundle: ".",
+        interpreter: Some(("/usr/bin/python3", "python3.11", "nanoclaw_agent.py")),
+        requests_from: "",
     },
     Lang {
         flag: "node",
@@ -38,6 +45,8 @@ const LANGS: [Lang; 4] = [
         comment: "//",
         main: "rootfs/app/main.js",
         bundle: ".",
+        interpreter: Some(("/usr/bin/node", "node20", "nanoclaw.js")),
+        requests_from: "",
     },
     Lang {
         flag: "go",
@@ -45,6 +54,8 @@ const LANGS: [Lang; 4] = [
         comment: "//",
         main: "main.go",
         bundle: "bundle",
+        interpreter: None,
+        requests_from: " --requests-from main.go",
     },
     Lang {
         flag: "rust",
@@ -52,6 +63,8 @@ const LANGS: [Lang; 4] = [
         comment: "//",
         main: "src/main.rs",
         bundle: "bundle",
+        interpreter: None,
+        requests_from: " --requests-from src",
     },
 ];
 
@@ -94,9 +107,9 @@ pub fn main(args: &[&str]) -> u8 {
     };
     match init(l, name, sdk, runtime) {
         Ok(dir) => {
-            let layer = match lang {
-                "python" | "node" => " --runtime LAYER.nclaw",
-                _ => "",
+            let layer = match l.interpreter {
+                Some(_) => " --runtime LAYER.nclaw",
+                None => "",
             };
             println!(
                 "{d}: a {lang} agent. Build its bundle with {d}/build.sh (NANOCLAW_KEY=KEY.pem \
@@ -187,16 +200,12 @@ fn init(
         example(&sdk.join("README.md"))?,
         c = l.comment,
     );
-    let (exec, runtime) = match l.flag {
-        "python" => (
-            json!(["/usr/bin/python3", "/app/main.py"]),
-            Some(runtime.unwrap_or("python3.11")),
+    let (exec, runtime) = match l.interpreter {
+        Some((interpreter, layer, _)) => (
+            json!([interpreter, l.main.trim_start_matches("rootfs")]),
+            Some(runtime.unwrap_or(layer)),
         ),
-        "node" => (
-            json!(["/usr/bin/node", "/app/main.js"]),
-            Some(runtime.unwrap_or("node20")),
-        ),
-        _ => (json!(["/app/agent"]), runtime),
+        None => (json!(["/app/agent"]), runtime),
     };
     let mut manifest = json!({
         "name": name, "version": "0.1.0", "mode": "service", "exec": exec,
@@ -209,22 +218,14 @@ fn init(
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| e.to_string())? + "\n";
     write(&bundle.join("manifest.json"), &text, false)?;
     write(&dir.join(l.main), &code, false)?;
-    let copy = |file: &str| -> Result<(), String> {
-        let to = bundle.join("rootfs/app").join(file);
-        std::fs::copy(sdk.join(file), &to)
-            .map(|_| ())
-            .map_err(|e| format!("copying the SDK {}: {e}", sdk.join(file).display()))
-    };
-    let build = match l.flag {
-        "python" => {
-            copy("nanoclaw_agent.py")?;
+    let build = match (l.interpreter, l.flag) {
+        (Some((_, _, file)), _) => {
+            let to = bundle.join("rootfs/app").join(file);
+            std::fs::copy(sdk.join(file), &to)
+                .map_err(|e| format!("copying the SDK {}: {e}", sdk.join(file).display()))?;
             String::new()
         }
-        "node" => {
-            copy("nanoclaw.js")?;
-            String::new()
-        }
-        "go" => {
+        (None, "go") => {
             write(
                 &dir.join("go.mod"),
                 &format!(
@@ -257,11 +258,7 @@ fn init(
             )
         }
     };
-    let from = match l.flag {
-        "go" => " --requests-from main.go",
-        "rust" => " --requests-from src",
-        _ => "",
-    };
+    let from = l.requests_from;
     let script = format!(
         "#!/bin/sh\n\
          # Builds {name}-VERSION.nclaw (and signs it when NANOCLAW_KEY names a key).\n\

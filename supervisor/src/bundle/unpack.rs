@@ -49,6 +49,16 @@ pub struct Unpacked {
     pub data_bytes: u64,
 }
 
+/// The tar stream of the archive file at `path` (gunzipped when it is gzip).
+pub fn open_archive(path: &Path) -> Result<Box<dyn Read>, BundleError> {
+    let io = |e| BundleError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    maybe_gunzip(f).map_err(io)
+}
+
 /// Wraps the archive stream, decompressing gzip when the stream starts with its magic.
 pub fn maybe_gunzip<'a, R: Read + 'a>(mut r: R) -> io::Result<Box<dyn Read + 'a>> {
     let mut magic = [0u8; 2];

@@ -484,12 +484,7 @@ pub fn rollback(ctx: &CtxRef, agent: &str, why: &str) -> Result<String, String> 
             .current
             .clone()
             .ok_or_else(|| format!("{agent} has no signed install to roll back"))?;
-        let pos = v.installed.iter().position(|x| x == &current).unwrap_or(0);
-        let prev = v.installed[..pos]
-            .iter()
-            .rev()
-            .find(|x| d.cfg.state_dir.join("bundles").join(agent).join(x).is_dir())
-            .cloned()
+        let prev = previous(&v, &d.cfg.state_dir.join("bundles").join(agent))
             .ok_or_else(|| format!("{agent} has no earlier version to roll back to"))?;
         if let Some(min) = &v.min_version
             && older(&prev, min) == Some(true)
@@ -511,6 +506,17 @@ pub fn rollback(ctx: &CtxRef, agent: &str, why: &str) -> Result<String, String> 
         .audit(agent, AuditKind::Rollback, &text, true);
     super::lifecycle::activate(ctx, agent);
     Ok(text)
+}
+
+/// The version installed before the current one whose directory under `home` still exists.
+pub(super) fn previous(v: &Versions, home: &Path) -> Option<String> {
+    let current = v.current.as_ref()?;
+    let pos = v.installed.iter().position(|x| x == current).unwrap_or(0);
+    v.installed[..pos]
+        .iter()
+        .rev()
+        .find(|x| home.join(x).is_dir())
+        .cloned()
 }
 
 /// After a crash loop: if the agent's current version has not passed probation yet and an

@@ -310,18 +310,15 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
         d.audit(name, AuditKind::SandboxError, &reason, true);
         return None;
     }
-    let runtime_dir = match d.agents.get(name).map(|a| a.manifest.clone()) {
-        Some(m) => match super::runtimes::usr_for(d, &m) {
-            Ok(dir) => dir,
-            Err(reason) => {
-                let a = d.agents.get_mut(name)?;
-                a.state = State::Failed;
-                a.reason = reason.clone();
-                d.audit(name, AuditKind::SandboxError, &reason, true);
-                return None;
-            }
-        },
-        None => None,
+    let runtime_dir = match super::runtimes::usr_for(d, &d.agents.get(name)?.manifest) {
+        Ok(dir) => dir,
+        Err(reason) => {
+            let a = d.agents.get_mut(name)?;
+            a.state = State::Failed;
+            a.reason = reason.clone();
+            d.audit(name, AuditKind::SandboxError, &reason, true);
+            return None;
+        }
     };
     let a = d.agents.get_mut(name)?;
     let seccomp_filter = match sandbox::filter_for(&eff.syscalls.to_string(), d.lsm.is_some()) {

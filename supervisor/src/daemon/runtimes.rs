@@ -16,8 +16,8 @@ use nanoclaw_proto::audit::AuditKind;
 use serde_json::{Value, json};
 
 use super::installer::{
-    installed_text, load_versions_at, older, record_current, save_versions_at, switch_link,
-    unpack_verified,
+    installed_text, load_versions_at, older, previous, record_current, save_versions_at,
+    switch_link, unpack_verified,
 };
 use super::{CtxRef, Daemon};
 use crate::bundle::Contents;
@@ -40,6 +40,12 @@ fn versions_file(d: &Daemon, name: &str) -> PathBuf {
     dir(d, name).join("versions.json")
 }
 
+/// The start of the reason of an agent that waits for layer `name`, which its install
+/// recognizes to start the agent.
+fn not_installed(name: &str) -> String {
+    format!("runtime layer {name} is not installed on this device")
+}
+
 /// Whether a layer of that name is installed.
 pub fn exists(d: &Daemon, name: &str) -> bool {
     crate::config::manifest::check_runtime_name(name).is_ok()
@@ -55,8 +61,9 @@ pub fn usr_for(d: &Daemon, m: &Manifest) -> Result<Option<PathBuf>, String> {
     let current = dir(d, name).join("current");
     let version = std::fs::read_link(&current).map_err(|_| {
         format!(
-            "runtime layer {name} is not installed on this device; install its bundle with \
-             `nanoclaw install {name}-VERSION.nclaw` (docs/RUNTIMES.md)"
+            "{}; install its bundle with `nanoclaw install {name}-VERSION.nclaw` \
+             (docs/RUNTIMES.md)",
+            not_installed(name)
         )
     })?;
     // Resolved now, so a later switch does not move the layer under a starting agent.
@@ -179,15 +186,9 @@ pub fn rollback(ctx: &CtxRef, name: &str, why: &str) -> Result<String, String> {
             .current
             .clone()
             .ok_or_else(|| format!("runtime layer {name} has no install history"))?;
-        let pos = v.installed.iter().position(|x| x == &current).unwrap_or(0);
-        let prev = v.installed[..pos]
-            .iter()
-            .rev()
-            .find(|x| home.join(x).is_dir())
-            .cloned()
-            .ok_or_else(|| {
-                format!("runtime layer {name} has no earlier version to roll back to")
-            })?;
+        let prev = previous(&v, &home).ok_or_else(|| {
+            format!("runtime layer {name} has no earlier version to roll back to")
+        })?;
         switch_link(&home.join("current"), &home.join(&prev))?;
         v.current = Some(prev.clone());
         save_versions_at(&versions_file(&d, name), &v)?;
@@ -203,7 +204,7 @@ pub fn rollback(ctx: &CtxRef, name: &str, why: &str) -> Result<String, String> {
 /// Restarts the running agents on layer `name`, so they get the version now current, and
 /// starts those that failed because it was not installed.
 fn restart_users(ctx: &CtxRef, name: &str) {
-    let missing = format!("runtime layer {name} is not installed");
+    let missing = not_installed(name);
     let users: Vec<String> = ctx
         .d
         .borrow()

@@ -432,9 +432,7 @@ fn as_directory(src: &Path, scratch: &Path) -> Result<PathBuf, String> {
     } else {
         src.to_path_buf()
     };
-    let f = std::fs::File::open(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
-    let stream = crate::bundle::unpack::maybe_gunzip(f)
-        .map_err(|e| format!("{}: {e}", archive.display()))?;
+    let stream = crate::bundle::unpack::open_archive(&archive).map_err(|e| e.to_string())?;
     crate::bundle::unpack::unpack(stream, scratch, crate::bundle::unpack::Limits::default())
         .map_err(|e| format!("{}: {e}", archive.display()))?;
     Ok(scratch.to_path_buf())
