@@ -39,14 +39,16 @@ const SMALL_BODY: usize = 64 * 1024;
 const SIGNATURE_MAX: u64 = 1024 * 1024;
 
 #[derive(Clone)]
-struct App {
-    db: Db,
+pub(crate) struct App {
+    pub db: Db,
     dir: Arc<PathBuf>,
     token: Arc<[u8; 32]>,
+    /// The devices' check-in interval (`serve --poll`): who counts as online.
+    pub poll_s: u32,
 }
 
 /// An error answer: `{"error": "..."}` with its status.
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -59,26 +61,26 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad(e: impl ToString) -> ApiError {
+pub(crate) fn bad(e: impl ToString) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, e.to_string())
 }
 
 /// An extractor's refusal: its own status (413 for an oversized body), except that input
 /// that does not parse or has unknown fields is a 400, like every other bad input here.
-fn rejected(status: StatusCode, text: String) -> ApiError {
+pub(crate) fn rejected(status: StatusCode, text: String) -> ApiError {
     match status {
         StatusCode::UNPROCESSABLE_ENTITY => ApiError(StatusCode::BAD_REQUEST, text),
         s => ApiError(s, text),
     }
 }
 
-fn internal(e: impl ToString) -> ApiError {
+pub(crate) fn internal(e: impl ToString) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 /// Proof that the request carried the admin token. Compared as SHA-256 digests with a
 /// constant-time fold, so neither the content nor the length leaks through timing.
-struct Admin;
+pub(crate) struct Admin;
 
 impl FromRequestParts<App> for Admin {
     type Rejection = ApiError;
@@ -128,11 +130,13 @@ pub async fn serve(
     db: Db,
     dir: PathBuf,
     token: String,
+    poll_s: u32,
 ) {
     let app = router(App {
         db,
         dir: Arc::new(dir),
         token: Arc::new(Sha256::digest(token.as_bytes()).into()),
+        poll_s,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
@@ -215,6 +219,7 @@ fn router(app: App) -> Router {
     Router::new()
         .route("/healthz", get(health))
         .nest("/v1", v1)
+        .merge(crate::dashboard::routes())
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -235,8 +240,18 @@ async fn health(State(app): State<App>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "ok": true, "devices": n })))
 }
 
-/// `GET /v1/devices`: what `devices --json` prints.
-async fn devices(_: Admin, State(app): State<App>) -> Result<Json<Value>, ApiError> {
+/// `GET /v1/devices`: what `devices --json` prints; with any of `offset`, `limit`, `q`,
+/// `group` or `state`, one page as the dashboard lists it.
+async fn devices(
+    _: Admin,
+    State(app): State<App>,
+    q: Result<Query<crate::dashboard::ListQuery>, QueryRejection>,
+    uri: axum::http::Uri,
+) -> Result<Json<Value>, ApiError> {
+    if uri.query().is_some_and(|q| !q.is_empty()) {
+        let Query(q) = q.map_err(|r| rejected(r.status(), r.body_text()))?;
+        return crate::dashboard::list(&app, q).await;
+    }
     Ok(Json(
         json!({ "devices": ops::devices(&app.db).await.map_err(internal)? }),
     ))

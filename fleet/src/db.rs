@@ -123,6 +123,30 @@ const MIGRATIONS: &[&str] = &[
     // updates it in place (HOT: none of those columns is indexed) instead of adding index
     // entries and dead tuples for vacuum. SQLite updates in place anyway.
     "{postgres} ALTER TABLE devices SET (fillfactor = 70)",
+    // 3: what devices report about themselves (protocol 2 `Status`): the newest per device
+    // for the dashboard, a bounded history for its plots, and audit by arrival for search.
+    "CREATE TABLE device_status (
+        device TEXT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        battery_pct BIGINT,
+        external_power BIGINT NOT NULL,
+        posture TEXT NOT NULL,
+        degraded BIGINT NOT NULL,
+        agents_total BIGINT NOT NULL,
+        agents_running BIGINT NOT NULL,
+        agents_failed BIGINT NOT NULL,
+        trust_min BIGINT,
+        denials BIGINT NOT NULL,
+        agents TEXT NOT NULL);
+     CREATE TABLE telemetry (
+        device TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        memory_bytes BIGINT NOT NULL,
+        energy_mwh BIGINT NOT NULL,
+        PRIMARY KEY (device, agent, at_ms));
+     CREATE INDEX telemetry_at ON telemetry (at_ms);
+     CREATE INDEX audit_received ON audit (received_ms)",
 ];
 
 impl Db {
@@ -218,7 +242,9 @@ impl Db {
     /// A transaction that will write. On SQLite it takes the write lock at once (`BEGIN
     /// IMMEDIATE`): a deferred one that reads first cannot upgrade once another connection
     /// has written meanwhile (`SQLITE_BUSY_SNAPSHOT`, which no busy timeout waits out).
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
@@ -253,10 +279,10 @@ pub struct Device {
     pub sessions: i64,
 }
 
-const DEVICE_COLS: &str = "id, grp, enrolled_ms, last_seen_ms, firmware, policy_version, bundles, \
+pub(crate) const DEVICE_COLS: &str = "id, grp, enrolled_ms, last_seen_ms, firmware, policy_version, bundles, \
      audit_acked, outbox_acked, audit_high, outbox_high, dropped, gaps, sessions";
 
-fn device_of(r: &sqlx::any::AnyRow) -> Result<Device, sqlx::Error> {
+pub(crate) fn device_of(r: &sqlx::any::AnyRow) -> Result<Device, sqlx::Error> {
     Ok(Device {
         id: r.try_get(0)?,
         group: r.try_get(1)?,
@@ -344,7 +370,7 @@ pub struct Seen {
 }
 
 /// `($1, $2), ($3, $4)` for a multi-row insert of `rows` rows of `cols` values.
-fn placeholders(rows: usize, cols: usize) -> String {
+pub(crate) fn placeholders(rows: usize, cols: usize) -> String {
     (0..rows)
         .map(|r| {
             let v: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();

@@ -2,12 +2,14 @@
 //! operators drive it with this CLI or the admin API (docs/FLEET.md).
 
 mod admin;
+mod dashboard;
 mod db;
 mod directives;
 mod loadgen;
 mod ops;
 mod pki;
 mod serve;
+mod telemetry;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -223,7 +225,14 @@ async fn run(args: Args) -> Result<(), Failure> {
                 let cfg = pki::admin_config(&dir)?;
                 let token = pki::admin_token(&dir)?;
                 let listener = admin::bind(addr).await?;
-                tokio::spawn(admin::serve(listener, cfg, db.clone(), dir.clone(), token));
+                tokio::spawn(admin::serve(
+                    listener,
+                    cfg,
+                    db.clone(),
+                    dir.clone(),
+                    token,
+                    poll_s,
+                ));
             }
             serve::run(
                 db,

@@ -37,6 +37,7 @@ struct Shared {
     poll_s: u32,
     keep: Duration,
     seen: mpsc::Sender<Seen>,
+    status: mpsc::Sender<crate::telemetry::Report>,
 }
 
 /// Wall-clock milliseconds, as the database stores them.
@@ -54,12 +55,15 @@ pub async fn run(db: Db, tls: Arc<rustls::ServerConfig>, cfg: Config) -> Result<
     println!("nanoclaw-fleet: devices: listening on {addr}");
     let (tx, rx) = mpsc::channel(4096);
     tokio::spawn(record_seen(db.clone(), rx));
+    let (status, status_rx) = mpsc::channel(4096);
+    tokio::spawn(crate::telemetry::record(db.clone(), status_rx));
     let shared = Arc::new(Shared {
         directives: crate::directives::Directives::new(db.clone()),
         db,
         poll_s: cfg.poll_s,
         keep: Duration::from_secs(u64::from(cfg.keep_s)),
         seen: tx,
+        status,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
@@ -422,6 +426,15 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
                 .await
                 .map_err(|e| e.to_string())?;
                 // No answer: Applied is a report, not a request.
+                continue;
+            }
+            DeviceMsg::Status(st) => {
+                let report = match crate::telemetry::decode(&device.id, now_ms(), &st) {
+                    Ok(r) => r,
+                    Err(m) => return Err(link.refuse(ErrorCode::BadRequest, &m).await),
+                };
+                // A full queue drops the report: the next session brings a newer one.
+                let _ = sh.status.try_send(report);
                 continue;
             }
             DeviceMsg::Bye => {

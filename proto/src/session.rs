@@ -7,7 +7,9 @@
 //! survives a cut lives on the device (`Host`): the partial archive and its length, the audit
 //! and outbox stores and their acknowledged marks — the session itself is thrown away.
 
-use crate::sync::{CHUNK_MAX, DeviceMsg, Digest, Hello, Offer, ServerMsg, Welcome};
+use crate::sync::{
+    CHUNK_MAX, DeviceMsg, Digest, Hello, Offer, PROTOCOL_STATUS, ServerMsg, Status, Welcome,
+};
 
 /// What the session needs from the device.
 pub trait Host {
@@ -31,6 +33,10 @@ pub trait Host {
     /// The server stored everything up to these sequences.
     fn acked_audit(&mut self, upto: u64);
     fn acked_outbox(&mut self, upto: u64);
+    /// The device's snapshot for a server that speaks protocol 2 (`None`: send none).
+    fn status(&self) -> Option<Status<'_>> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,14 +110,20 @@ impl Session {
             (
                 Phase::Hello,
                 ServerMsg::Welcome(Welcome {
+                    protocol,
                     poll_s,
                     audit_acked,
                     outbox_acked,
                     pending,
-                    ..
                 }),
             ) => {
                 self.poll_s = poll_s;
+                // Unanswered, so it goes out ahead of whatever request follows.
+                if protocol >= PROTOCOL_STATUS
+                    && let Some(st) = host.status()
+                {
+                    send(DeviceMsg::Status(st));
+                }
                 // The server is the truth about what it stored.
                 host.acked_audit(audit_acked);
                 host.acked_outbox(outbox_acked);
@@ -523,5 +535,95 @@ mod tests {
             &mut |_| {},
         );
         assert_eq!(r, Err(Failure::Refused));
+    }
+    /// A host with a status to report.
+    struct Reporting(Dev, Vec<u8>);
+
+    impl Host for Reporting {
+        fn hello(&self) -> Hello<'_> {
+            self.0.hello()
+        }
+        fn audit(&self, first: u64, buf: &mut [u8]) -> (u64, u16, usize) {
+            self.0.audit(first, buf)
+        }
+        fn outbox(&self, first: u64, buf: &mut [u8]) -> (u64, u16, usize) {
+            self.0.outbox(first, buf)
+        }
+        fn policy(&mut self, version: u64, e: &[u8]) -> Result<(), &str> {
+            self.0.policy(version, e)
+        }
+        fn grant(&mut self, t: &[u8]) -> Result<(), &str> {
+            self.0.grant(t)
+        }
+        fn want(&mut self, o: &Offer<'_>) -> Option<u64> {
+            self.0.want(o)
+        }
+        fn chunk(&mut self, d: &Digest, offset: u64, data: &[u8]) -> bool {
+            self.0.chunk(d, offset, data)
+        }
+        fn downloaded(&mut self, d: &Digest) {
+            self.0.downloaded(d)
+        }
+        fn acked_audit(&mut self, upto: u64) {
+            self.0.acked_audit(upto)
+        }
+        fn acked_outbox(&mut self, upto: u64) {
+            self.0.acked_outbox(upto)
+        }
+        fn status(&self) -> Option<Status<'_>> {
+            Some(Status {
+                battery_pct: 80,
+                external_power: false,
+                posture: "seccomp=full",
+                degraded: false,
+                n: 1,
+                agents: &self.1,
+            })
+        }
+    }
+
+    /// Protocol 2 servers get the status first, unanswered, then the session goes on as
+    /// before; protocol 1 servers never see it (they could not decode it).
+    #[test]
+    fn status_goes_only_to_servers_that_speak_it() {
+        for protocol in [1u16, 2] {
+            let dev = Dev {
+                policy: 0,
+                applied: Vec::new(),
+                archive: Vec::new(),
+                installed: Vec::new(),
+                audit: Vec::new(),
+                acked: 0,
+            };
+            let mut host = Reporting(dev, alloc::vec![1, 2, 3]);
+            let (mut s, _) = Session::start(&host);
+            let mut buf = [0u8; 64];
+            let mut sent: Vec<Vec<u8>> = Vec::new();
+            let welcome = ServerMsg::Welcome(Welcome {
+                protocol,
+                poll_s: 60,
+                audit_acked: 0,
+                outbox_acked: 0,
+                pending: 0,
+            });
+            s.on_message(&mut host, welcome, &mut buf, &mut |m| {
+                sent.push(postcard::to_allocvec(&m).unwrap())
+            })
+            .unwrap();
+            let msgs: Vec<DeviceMsg<'_>> = sent
+                .iter()
+                .map(|b| postcard::from_bytes(b).unwrap())
+                .collect();
+            match protocol {
+                1 => assert_eq!(msgs, [DeviceMsg::Bye]),
+                _ => {
+                    assert_eq!(msgs.len(), 2);
+                    assert!(matches!(&msgs[0], DeviceMsg::Status(st)
+                        if st.battery_pct == 80 && st.agents == [1, 2, 3]));
+                    assert_eq!(msgs[1], DeviceMsg::Bye);
+                }
+            }
+            assert!(s.done());
+        }
     }
 }

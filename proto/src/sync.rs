@@ -15,8 +15,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL: u16 = 1;
+/// The protocol version this build speaks. 2 added [`DeviceMsg::Status`].
+pub const PROTOCOL: u16 = 2;
+/// The first version with [`DeviceMsg::Status`].
+pub const PROTOCOL_STATUS: u16 = 2;
 /// The oldest version this build still speaks.
 pub const PROTOCOL_MIN: u16 = 1;
 /// Largest frame either side accepts (a bundle chunk of `CHUNK_MAX` plus headers).
@@ -107,6 +109,49 @@ pub enum DeviceMsg<'a> {
         reason: &'a str,
     },
     Bye,
+    /// What the device is doing now (protocol 2): sent once per session right after
+    /// `Welcome`, never answered. The fleet keeps the newest for its dashboard and a bounded
+    /// history for plots; a lost one is simply replaced by the next session's.
+    Status(Status<'a>),
+}
+
+/// A device's snapshot for the fleet (see [`DeviceMsg::Status`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status<'a> {
+    /// Battery charge in percent, or [`NO_BATTERY`].
+    pub battery_pct: u8,
+    /// On external power (mains, USB); true on boards without a battery.
+    pub external_power: bool,
+    /// The enforcement in force, `mechanism=level` pairs separated by spaces.
+    pub posture: &'a str,
+    /// Some mechanism is weaker than the policy's primary one (an allowed fallback).
+    pub degraded: bool,
+    /// `n` postcard [`AgentStatus`] records, each with a `u16` length prefix ([`records`]).
+    pub n: u16,
+    pub agents: &'a [u8],
+}
+
+/// `battery_pct` of a device without a battery gauge.
+pub const NO_BATTERY: u8 = u8::MAX;
+
+/// One agent in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus<'a> {
+    pub name: &'a str,
+    /// `running`, `waiting`, `failed`, `stopped`, `done`, … as `nanoclaw status` says.
+    pub state: &'a str,
+    pub restarts: u32,
+    pub memory_bytes: u64,
+    /// 0: not admitted (no budget in force).
+    pub memory_limit_bytes: u64,
+    /// Energy used in the current budget window.
+    pub energy_mwh: u64,
+    /// 0: no energy budget.
+    pub energy_budget_mwh: u64,
+    /// Trust score 0–100.
+    pub trust: u8,
+    /// Denied operations since the supervisor started (connect, exec, other).
+    pub denials: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -655,6 +655,61 @@ fn the_admin_api_runs_the_fleet_over_https() {
     );
     let (code, _) = fleet.api("GET", "/v1/nothing", t, Body::None);
     assert_eq!(code, 404);
+
+    // The dashboard's views: the device's own status report (protocol 2), one page of the
+    // registry, the overview's rollout, the fleet-wide audit search; bad input named.
+    let v = dev.wait(SYNC, "dev-api's status report at the server", || {
+        let (_, v) = fleet.api("GET", "/v1/devices/dev-api", t, Body::None);
+        v["status"]["agents"]
+            .as_array()?
+            .iter()
+            .any(|a| a["name"] == "svc" && a["state"] == "running")
+            .then_some(v)
+    });
+    let svc = &v["status"]["agents"][0];
+    assert_eq!(svc["memory_limit_bytes"], 16 << 20, "{v}");
+    assert_eq!(v["device"]["online"], true, "{v}");
+    assert_eq!(v["device"]["agents"]["running"], 1, "{v}");
+    let posture = v["status"]["posture"].as_str().unwrap_or_default();
+    assert!(posture.contains("seccomp="), "{v}");
+    let (code, v) = fleet.api("GET", "/v1/devices?q=api&limit=5", t, Body::None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["devices"][0]["id"], "dev-api", "{v}");
+    let (_, v) = fleet.api("GET", "/v1/devices?q=zzz", t, Body::None);
+    assert_eq!((&v["total"], &v["devices"]), (&json!(0), &json!([])), "{v}");
+    let (_, v) = fleet.api("GET", "/v1/devices?q=%25", t, Body::None);
+    assert_eq!(v["total"], 0, "a % is searched for, not a wildcard: {v}");
+    let (_, v) = fleet.api("GET", "/v1/devices?state=never", t, Body::None);
+    assert_eq!(v["total"], 0, "{v}");
+    let (code, v) = fleet.api("GET", "/v1/devices?state=asleep", t, Body::None);
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("asleep"), "{v}");
+    let (code, _) = fleet.api("GET", "/v1/devices?colour=red", t, Body::None);
+    assert_eq!(code, 400);
+    let (code, v) = fleet.api("GET", "/v1/overview", t, Body::None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["devices"]["total"], 1, "{v}");
+    let lab = &v["groups"][0];
+    assert_eq!(lab["group"], "lab", "{v}");
+    assert_eq!(
+        (&lab["policy"]["target"], &lab["policy"]["applied"]),
+        (&json!(2), &json!(1)),
+        "{v}"
+    );
+    let (code, v) = fleet.api("GET", "/v1/audit?kind=install&agent=svc", t, Body::None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["records"][0]["device"], "dev-api", "{v}");
+    let (code, v) = fleet.api("GET", "/v1/audit?kind=explosion", t, Body::None);
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = fleet.api("GET", "/v1/devices/dev-api/telemetry", t, Body::None);
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        v["agents"]["svc"].as_array().is_some_and(|p| !p.is_empty()),
+        "{v}"
+    );
+    let (code, _) = fleet.api("GET", "/v1/overview", None, Body::None);
+    assert_eq!(code, 401, "the views need the token too");
     drop(dev);
     fleet.kill();
 }

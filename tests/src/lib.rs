@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod cdp;
 pub mod fleet;
 
 /// Where cgroup filesystems are mounted on the test host.

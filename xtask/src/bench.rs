@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 
 use crate::util::{self, Binaries, Result};
 
+mod dashboard;
 mod energy;
 mod fleet;
 mod metrics;
 mod policy;
 mod sdk;
 
-const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|metrics|size|oom|monitor|egress|install|policy|sdk|energy|fleet]... [--out FILE]
+const USAGE: &str = "usage: cargo xtask bench [--runs N] [--oom-cycles N] [--only start|memory|metrics|size|oom|monitor|egress|install|policy|sdk|energy|fleet|dashboard]... [--out FILE]
   --runs N        sandbox starts per tool (default 200)
   --oom-cycles N  OOM incidents to time (default 25)
   --only NAME     run only these sections; the report then goes to stdout unless --out is given
@@ -80,7 +81,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 for s in val()?.split(',') {
                     if ![
                         "start", "memory", "metrics", "size", "oom", "monitor", "egress",
-                        "install", "policy", "sdk", "energy", "fleet",
+                        "install", "policy", "sdk", "energy", "fleet", "dashboard",
                     ]
                     .contains(&s)
                     {
@@ -225,6 +226,9 @@ pub fn run(root: &Path, args: &[String], build: &dyn Fn(&str) -> Result<Binaries
     }
     if want("install") {
         section("install", &bench_install);
+    }
+    if want("dashboard") {
+        section("dashboard", &dashboard::bench_dashboard);
     }
     if want("fleet") {
         section("fleet", &fleet::bench_fleet);

@@ -41,6 +41,8 @@ pub const TEST: &[Pkg] = &[
     ("golang-go", "/usr/bin/go"),
     // tests/host/service.rs: `systemd-analyze verify` of the shipped units.
     ("systemd", "/usr/bin/systemd-analyze"),
+    // tests/e2e/dashboard.rs drives the fleet dashboard in headless Chromium.
+    ("chromium", "/usr/bin/chromium"),
 ];
 /// VM tier (the kernel image is downloaded, not installed, by xtask/src/vm.rs).
 /// (busybox for each guest architecture is downloaded by vm.rs, not installed.)

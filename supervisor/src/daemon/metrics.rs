@@ -181,14 +181,6 @@ fn flag(b: bool) -> f64 {
     if b { 1.0 } else { 0.0 }
 }
 
-/// The first word of a posture text (`enforced`, `unavailable:` …) as a stable label value.
-fn level(text: &str) -> &str {
-    text.split([' ', ':', '(', ','])
-        .next()
-        .filter(|w| !w.is_empty())
-        .unwrap_or("unknown")
-}
-
 /// Every metric, rendered from the daemon's state now.
 pub fn render(d: &Daemon) -> String {
     let mut o = Out(String::with_capacity(8192));
@@ -233,18 +225,10 @@ fn posture(o: &mut Out, d: &Daemon) {
         "gauge",
         "Enforcement mechanism in force on this device and its level (always 1); see `nanoclaw status`.",
     );
-    for (mechanism, text) in [
-        ("cgroup", p.cgroup.as_str()),
-        ("seccomp", &p.seccomp),
-        ("landlock", &p.landlock),
-        ("network", p.network),
-        ("egress", &p.egress),
-        ("syscall_monitor", &p.syscall_monitor),
-        ("lsm", &p.lsm),
-    ] {
+    for (mechanism, level) in p.levels() {
         o.sample(
             "nanoclaw_posture",
-            &[("mechanism", mechanism), ("level", level(text))],
+            &[("mechanism", mechanism), ("level", level)],
             1.0,
         );
     }
@@ -570,6 +554,7 @@ mod tests {
 
     #[test]
     fn posture_levels() {
+        use crate::daemon::posture::level;
         assert_eq!(level("enforced (connect4/6)"), "enforced");
         assert_eq!(level("unavailable: EPERM"), "unavailable");
         assert_eq!(level(""), "unknown");

@@ -59,6 +59,38 @@ impl Posture {
         }
         s
     }
+
+    /// Each mechanism with its level: the first word of its text (`enforced`,
+    /// `unavailable` …), stable enough for metric labels and the fleet's dashboard.
+    pub fn levels(&self) -> [(&'static str, &str); 7] {
+        [
+            ("cgroup", level(&self.cgroup)),
+            ("seccomp", level(&self.seccomp)),
+            ("landlock", level(&self.landlock)),
+            ("network", level(self.network)),
+            ("egress", level(&self.egress)),
+            ("syscall_monitor", level(&self.syscall_monitor)),
+            ("lsm", level(&self.lsm)),
+        ]
+    }
+
+    /// Something is missing or weakened: a mechanism unavailable, a cgroup controller
+    /// missing, or unsigned bundles allowed.
+    pub fn degraded(&self) -> bool {
+        self.levels()
+            .iter()
+            .any(|(_, l)| l.eq_ignore_ascii_case("unavailable"))
+            || !self.missing_controllers.is_empty()
+            || self.unsigned_bundles_allowed
+    }
+}
+
+/// The first word of a posture text (`enforced`, `unavailable:` …).
+pub fn level(text: &str) -> &str {
+    text.split([' ', ':', '(', ','])
+        .next()
+        .filter(|w| !w.is_empty())
+        .unwrap_or("unknown")
 }
 
 /// "bpf" when a mechanism works, else its full reason (audit reasons are capped).

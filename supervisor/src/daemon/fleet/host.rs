@@ -46,6 +46,7 @@ pub struct DeviceHost {
     /// Applied policy versions, for the caller's log.
     pub policies: Vec<u64>,
     reason: String,
+    snapshot: super::status::Snapshot,
 }
 
 /// SHA-256 of the sorted `name@version\n` lines: what a device reports as its fleet bundles.
@@ -87,6 +88,7 @@ impl DeviceHost {
             offered: Vec::new(),
             policies: Vec::new(),
             reason: String::new(),
+            snapshot: super::status::Snapshot::take(&d),
             state,
         }
     }
@@ -117,6 +119,10 @@ fn pack(recs: &[crate::audit::Stored], first: u64, buf: &mut [u8]) -> (u64, u16,
 }
 
 impl Host for DeviceHost {
+    fn status(&self) -> Option<nanoclaw_proto::sync::Status<'_>> {
+        Some(self.snapshot.status())
+    }
+
     fn hello(&self) -> Hello<'_> {
         Hello {
             protocol_min: PROTOCOL_MIN,

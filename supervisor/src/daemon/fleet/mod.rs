@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod host;
 pub mod link;
 pub mod schedule;
+pub mod status;
 
 use std::rc::Rc;
 use std::time::Duration;
