@@ -357,6 +357,38 @@ mod tests {
         assert!(up <= 64 && down <= 64, "idle sync {up} B up, {down} B down");
     }
 
+    /// Protocol 2's status report: the variant index after `Bye`, then its fields in order.
+    #[test]
+    fn status_golden_bytes() {
+        let agent = AgentStatus {
+            name: "a",
+            state: "running",
+            restarts: 1,
+            memory_bytes: 300,
+            memory_limit_bytes: 0,
+            energy_mwh: 2,
+            energy_budget_mwh: 0,
+            trust: 100,
+            denials: 3,
+        };
+        let rec = postcard::to_allocvec(&agent).unwrap();
+        let mut expected = vec![0x01, b'a', 0x07];
+        expected.extend_from_slice(b"running");
+        expected.extend_from_slice(&[0x01, 0xac, 0x02, 0x00, 0x02, 0x00, 0x64, 0x03]);
+        assert_eq!(rec, expected);
+        let msg = DeviceMsg::Status(Status {
+            battery_pct: NO_BATTERY,
+            external_power: true,
+            posture: "x=y",
+            degraded: false,
+            n: 0,
+            agents: &[],
+        });
+        let bytes = postcard::to_allocvec(&msg).unwrap();
+        assert_eq!(bytes, [0x06, 0xff, 0x01, 0x03, b'x', b'=', b'y', 0x00, 0x00, 0x00]);
+        assert_eq!(postcard::from_bytes::<DeviceMsg<'_>>(&bytes).unwrap(), msg);
+    }
+
     #[test]
     fn round_trips_borrow_from_the_frame() {
         let data = [1u8, 2, 3, 4];
