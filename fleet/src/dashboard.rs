@@ -122,7 +122,7 @@ async fn overview(_: Admin, State(app): State<App>) -> Result<Json<Value>, ApiEr
         "SELECT SUM(CASE WHEN battery_pct < 20 THEN 1 ELSE 0 END), \
          SUM(CASE WHEN external_power = 0 THEN 1 ELSE 0 END), \
          SUM(CASE WHEN external_power = 1 THEN 1 ELSE 0 END), \
-         SUM(degraded), COUNT(*) FROM device_status",
+         SUM(CASE WHEN degraded = 1 THEN 1 ELSE 0 END), COUNT(*) FROM device_status",
     )
     .fetch_one(pool)
     .await

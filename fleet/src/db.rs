@@ -777,6 +777,16 @@ impl Db {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
+        if what == "policy" && ok {
+            // The rollout shows it now, not at the device's next Hello.
+            sqlx::query(
+                "UPDATE devices SET policy_version = $1 WHERE id = $2 AND policy_version < $1",
+            )
+            .bind(version)
+            .bind(device)
+            .execute(&mut *tx)
+            .await?;
+        }
         if what == "grant" {
             sqlx::query(
                 "INSERT INTO grant_acks (grant_id, device, ok, reason) VALUES ($1, $2, $3, $4) \

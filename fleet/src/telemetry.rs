@@ -103,10 +103,12 @@ pub fn decode(device: &str, at_ms: i64, st: &Status<'_>) -> Result<Report, Strin
     })
 }
 
-/// Writes reports in batches; keeps the history thinned to [`POINT_EVERY_MS`] per device and
+/// Writes reports in batches; keeps the history thinned to [`POINT_EVERY_MS`] per device
+/// (except that an agent new since the device's last point gets its first at once) and
 /// deletes what is older than [`KEEP_MS`] once an hour.
 pub async fn record(db: Db, mut rx: mpsc::Receiver<Report>) {
-    let mut last_point: HashMap<String, i64> = HashMap::new();
+    // Per device: when its last point was kept, and which agents it had.
+    let mut last_point: HashMap<String, (i64, Vec<String>)> = HashMap::new();
     let mut pruned = 0i64;
     let mut batch = Vec::new();
     while let Some(r) = rx.recv().await {
@@ -119,15 +121,19 @@ pub async fn record(db: Db, mut rx: mpsc::Receiver<Report>) {
         }
         let points: Vec<&Report> = batch
             .iter()
-            .filter(|r| {
-                let last = last_point.get(&r.device).copied().unwrap_or(i64::MIN / 2);
-                r.at_ms - last >= POINT_EVERY_MS
+            .filter(|r| match last_point.get(&r.device) {
+                None => true,
+                Some((at, names)) => {
+                    r.at_ms - at >= POINT_EVERY_MS
+                        || r.agents.iter().any(|a| !names.contains(&a.name))
+                }
             })
             .collect();
         match store(&db, &batch, &points).await {
             Ok(()) => {
                 for p in &points {
-                    last_point.insert(p.device.clone(), p.at_ms);
+                    let names = p.agents.iter().map(|a| a.name.clone()).collect();
+                    last_point.insert(p.device.clone(), (p.at_ms, names));
                 }
             }
             Err(e) => eprintln!("nanoclaw-fleet: recording device status: {e}"),

@@ -109,9 +109,10 @@ pub enum DeviceMsg<'a> {
         reason: &'a str,
     },
     Bye,
-    /// What the device is doing now (protocol 2): sent once per session right after
-    /// `Welcome`, never answered. The fleet keeps the newest for its dashboard and a bounded
-    /// history for plots; a lost one is simply replaced by the next session's.
+    /// What the device is doing now (protocol 2): sent right after `Welcome` when something
+    /// changed since the last one or it is due again (`fleet.status_s`), never answered, so
+    /// an idle check-in stays idle. The fleet keeps the newest for its dashboard and a
+    /// bounded history for plots; a lost one is replaced by a later one.
     Status(Status<'a>),
 }
 
@@ -124,7 +125,8 @@ pub struct Status<'a> {
     pub external_power: bool,
     /// The enforcement in force, `mechanism=level` pairs separated by spaces.
     pub posture: &'a str,
-    /// Some mechanism is weaker than the policy's primary one (an allowed fallback).
+    /// Enforcement is weakened: a mechanism unavailable, a cgroup controller missing, or
+    /// unsigned bundles allowed.
     pub degraded: bool,
     /// `n` postcard [`AgentStatus`] records, each with a `u16` length prefix ([`records`]).
     pub n: u16,
@@ -385,7 +387,10 @@ mod tests {
             agents: &[],
         });
         let bytes = postcard::to_allocvec(&msg).unwrap();
-        assert_eq!(bytes, [0x06, 0xff, 0x01, 0x03, b'x', b'=', b'y', 0x00, 0x00, 0x00]);
+        assert_eq!(
+            bytes,
+            [0x06, 0xff, 0x01, 0x03, b'x', b'=', b'y', 0x00, 0x00, 0x00]
+        );
         assert_eq!(postcard::from_bytes::<DeviceMsg<'_>>(&bytes).unwrap(), msg);
     }
 

@@ -73,6 +73,7 @@ fn the_dashboard_shows_the_fleet_and_drives_a_rollout() {
     dev.device["device_id"] = json!("dev-ui");
     dev.device["policy_key"] = json!(creds.join("fleet-signing.pub"));
     dev.device["fleet"] = Fleet::device_section(&creds, server, 5);
+    dev.device["fleet"]["status_s"] = json!(5);
     dev.add_agent(
         "sensor",
         manifest("sensor", "service", &["sensor", "1"], "16MiB"),

@@ -109,6 +109,40 @@ fn sync_through_a_faulty_link_on_postgres_with_two_replicas() {
     scenario(Some(&pg.url));
 }
 
+/// The dashboard's JSON views answer on this backend (their SQL is the part that differs):
+/// the device's status report arrived, and every view counts it.
+fn dashboard_views(fleet: &Fleet, id: &str) {
+    let token = fleet.token();
+    let t = Some(token.as_str());
+    let v = nanoclaw_tests::wait_until(SYNC, || {
+        let (_, v) = fleet.api("GET", &format!("/v1/devices/{id}"), t, Body::None);
+        v["status"]["agents"].is_array().then_some(v)
+    })
+    .expect("a status report");
+    assert_eq!(v["device"]["online"], true, "{v}");
+    // The device says it applied the policy just after it did.
+    let v = nanoclaw_tests::wait_until(SYNC, || {
+        let (_, v) = fleet.api("GET", "/v1/overview", t, Body::None);
+        (v["groups"][0]["policy"]["applied"] == 1).then_some(v)
+    })
+    .expect("the rollout to count the device");
+    assert_eq!(
+        (
+            &v["devices"]["online"],
+            &v["groups"][0]["policy"]["applied"]
+        ),
+        (&json!(1), &json!(1)),
+        "{v}"
+    );
+    let (code, v) = fleet.api("GET", "/v1/devices?q=dev&state=online", t, Body::None);
+    assert_eq!((code, &v["total"]), (200, &json!(1)), "{v}");
+    let (code, v) = fleet.api("GET", "/v1/audit?q=week+offline&last=3", t, Body::None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["records"].as_array().map(Vec::len), Some(3), "{v}");
+    let (code, _) = fleet.api("GET", &format!("/v1/devices/{id}/telemetry"), t, Body::None);
+    assert_eq!(code, 200);
+}
+
 /// The whole story against one database: a week offline caught up in one session, a policy
 /// applied exactly once, a 20 MB bundle through cuts, a bit flip, a stall and a server
 /// restart, and a replayed older policy refused. With PostgreSQL, two server replicas share
@@ -116,7 +150,7 @@ fn sync_through_a_faulty_link_on_postgres_with_two_replicas() {
 fn scenario(pg: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
     let mut fleet = Fleet::init(&tmp.path().join("fleet"), pg);
-    let server = fleet.serve(2, 0);
+    let server = fleet.serve_admin(2);
     let mut replica = fleet.replica(1);
     let proxy = Proxy::start(server);
     if pg.is_some() {
@@ -157,6 +191,7 @@ fn scenario(pg: Option<&str>) {
     });
     let origin = dev.json(&["status"])["policy_origin"].clone();
     assert!(origin.as_str().unwrap().starts_with("signed"), "{origin}");
+    dashboard_views(&fleet, "dev-a");
 
     // A 20 MB bundle through a link that flips a bit once, stalls once, and then is cut
     // every ~3 MB, with the server killed and restarted mid-transfer: it arrives, resumed

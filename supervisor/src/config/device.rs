@@ -154,6 +154,11 @@ pub struct FleetConfig {
     /// is re-opened. Off by default: an open connection keeps a cellular radio awake.
     #[serde(default)]
     pub stay_connected: bool,
+    /// Longest gap between two status reports while nothing changes, in seconds; a change
+    /// (an agent's state, restarts or denials, memory or energy by a quarter, the battery by
+    /// 5 points, the posture) is reported at the next check-in.
+    #[serde(default = "default_status_s")]
+    pub status_s: u32,
 }
 
 impl FleetConfig {
@@ -176,6 +181,12 @@ impl FleetConfig {
                 format!("{} is outside 5..=604800", self.poll_s),
             ));
         }
+        if !(5..=86_400).contains(&self.status_s) {
+            return Err(FieldError::new(
+                "fleet.status_s",
+                format!("{} is outside 5..=86400", self.status_s),
+            ));
+        }
         if self.urgent_gap_s > 86_400 {
             return Err(FieldError::new(
                 "fleet.urgent_gap_s",
@@ -196,6 +207,10 @@ impl FleetConfig {
 
 fn default_poll_s() -> u32 {
     300
+}
+
+fn default_status_s() -> u32 {
+    900
 }
 
 fn default_urgent_gap_s() -> u32 {

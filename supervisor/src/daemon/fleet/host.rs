@@ -47,6 +47,9 @@ pub struct DeviceHost {
     pub policies: Vec<u64>,
     reason: String,
     snapshot: super::status::Snapshot,
+    /// The snapshot is due (changed, or the last one is old) and not yet handed out.
+    status_due: bool,
+    status_given: Cell<bool>,
 }
 
 /// SHA-256 of the sorted `name@version\n` lines: what a device reports as its fleet bundles.
@@ -71,6 +74,13 @@ impl DeviceHost {
             .first_seq()
             .saturating_sub(1)
             .saturating_sub(state.audit_acked);
+        let snapshot = super::status::Snapshot::take(&d);
+        let refresh_s = d.cfg.fleet.as_ref().map_or(900, |f| f.status_s);
+        let status_due = snapshot.due(
+            &state.status_sent,
+            crate::daemon::now_ms(),
+            u64::from(refresh_s) * 1000,
+        );
         DeviceHost {
             ctx: ctx.clone(),
             firmware: env!("CARGO_PKG_VERSION").into(),
@@ -88,7 +98,9 @@ impl DeviceHost {
             offered: Vec::new(),
             policies: Vec::new(),
             reason: String::new(),
-            snapshot: super::status::Snapshot::take(&d),
+            snapshot,
+            status_due,
+            status_given: Cell::new(false),
             state,
         }
     }
@@ -120,6 +132,10 @@ fn pack(recs: &[crate::audit::Stored], first: u64, buf: &mut [u8]) -> (u64, u16,
 
 impl Host for DeviceHost {
     fn status(&self) -> Option<nanoclaw_proto::sync::Status<'_>> {
+        if !self.status_due {
+            return None;
+        }
+        self.status_given.set(true);
         Some(self.snapshot.status())
     }
 
@@ -309,6 +325,13 @@ impl DeviceHost {
     /// Drops what the server stored from the outbox: once per session, since every trim
     /// rewrites the file (a cut before it only means those records are sent again, and the
     /// server stores them once).
+    /// The snapshot and the time, when this session sent it.
+    pub fn status_sent(&mut self) -> super::status::Sent {
+        self.status_given
+            .get()
+            .then(|| (std::mem::take(&mut self.snapshot), crate::daemon::now_ms()))
+    }
+
     pub fn trim_outbox(&mut self) {
         if self.outbox_stored <= self.outbox_acked {
             return;

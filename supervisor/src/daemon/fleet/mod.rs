@@ -40,6 +40,10 @@ pub struct State {
     /// The UTC day (`unix_s / 86400`) `day_bytes` counts.
     pub day: u64,
     pub day_bytes: u64,
+    /// The last status report the server received (not kept across restarts: a restarted
+    /// daemon reports at once).
+    #[serde(skip)]
+    pub status_sent: status::Sent,
 }
 
 /// Live counters for `nanoclaw status`.
@@ -347,6 +351,11 @@ async fn session(
                     .map(|(n, v, _)| (n.as_str(), v.as_str())),
             );
         }
+    }
+    if r.is_ok()
+        && let Some(sent) = host.status_sent()
+    {
+        host.state.status_sent = Some(sent);
     }
     *state = host.state;
     r
