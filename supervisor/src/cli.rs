@@ -281,7 +281,7 @@ pub fn query(socket: &std::path::Path, req: &Request, json: bool) -> u8 {
     let resp = match client::call(socket, req, timeout) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("nanoclaw: {e}");
+            crate::log!("nanoclaw: {e}");
             return match e {
                 client::ClientError::Connect { .. } => exit::UNREACHABLE,
                 _ => exit::FAILED,
@@ -290,7 +290,7 @@ pub fn query(socket: &std::path::Path, req: &Request, json: bool) -> u8 {
     };
     match resp {
         Response::Error { code, message } => {
-            eprintln!("nanoclaw: {message}");
+            crate::log!("nanoclaw: {message}");
             code.exit_code()
         }
         Response::Ok(v) => {

@@ -3,6 +3,21 @@
 //!
 //! Only [`sys`] may contain `unsafe`; every other module is checked by the workspace's
 //! `unsafe_code = "deny"` lint.
+//!
+//! Messages to stderr go through [`log!`], never `eprintln!`: stderr is often a file on the
+//! device's disk, and `eprintln!` panics when a write fails (a full disk), which with
+//! `panic = "abort"` would end the daemon.
+
+#![deny(clippy::print_stderr)]
+
+/// `eprintln!` that drops a failed write instead of panicking (see the crate docs).
+#[macro_export]
+macro_rules! log {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
 
 pub mod admission;
 pub mod agentapi;

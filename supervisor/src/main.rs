@@ -3,6 +3,8 @@
 //!
 //! One static binary keeps the device footprint to a single file; `argv[1]` selects the role.
 
+#![deny(clippy::print_stderr)]
+
 use std::process::ExitCode;
 
 use nanoclaw::{cli, control, daemon, sandbox};
@@ -31,7 +33,7 @@ fn main() -> ExitCode {
         Ok(cli::Command::Daemon { config }) => match daemon::run(&config) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
-                eprintln!("nanoclaw daemon: {e}");
+                nanoclaw::log!("nanoclaw daemon: {e}");
                 ExitCode::from(e.exit_code())
             }
         },
@@ -61,7 +63,7 @@ fn main() -> ExitCode {
         Ok(cli::Command::Run(opts)) => match nanoclaw::oneshot::run(&opts) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
-                eprintln!("nanoclaw run: {e}");
+                nanoclaw::log!("nanoclaw run: {e}");
                 ExitCode::from(control::exit::FAILED)
             }
         },
@@ -71,12 +73,12 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("nanoclaw favordynmods: {e}");
+                nanoclaw::log!("nanoclaw favordynmods: {e}");
                 ExitCode::from(control::exit::FAILED)
             }
         },
         Err(e) => {
-            eprintln!("nanoclaw: {e}\n\n{}", cli::USAGE);
+            nanoclaw::log!("nanoclaw: {e}\n\n{}", cli::USAGE);
             ExitCode::from(control::exit::USAGE)
         }
     }

@@ -150,7 +150,7 @@ fn run_in(o: &RunOpts, cg: &dyn cgroup::Cgroups, name: &str) -> Result<u8, Strin
         .map_err(|e| e.to_string())?;
     let exec_us = t0.elapsed().as_micros();
     if o.timing {
-        eprintln!("spawn_to_exec_us {exec_us}");
+        crate::log!("spawn_to_exec_us {exec_us}");
     }
     let mut log = std::fs::File::from(started.log);
     let mut out = std::io::stdout().lock();

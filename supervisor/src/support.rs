@@ -123,14 +123,14 @@ pub fn main(args: &[String]) -> u8 {
             return exit::OK;
         }
         Err(e) => {
-            eprintln!("nanoclaw support-bundle: {e}\n{USAGE}");
+            crate::log!("nanoclaw support-bundle: {e}\n{USAGE}");
             return exit::USAGE;
         }
     };
     match run(&opts) {
         Ok(w) => {
             if let Some(e) = &w.daemon_error {
-                eprintln!(
+                crate::log!(
                     "nanoclaw support-bundle: warning: the bundle has no daemon data ({e}); see daemon.txt in it"
                 );
             }
@@ -144,7 +144,7 @@ pub fn main(args: &[String]) -> u8 {
             exit::OK
         }
         Err(e) => {
-            eprintln!("nanoclaw support-bundle: {e}");
+            crate::log!("nanoclaw support-bundle: {e}");
             exit::FAILED
         }
     }

@@ -93,7 +93,7 @@ fn the_unit_files_pass_systemd_analyze_verify() {
     for (unit, installed, built) in [
         (
             "nanoclaw.service",
-            "/usr/bin/nanoclaw ",
+            "/usr/sbin/nanoclaw ",
             nanoclaw_tests::bins().nanoclaw.clone(),
         ),
         (
@@ -125,4 +125,50 @@ fn the_unit_files_pass_systemd_analyze_verify() {
     ] {
         assert!(unit.contains(needed), "nanoclaw.service lacks {needed}");
     }
+}
+
+/// stderr on a full disk (`/dev/full`: every write fails with ENOSPC), as a log file under
+/// OpenRC or BusyBox init can be: the daemon keeps supervising, starting and restarting
+/// agents, instead of aborting on its first failed log line.
+#[test]
+fn a_daemon_whose_stderr_is_full_keeps_running() {
+    use std::process::{Command, Stdio};
+    let mut dev = Device::new();
+    dev.add_agent(
+        "idle",
+        manifest("idle", "service", &["sleep"], "8MiB"),
+        Some(grant("8MiB")),
+    );
+    dev.write_configs();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let mut child = Command::new(&nanoclaw_tests::bins().nanoclaw)
+        .arg("daemon")
+        .arg("--config")
+        .arg(dev.config_path())
+        .stdin(Stdio::null())
+        .stdout(full())
+        .stderr(full())
+        .spawn()
+        .unwrap();
+    dev.wait(Duration::from_secs(30), "the control socket", || {
+        UnixStream::connect(dev.socket()).ok().map(|_| ())
+    });
+    dev.wait_state("idle", "running");
+    // More log lines: a restart is audited (and echoed to stderr) twice.
+    let out = dev.cli(&["restart", "idle"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    dev.wait_state("idle", "running");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon died on a failed write to stderr"
+    );
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -7,8 +7,9 @@
 # until memhog has been OOM-killed at its memory.max and started again, check that the escape
 # artist was contained and the fork bomb held at pids.max (this kernel's seccomp and namespaces
 # for real, on both architectures), every hostile act refused (by BPF LSM on x86_64, by the
-# fallback chain on arm64), check the posture, stop the daemon with SIGTERM, then print
-# one `NANOCLAW-VM-RESULT:` line and power off.
+# fallback chain on arm64), check the posture, stop the daemon with SIGTERM. Stage 3: install
+# the release tarball and become BusyBox init, whose rcS starts the daemon with the shipped
+# init script; tests/vm/release.sh checks it. One `NANOCLAW-VM-RESULT:` line, then power off.
 # NC_TIMEOUT (seconds, kernel command line) bounds the wait.
 
 export PATH=/bin
@@ -226,4 +227,39 @@ kill "$watchdog" 2>/dev/null
 [ "$status" = 0 ] || fail "daemon exited with status $status on SIGTERM, expected 0"
 [ ! -d "$AGENT" ] || fail "$AGENT still exists after the daemon stopped"
 
-finish PASS
+echo "--- the release tarball under BusyBox init (tests/vm/release.sh), at $(cut -d' ' -f1 /proc/uptime) s"
+# Installed as its README says, onto a fresh device: the example device.json (bundle
+# directories are not `nanoclaw install`ed here, hence allow_unsigned) and one idle agent.
+cp /var/lib/nanoclaw/agents/memhog/rootfs/bin/demo-agent /tmp/demo-agent
+rm -rf /var/lib/nanoclaw
+mkdir -p /tmp/release && tar -xzf /var/tmp/nanoclaw.tar.gz -C /tmp/release || fail "cannot unpack the tarball"
+rel=$(echo /tmp/release/nanoclaw-*-linux-musl)
+# BusyBox has no `install` applet in every build (Debian's has none): mkdir, cp -p.
+mkdir -p /usr/sbin /etc/init.d /var/lib/nanoclaw/agents &&
+	cp -p "$rel/sbin/nanoclaw" /usr/sbin/nanoclaw &&
+	cp -p "$rel/busybox/S50nanoclaw" /etc/init.d/S50nanoclaw &&
+	sed 's/"allow_unsigned": false/"allow_unsigned": true/' "$rel/device.example.json" >/etc/nanoclaw/device.json ||
+	fail "cannot install from the tarball"
+cat >/etc/nanoclaw/policy.json <<'END'
+{ "version": 1, "signers": [], "device": { "memory_reserve": "64MiB" },
+  "agents": { "idle": { "memory": "16MiB", "cpus": 0.25, "pids": 8, "scratch": "1MiB",
+                        "syscalls": "default" } } }
+END
+mkdir -p /var/lib/nanoclaw/agents/idle/rootfs/bin
+cp /tmp/demo-agent /var/lib/nanoclaw/agents/idle/rootfs/bin/demo-agent
+cat >/var/lib/nanoclaw/agents/idle/manifest.json <<'END'
+{ "name": "idle", "version": "1.0.0", "mode": "service", "exec": ["/bin/demo-agent", "sleep"],
+  "requests": { "memory": "16MiB", "scratch": "1MiB" } }
+END
+# BusyBox's usual rcS (every /etc/init.d/S??* with `start`), then the checks once it is done.
+cat >/etc/init.d/rcS <<'END'
+#!/bin/sh
+for s in /etc/init.d/S??*; do
+	[ -x "$s" ] && "$s" start
+done
+END
+chmod 0755 /etc/init.d/rcS
+printf '::sysinit:/etc/init.d/rcS\n::once:/bin/sh /etc/vm/release.sh\n' >/etc/inittab
+# A failed exec would end PID 1 without a result line.
+[ -x /bin/init ] || fail "this busybox has no init applet"
+exec /bin/init

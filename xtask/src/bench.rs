@@ -80,8 +80,19 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--only" => {
                 for s in val()?.split(',') {
                     if ![
-                        "start", "memory", "metrics", "size", "oom", "monitor", "egress",
-                        "install", "policy", "sdk", "energy", "fleet", "dashboard",
+                        "start",
+                        "memory",
+                        "metrics",
+                        "size",
+                        "oom",
+                        "monitor",
+                        "egress",
+                        "install",
+                        "policy",
+                        "sdk",
+                        "energy",
+                        "fleet",
+                        "dashboard",
                     ]
                     .contains(&s)
                     {

@@ -7,9 +7,11 @@
 //!   (root, real kernel), VM (qemu, pure cgroup v2, x86_64 and aarch64 kernels)
 //! - `bench`            benchmarks → docs/BENCHMARKS.md
 //! - `vm [ARCH]`        only the VM tier
+//! - `package`          Debian packages and tarballs in target/package/ (docs/INSTALL.md)
 
 mod bench;
 mod demo;
+mod package;
 mod setup;
 mod util;
 mod vm;
@@ -26,13 +28,15 @@ fn main() -> ExitCode {
         Some("build") => build(rest),
         Some("demo") => demo::main(rest),
         Some("test") => test(rest),
-        Some("bench") => {
-            setup::ensure(&[setup::BUILD, setup::BENCH][..]).and_then(|()| bench::main(rest))
-        }
+        Some("bench") => setup::ensure(&[setup::BUILD, setup::TEST, setup::BENCH][..])
+            .and_then(|()| bench::main(rest)),
         Some("vm") => setup::ensure(&[setup::BUILD, setup::VM][..]).and_then(|()| vm::main(rest)),
+        Some("package") => {
+            setup::ensure(&[setup::BUILD, setup::PACKAGE][..]).and_then(|()| package::main(rest))
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask setup|build [--target T]|demo|test [--quick]|bench|vm [x86_64|aarch64|all]"
+                "usage: cargo xtask setup|build [--target T]|demo|test [--quick]|bench|vm [x86_64|aarch64|all]|package [--arch A]"
             );
             return ExitCode::from(2);
         }

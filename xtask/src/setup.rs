@@ -43,6 +43,8 @@ pub const TEST: &[Pkg] = &[
     ("systemd", "/usr/bin/systemd-analyze"),
     // tests/e2e/dashboard.rs drives the fleet dashboard in headless Chromium.
     ("chromium", "/usr/bin/chromium"),
+    // tests/host/package.rs: the clean Debian root the packages are installed into.
+    ("mmdebstrap", "/usr/bin/mmdebstrap"),
 ];
 /// VM tier (the kernel image is downloaded, not installed, by xtask/src/vm.rs).
 /// (busybox for each guest architecture is downloaded by vm.rs, not installed.)
@@ -50,16 +52,21 @@ pub const VM: &[Pkg] = &[
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("qemu-system-arm", "/usr/bin/qemu-system-aarch64"),
 ];
+/// `cargo xtask package`: the fleet server's Depends: (dpkg-shlibdeps). dpkg-deb, tar and
+/// gzip are in every Debian.
+pub const PACKAGE: &[Pkg] = &[("dpkg-dev", "/usr/bin/dpkg-shlibdeps")];
 /// Benchmark peers.
 pub const BENCH: &[Pkg] = &[
     ("bubblewrap", "/usr/bin/bwrap"),
     ("runc", "/usr/sbin/runc"),
     ("strace", "/usr/bin/strace"),
+    // The dashboard section (tests/e2e/dashboard.rs's ignored benchmark).
+    ("chromium", "/usr/bin/chromium"),
 ];
 /// Everything (`cargo xtask setup`).
-pub const ALL: &[&[Pkg]] = &[BUILD, TEST, VM, BENCH];
+pub const ALL: &[&[Pkg]] = &[BUILD, TEST, VM, PACKAGE, BENCH];
 /// What `cargo xtask test` needs.
-pub const TIERS: &[&[Pkg]] = &[BUILD, TEST, VM];
+pub const TIERS: &[&[Pkg]] = &[BUILD, TEST, VM, PACKAGE];
 
 pub trait PkgSet {
     fn pkgs(&self) -> Vec<Pkg>;

@@ -9,8 +9,11 @@
 //! `pids.max`, egress enforced, every hostile act refused (by BPF LSM on x86_64, booted with
 //! `lsm=landlock,bpf`; by the Landlock + seccomp fallback on arm64, which answers ENOTSUPP),
 //! that enforcement holds across a `kill -9` of the daemon, that `nanoclaw status` reports
-//! the posture truthfully and that SIGTERM stops the daemon cleanly, and
-//! prints one `NANOCLAW-VM-RESULT:` line that this side parses from the serial log.
+//! the posture truthfully and that SIGTERM stops the daemon cleanly. Then the guest installs
+//! the release tarball (`cargo xtask package`'s, built here) as its README says and becomes
+//! BusyBox init, whose rcS starts the daemon with the shipped `S50nanoclaw`;
+//! `tests/vm/release.sh` checks start, an upgrade that hands the agents over, and stop. The
+//! guest prints one `NANOCLAW-VM-RESULT:` line that this side parses from the serial log.
 //!
 //! Kernel and busybox come from Debian packages fetched with `apt-get download` and unpacked
 //! into `target/vm/cache/<arch>/` (nothing is installed on the host but qemu), so the arm64
@@ -31,6 +34,8 @@ pub const PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-arm"];
 
 /// The guest's `/init`.
 const INIT: &str = include_str!("../../tests/vm/init.sh");
+/// Its last stage, which BusyBox init runs once the release tarball's rc script has started.
+const RELEASE: &str = include_str!("../../tests/vm/release.sh");
 
 /// Seconds the guest waits for the OOM kill and restart (passed as `NC_TIMEOUT`).
 const GUEST_TIMEOUT_S: u64 = 120;
@@ -206,8 +211,13 @@ pub fn smoke(arch_name: &str, bins: &Binaries) -> Result {
     let (busybox, _) = fetch(a, "busybox-static", &cache.join("busybox"), |dir| {
         Some(dir.join("bin/busybox")).filter(|p| p.is_file())
     })?;
+    let tarball = crate::package::tarball_only(
+        a.name,
+        &bins.nanoclaw,
+        &vm_dir.join(format!("{}-release", a.name)),
+    )?;
     let initrd = vm_dir.join(format!("{}-initramfs.cpio", a.name));
-    write_initramfs(&initrd, &busybox, bins)?;
+    write_initramfs(&initrd, &busybox, bins, &tarball)?;
 
     let log = vm_dir.join(format!("{}.log", a.name));
     eprintln!(
@@ -460,19 +470,23 @@ fn kernel_package(meta: &str) -> Result<String> {
         .ok_or_else(|| format!("apt-cache depends {meta} names no linux-image package:\n{text}"))
 }
 
-/// Writes the initramfs: busybox, `/init`, `nanoclaw`, the config and the demo bundles.
-fn write_initramfs(path: &Path, busybox: &Path, bins: &Binaries) -> Result {
+/// Writes the initramfs: busybox, `/init`, `nanoclaw`, the config and the demo bundles, and
+/// the release tarball with the stage that checks it.
+fn write_initramfs(path: &Path, busybox: &Path, bins: &Binaries, tarball: &Path) -> Result {
     let read = |p: &Path| fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
     let mut c = Cpio::default();
     for d in [
         "bin",
         "dev",
         "etc/nanoclaw",
+        "etc/init.d",
+        "etc/vm",
         "newroot",
         "proc",
         "run",
         "sys",
         "tmp",
+        "var/tmp",
     ] {
         c.dir_all(d);
     }
@@ -482,6 +496,8 @@ fn write_initramfs(path: &Path, busybox: &Path, bins: &Binaries) -> Result {
     c.symlink("bin/sh", "busybox");
     c.file("bin/nanoclaw", 0o755, &read(&bins.nanoclaw)?);
     c.file("init", 0o755, INIT.as_bytes());
+    c.file("etc/vm/release.sh", 0o755, RELEASE.as_bytes());
+    c.file("var/tmp/nanoclaw.tar.gz", 0o644, &read(tarball)?);
     c.file("etc/nanoclaw/device.json", 0o644, DEVICE_JSON.as_bytes());
     c.file("etc/nanoclaw/policy.json", 0o644, POLICY_JSON.as_bytes());
     let agent_bin = read(&bins.demo_agent)?;

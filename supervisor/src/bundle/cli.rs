@@ -36,14 +36,14 @@ pub fn main(args: &[String]) -> u8 {
         ["inspect", file, "--json"] | ["inspect", "--json", file] => inspect(file, true),
         ["unpack", file, dir] => unpack_cmd(file, dir),
         _ => {
-            eprintln!("{USAGE}");
+            crate::log!("{USAGE}");
             return USAGE_ERR;
         }
     };
     match result {
         Ok(()) => OK,
         Err(e) => {
-            eprintln!("nanoclaw bundle: {e}");
+            crate::log!("nanoclaw bundle: {e}");
             FAILED
         }
     }
@@ -89,20 +89,20 @@ fn verify(args: &[&str]) -> u8 {
                 continue;
             }
             _ => {
-                eprintln!("nanoclaw bundle verify: unexpected argument {a}\n{USAGE}");
+                crate::log!("nanoclaw bundle verify: unexpected argument {a}\n{USAGE}");
                 return USAGE_ERR;
             }
         };
         match val() {
             Some(v) => *slot = Some(v),
             None => {
-                eprintln!("nanoclaw bundle verify: {a} needs a value");
+                crate::log!("nanoclaw bundle verify: {a} needs a value");
                 return USAGE_ERR;
             }
         }
     }
     let (Some(bundle), Some(target)) = (bundle, target) else {
-        eprintln!("nanoclaw bundle verify: --bundle and the artifact are required\n{USAGE}");
+        crate::log!("nanoclaw bundle verify: --bundle and the artifact are required\n{USAGE}");
         return USAGE_ERR;
     };
     let run = || -> Result<sg::Verified, String> {
@@ -138,7 +138,7 @@ fn verify(args: &[&str]) -> u8 {
             OK
         }
         Err(e) => {
-            eprintln!("nanoclaw bundle verify: {}", e.replace('\n', " "));
+            crate::log!("nanoclaw bundle verify: {}", e.replace('\n', " "));
             FAILED
         }
     }
@@ -157,7 +157,7 @@ fn pack_cmd(args: &[&str]) -> u8 {
             "--gzip" => gzip = true,
             "-o" | "--requests-from" => {
                 let Some(v) = it.next() else {
-                    eprintln!("nanoclaw bundle pack: {a} needs a value\n{USAGE}");
+                    crate::log!("nanoclaw bundle pack: {a} needs a value\n{USAGE}");
                     return USAGE_ERR;
                 };
                 match a {
@@ -167,19 +167,19 @@ fn pack_cmd(args: &[&str]) -> u8 {
             }
             d if !d.starts_with('-') && dir.is_none() => dir = Some(d),
             _ => {
-                eprintln!("nanoclaw bundle pack: unexpected argument {a}\n{USAGE}");
+                crate::log!("nanoclaw bundle pack: unexpected argument {a}\n{USAGE}");
                 return USAGE_ERR;
             }
         }
     }
     let (Some(dir), Some(out)) = (dir, out) else {
-        eprintln!("nanoclaw bundle pack: DIR and -o FILE are required\n{USAGE}");
+        crate::log!("nanoclaw bundle pack: DIR and -o FILE are required\n{USAGE}");
         return USAGE_ERR;
     };
     match pack(dir, out, gzip, &from) {
         Ok(()) => OK,
         Err(e) => {
-            eprintln!("nanoclaw bundle: {e}");
+            crate::log!("nanoclaw bundle: {e}");
             FAILED
         }
     }

@@ -75,7 +75,7 @@ pub fn main(args: &[&str]) -> u8 {
         match a {
             "--lang" | "--sdk" | "--runtime" => {
                 let Some(&v) = it.next() else {
-                    eprintln!("nanoclaw bundle init: {a} needs a value");
+                    crate::log!("nanoclaw bundle init: {a} needs a value");
                     return USAGE_ERR;
                 };
                 match a {
@@ -86,7 +86,7 @@ pub fn main(args: &[&str]) -> u8 {
             }
             n if !n.starts_with('-') && name.is_none() => name = Some(n),
             _ => {
-                eprintln!(
+                crate::log!(
                     "nanoclaw bundle init: unexpected argument {a}\n{}",
                     super::cli::USAGE
                 );
@@ -95,14 +95,14 @@ pub fn main(args: &[&str]) -> u8 {
         }
     }
     let (Some(lang), Some(name)) = (lang, name) else {
-        eprintln!(
+        crate::log!(
             "nanoclaw bundle init: --lang and NAME are required\n{}",
             super::cli::USAGE
         );
         return USAGE_ERR;
     };
     let Some(l) = LANGS.iter().find(|l| l.flag == lang) else {
-        eprintln!("nanoclaw bundle init: --lang {lang}: expected python, node, go or rust");
+        crate::log!("nanoclaw bundle init: --lang {lang}: expected python, node, go or rust");
         return USAGE_ERR;
     };
     match init(l, name, sdk, runtime) {
@@ -119,7 +119,7 @@ pub fn main(args: &[&str]) -> u8 {
             0
         }
         Err(e) => {
-            eprintln!("nanoclaw bundle init: {e}");
+            crate::log!("nanoclaw bundle init: {e}");
             1
         }
     }

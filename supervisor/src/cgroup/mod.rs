@@ -946,14 +946,16 @@ mod tests {
     fn detect_agrees_with_mountinfo() {
         let root = Path::new(DEFAULT_ROOT);
         let Some((fstype, _)) = mount_at(root) else {
-            eprintln!("skipped: nothing mounted at {DEFAULT_ROOT}");
+            crate::log!("skipped: nothing mounted at {DEFAULT_ROOT}");
             return;
         };
         let layout = detect(root).unwrap();
         let memory_v1 = mount_at(&root.join("memory"))
             .is_some_and(|(t, o)| t == "cgroup" && o.split(',').any(|o| o == "memory"));
         let unified = mount_at(&root.join("unified")).is_some_and(|(t, _)| t == "cgroup2");
-        eprintln!("{DEFAULT_ROOT}: {fstype}, v1 memory {memory_v1}, unified {unified}: {layout:?}");
+        crate::log!(
+            "{DEFAULT_ROOT}: {fstype}, v1 memory {memory_v1}, unified {unified}: {layout:?}"
+        );
         let expected = match fstype.as_str() {
             "cgroup2" => Layout::V2 {
                 root: root.to_path_buf(),
@@ -1081,15 +1083,15 @@ mod testutil {
             if let Ok(names) = self.cg.list() {
                 for name in names {
                     if let Err(e) = self.cg.kill_all(&name) {
-                        eprintln!("cleanup: {e}");
+                        crate::log!("cleanup: {e}");
                     }
                     if let Err(e) = self.cg.remove(&name) {
-                        eprintln!("cleanup: {e}");
+                        crate::log!("cleanup: {e}");
                     }
                 }
             }
             if let Err(e) = remove_subtree(&self.layout, &self.subtree) {
-                eprintln!("cleanup: {e}");
+                crate::log!("cleanup: {e}");
             }
         }
     }

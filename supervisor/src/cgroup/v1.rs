@@ -401,7 +401,7 @@ mod tests {
     /// A v1 environment under a fresh subtree, or `None` (skip) off v1 or without root.
     fn v1_env() -> Option<Env> {
         if !is_root() {
-            eprintln!("skipped: needs root");
+            crate::log!("skipped: needs root");
             return None;
         }
         match detect(Path::new(DEFAULT_ROOT)) {
@@ -411,7 +411,7 @@ mod tests {
                 Some(Env::with_subtree(cg, subtree))
             }
             other => {
-                eprintln!("skipped: not cgroup v1 here ({other:?})");
+                crate::log!("skipped: not cgroup v1 here ({other:?})");
                 None
             }
         }
@@ -477,7 +477,7 @@ mod tests {
     #[test]
     fn limits_are_written_and_read_back() {
         let Some(env) = v1_env() else { return };
-        eprintln!("missing controllers: {:?}", env.cg.missing_controllers());
+        crate::log!("missing controllers: {:?}", env.cg.missing_controllers());
         assert!(
             env.cg.missing_controllers().is_empty(),
             "this host has them all"
@@ -626,7 +626,7 @@ mod tests {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
         assert!(readable(&notifier, Duration::from_secs(5)), "no OOM event");
         let stats = env.cg.memory("hog").unwrap();
-        eprintln!("{stats:?}");
+        crate::log!("{stats:?}");
         assert!(stats.oom_kills >= 1);
         assert_eq!(stats.limit, limit);
         assert!(stats.peak <= limit);

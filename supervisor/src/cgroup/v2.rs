@@ -315,7 +315,7 @@ mod tests {
 
     fn v2_env() -> Option<Env> {
         if !is_root() {
-            eprintln!("skipped: needs root");
+            crate::log!("skipped: needs root");
             return None;
         }
         let root = match detect(Path::new(DEFAULT_ROOT)) {
@@ -325,7 +325,7 @@ mod tests {
                 ..
             }) => root,
             other => {
-                eprintln!("skipped: no cgroup2 mount here ({other:?})");
+                crate::log!("skipped: no cgroup2 mount here ({other:?})");
                 return None;
             }
         };
@@ -359,7 +359,7 @@ mod tests {
     fn lifecycle_with_cgroup_kill() {
         let Some(mut env) = v2_env() else { return };
         let missing = env.cg.missing_controllers();
-        eprintln!("v2 root {}: missing {missing:?}", root(&env).display());
+        crate::log!("v2 root {}: missing {missing:?}", root(&env).display());
         env.cg.create("agent", &limits(64 * MIB, 16)).unwrap();
         let agent = dir(&env, "agent");
         assert!(agent.is_dir());
@@ -489,14 +489,14 @@ mod tests {
     fn memory_hog_is_oom_killed_and_notified() {
         let Some(mut env) = v2_env() else { return };
         if env.cg.missing_controllers().contains(&"memory") {
-            eprintln!("skipped: no memory controller on this cgroup2 mount");
+            crate::log!("skipped: no memory controller on this cgroup2 mount");
             return;
         }
         let python = std::process::Command::new("python3")
             .args(["-c", ""])
             .status();
         if !python.is_ok_and(|s| s.success()) {
-            eprintln!("skipped: no python3 to allocate with");
+            crate::log!("skipped: no python3 to allocate with");
             return;
         }
         let limit = 32 * MIB;
@@ -516,7 +516,7 @@ mod tests {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
         assert!(readable(&notifier, Duration::from_secs(5)), "no OOM event");
         let stats = env.cg.memory("hog").unwrap();
-        eprintln!("{stats:?}");
+        crate::log!("{stats:?}");
         assert!(stats.oom_kills >= 1);
         assert_eq!(stats.limit, limit);
         assert!(stats.peak <= limit);

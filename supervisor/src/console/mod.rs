@@ -106,7 +106,7 @@ pub fn main(args: &[String]) -> u8 {
     let o = match parse(args) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("nanoclaw console: {e}\n{USAGE}");
+            crate::log!("nanoclaw console: {e}\n{USAGE}");
             return exit::USAGE;
         }
     };
@@ -117,7 +117,7 @@ pub fn main(args: &[String]) -> u8 {
     let term = match term::Term::open(o.tty.as_deref(), o.baud) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("nanoclaw console: {e}");
+            crate::log!("nanoclaw console: {e}");
             return exit::FAILED;
         }
     };

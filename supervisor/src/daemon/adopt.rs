@@ -17,7 +17,7 @@ pub fn adopt_or_clean(ctx: &CtxRef) {
     let existing = match ctx.d.borrow().cgroups.list() {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("nanoclaw: listing agent cgroups: {e}");
+            crate::log!("nanoclaw: listing agent cgroups: {e}");
             return;
         }
     };
@@ -39,7 +39,7 @@ pub fn adopt_or_clean(ctx: &CtxRef) {
                 );
             }
             if let Err(e) = d.cgroups.remove(&name) {
-                eprintln!("nanoclaw: removing stale cgroup {name}: {e}");
+                crate::log!("nanoclaw: removing stale cgroup {name}: {e}");
             }
             let _ = std::fs::remove_file(d.run_dir().join(format!("{name}.json")));
         }
@@ -59,7 +59,7 @@ fn try_adopt(ctx: &CtxRef, name: &str) -> bool {
                 crate::sandbox::LOG_READ_FD,
                 rustix::process::PidfdGetfdFlags::empty(),
             )
-            .map_err(|e| eprintln!("nanoclaw: {name}: recovering the output pipe: {e}"))
+            .map_err(|e| crate::log!("nanoclaw: {name}: recovering the output pipe: {e}"))
             .ok();
             watch(ctx, name, generation, pidfd, log);
             // A new socket in the directory the agent already sees at /run.
@@ -105,7 +105,7 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
         .cgroups
         .set_limits(name, &super::lifecycle::limits_for(&eff))
     {
-        eprintln!("nanoclaw: {name}: re-applying limits: {e}");
+        crate::log!("nanoclaw: {name}: re-applying limits: {e}");
     }
     let oom = d.cgroups.memory(name).map(|m| m.oom_kills).unwrap_or(0);
     // Its egress programs are still attached (pinned links) and its rules still in the
@@ -117,7 +117,7 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
     if let Some(cgid) = egress_cgid
         && let Err(e) = super::egress::update(d, cgid, &eff)
     {
-        eprintln!("nanoclaw: {name}: updating egress rules: {e}");
+        crate::log!("nanoclaw: {name}: updating egress rules: {e}");
     }
     // The LSM rules are in a pinned map too; (re-)holding is idempotent, and also covers an
     // agent started by a supervisor that ran without the LSM.
@@ -126,7 +126,7 @@ fn adopt_locked(d: &mut super::Daemon, name: &str) -> Option<Adopted> {
     let lsm_cgid = match super::lsm::hold(d, dir.as_deref(), &rootfs) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("nanoclaw: {name}: {e}");
+            crate::log!("nanoclaw: {name}: {e}");
             None
         }
     };

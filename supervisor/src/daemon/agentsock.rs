@@ -77,7 +77,7 @@ pub fn serve(
     let listener = match Async::new(listener) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("nanoclaw: {agent}: agent socket: {e}");
+            crate::log!("nanoclaw: {agent}: agent socket: {e}");
             return None;
         }
     };
@@ -120,7 +120,7 @@ pub fn rebind(ctx: &CtxRef, agent: &str) -> Option<smol::Task<()>> {
     let l = match bind(&ctx.d.borrow(), agent, uid) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("nanoclaw: {agent}: re-creating the agent socket: {e}");
+            crate::log!("nanoclaw: {agent}: re-creating the agent socket: {e}");
             return None;
         }
     };

@@ -199,7 +199,7 @@ pub fn spawn_denial_reader(ctx: &CtxRef) {
     let ring = match taken {
         Some(Ok(x)) => x,
         Some(Err(e)) => {
-            eprintln!("nanoclaw: egress denials will not be audited: {e}");
+            crate::log!("nanoclaw: egress denials will not be audited: {e}");
             return;
         }
         None => return,

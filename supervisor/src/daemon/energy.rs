@@ -167,7 +167,7 @@ pub fn sample(ctx: &CtxRef) {
                 sim.step(dt_s, dev.modelled_w(all_bytes) + sim.base_w());
             }
             if let Err(err) = sim.publish() {
-                eprintln!("nanoclaw: simulated battery: {err}");
+                crate::log!("nanoclaw: simulated battery: {err}");
             }
             dev.idle_w += sim.base_w();
         }
@@ -311,7 +311,7 @@ fn apply(ctx: &CtxRef, name: &str, why: &Act) {
             if want_freeze != was_frozen {
                 match d.cgroups.freeze(name, want_freeze) {
                     Ok(()) => done.push(if want_freeze { "frozen" } else { "thawed" }),
-                    Err(e) => eprintln!("nanoclaw: {name}: freeze: {e}"),
+                    Err(e) => crate::log!("nanoclaw: {name}: freeze: {e}"),
                 }
             }
             if let Some(eff) = &eff {
@@ -319,7 +319,7 @@ fn apply(ctx: &CtxRef, name: &str, why: &Act) {
                 match d.cgroups.set_limits(name, &limits) {
                     Ok(()) if want_throttle => done.push("CPU quota cut to a quarter"),
                     Ok(()) => {}
-                    Err(e) => eprintln!("nanoclaw: {name}: throttle: {e}"),
+                    Err(e) => crate::log!("nanoclaw: {name}: throttle: {e}"),
                 }
             }
             if let Some(a) = d.agents.get_mut(name) {

@@ -215,11 +215,11 @@ fn expire(d: &mut Daemon, now_s: u64) {
         return;
     }
     if let Err(e) = save(d) {
-        eprintln!("nanoclaw: saving grants: {e}");
+        crate::log!("nanoclaw: saving grants: {e}");
     }
     for g in gone {
         if let Err(e) = refresh_egress(d, &g.agent) {
-            eprintln!("nanoclaw: {}: removing an expired grant: {e}", g.agent);
+            crate::log!("nanoclaw: {}: removing an expired grant: {e}", g.agent);
         }
         let why = if g.not_after <= now_s {
             format!(

@@ -416,11 +416,11 @@ pub fn cleanup(d: &Daemon) {
                 let _ = std::fs::remove_file(e.path()); // a runtime's half-made switch link
             } else if n.starts_with(".staging-") {
                 match std::fs::remove_dir_all(e.path()) {
-                    Ok(()) => eprintln!(
+                    Ok(()) => crate::log!(
                         "nanoclaw: removed {} (an interrupted install)",
                         e.path().display()
                     ),
-                    Err(err) => eprintln!("nanoclaw: removing {}: {err}", e.path().display()),
+                    Err(err) => crate::log!("nanoclaw: removing {}: {err}", e.path().display()),
                 }
             }
         }

@@ -483,7 +483,7 @@ fn start_locked(d: &mut Daemon, name: &str) -> Option<Watched> {
     };
     let run_path = d.run_dir().join(format!("{name}.json"));
     if let Err(e) = persist::write_json_atomic(&run_path, &rec, false) {
-        eprintln!("nanoclaw: writing {}: {e}", run_path.display());
+        crate::log!("nanoclaw: writing {}: {e}", run_path.display());
     }
     let unsigned = if d.cfg.allow_unsigned {
         "; UNSIGNED bundle allowed by allow_unsigned"
@@ -515,7 +515,7 @@ fn watch_syscalls(d: &mut Daemon, name: &str) -> Option<u64> {
     match e.watch_syscalls(cgid) {
         Ok(()) => Some(cgid),
         Err(err) => {
-            eprintln!("nanoclaw: {name}: syscall monitoring: {err}");
+            crate::log!("nanoclaw: {name}: syscall monitoring: {err}");
             None
         }
     }
@@ -617,8 +617,8 @@ pub fn watch(
                 })
                 .detach();
         }
-        Ok(Err(e)) => eprintln!("nanoclaw: {name}: watching OOM events: {e}"),
-        Err(e) => eprintln!("nanoclaw: {name}: OOM notifier: {e}"),
+        Ok(Err(e)) => crate::log!("nanoclaw: {name}: watching OOM events: {e}"),
+        Err(e) => crate::log!("nanoclaw: {name}: OOM notifier: {e}"),
     }
 
     if let Some(log) = log {
@@ -860,7 +860,7 @@ pub fn persist_agent(d: &mut Daemon, name: &str) {
     if let Some(a) = d.agents.get(name)
         && let Err(e) = persist::save(&dir, name, &a.record())
     {
-        eprintln!(
+        crate::log!(
             "nanoclaw: {name}: saving agent state in {}: {e}",
             dir.display()
         );

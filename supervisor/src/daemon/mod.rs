@@ -158,12 +158,12 @@ impl Daemon {
     /// An audit failure is reported on stderr: the supervisor keeps enforcing either way.
     pub fn audit(&mut self, agent: &str, kind: AuditKind, reason: &str, durable: bool) {
         if let Err(e) = self.audit.append(now_ms(), agent, kind, reason, durable) {
-            eprintln!("nanoclaw: audit log write failed: {e}");
+            crate::log!("nanoclaw: audit log write failed: {e}");
         }
         if fleet::is_urgent(kind) {
             fleet::wake(self, fleet::Wake::Event);
         }
-        eprintln!("nanoclaw: [{}] {agent}: {reason}", kind_name(kind));
+        crate::log!("nanoclaw: [{}] {agent}: {reason}", kind_name(kind));
     }
 
     /// Notes a violation event for `agent`'s `on_violation` rules and trust score; acted on
@@ -226,7 +226,7 @@ fn energy_setup(cfg: &DeviceConfig, board: &crate::board::Board) -> energy::Ener
         let mut s =
             crate::power::sim::Sim::new(spec, &sim_root, cfg.sim.start_percent, cfg.sim.speed);
         if let Err(e) = s.publish() {
-            eprintln!("nanoclaw: simulated battery: {e}");
+            crate::log!("nanoclaw: simulated battery: {e}");
         }
         s
     });
@@ -303,7 +303,9 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     let favordynmods = cgroup::dynmods::favordynmods(&layout).ok().flatten();
     let cgroups = cgroup::open(layout, &cfg.cgroup_subtree)?;
     cgroups.enter_supervisor()?;
-    for dir in [&cfg.state_dir, &cfg.state_dir.join("run")] {
+    // A freshly installed device has none of these yet (its package or tarball need not
+    // make them).
+    for dir in [&cfg.state_dir, &cfg.state_dir.join("run"), &cfg.agents_dir] {
         std::fs::create_dir_all(dir).map_err(|e| DaemonError::Io {
             what: format!("creating state directory {}", dir.display()),
             source: e,
@@ -432,7 +434,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
     ctx.ex
         .spawn(async move { control::server::serve(ctl, listener).await })
         .detach();
-    eprintln!(
+    crate::log!(
         "nanoclaw: daemon ready, control socket {}",
         ctx.d.borrow().cfg.socket.display()
     );
@@ -461,7 +463,7 @@ pub fn run(config_path: &Path) -> Result<u8, DaemonError> {
 /// upgrade of nanoclaw itself: `systemctl kill -s USR2 nanoclaw` with `Restart=always`).
 async fn signals(ctx: CtxRef, sigfd: OwnedFd, notifier: Option<Rc<notify::Notifier>>) -> u8 {
     let Ok(sigfd) = smol::Async::new(sigfd) else {
-        eprintln!("nanoclaw: cannot watch signals; stopping");
+        crate::log!("nanoclaw: cannot watch signals; stopping");
         return exit::SETUP;
     };
     loop {
@@ -486,7 +488,7 @@ async fn signals(ctx: CtxRef, sigfd: OwnedFd, notifier: Option<Rc<notify::Notifi
                 "handing over on SIGUSR2: {n} agent(s) left running for the next supervisor"
             );
             d.audit("", AuditKind::DaemonStop, &why, true);
-            eprintln!("nanoclaw: {why}");
+            crate::log!("nanoclaw: {why}");
             return exit::OK;
         }
         return shutdown(&ctx).await;
@@ -517,14 +519,14 @@ async fn shutdown(ctx: &CtxRef) -> u8 {
     for n in &names {
         let _ = d.cgroups.kill_all(n);
         if let Err(e) = d.cgroups.remove(n) {
-            eprintln!("nanoclaw: removing cgroup of {n}: {e}");
+            crate::log!("nanoclaw: removing cgroup of {n}: {e}");
         }
         let _ = std::fs::remove_file(d.run_dir().join(format!("{n}.json")));
     }
     if let Some(prev) = d.dynmods_restore
         && let Err(e) = cgroup::dynmods::set_favordynmods(d.cgroups.layout(), prev)
     {
-        eprintln!("nanoclaw: restoring the cgroup2 favordynmods option: {e}");
+        crate::log!("nanoclaw: restoring the cgroup2 favordynmods option: {e}");
     }
     if let Some(l) = d.lsm.as_ref() {
         l.unpin();

@@ -262,7 +262,7 @@ fn tick(ctx: &CtxRef) {
     if let Some(e) = d.egress.as_mut()
         && let Err(err) = e.set_monitor_active(active)
     {
-        eprintln!("nanoclaw: syscall monitoring: switching the tracepoint: {err}");
+        crate::log!("nanoclaw: syscall monitoring: switching the tracepoint: {err}");
     }
 }
 

@@ -94,7 +94,7 @@ fn reapply(d: &mut Daemon, name: &str) {
         .collect();
     for (agent, cgid, eff) in targets {
         if let Err(e) = super::egress::update(d, cgid, &eff) {
-            eprintln!("nanoclaw: {agent}: updating egress rules for {name}: {e}");
+            crate::log!("nanoclaw: {agent}: updating egress rules for {name}: {e}");
         }
     }
 }
@@ -182,7 +182,9 @@ async fn refresh(ctx: &CtxRef) -> u64 {
             d.audit("", AuditKind::Posture, &n, false);
         }
         if changed {
-            eprintln!("nanoclaw: {name} now resolves to {now_addrs:?} (egress allowlists updated)");
+            crate::log!(
+                "nanoclaw: {name} now resolves to {now_addrs:?} (egress allowlists updated)"
+            );
             reapply(&mut d, &name);
         }
     }

@@ -30,7 +30,7 @@ impl Notifier {
         match (addr, sock) {
             (Ok(addr), Ok(sock)) => Some(Notifier { addr, sock }),
             (Err(e), _) | (_, Err(e)) => {
-                eprintln!(
+                crate::log!(
                     "nanoclaw: NOTIFY_SOCKET {path:?}: {e}; not notifying the service manager"
                 );
                 None
@@ -43,7 +43,7 @@ impl Notifier {
     pub fn send(&self, state: &str) {
         match self.sock.send_to_addr(state.as_bytes(), &self.addr) {
             Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                eprintln!("nanoclaw: notifying the service manager ({state}): {e}");
+                crate::log!("nanoclaw: notifying the service manager ({state}): {e}");
             }
             _ => {}
         }

@@ -459,13 +459,13 @@ fn apply_live(
                 .cgroups
                 .set_limits(&name, &super::lifecycle::limits_for_agent(&old, throttled))
         {
-            eprintln!("nanoclaw: {name}: restoring limits after a failed reload: {e}");
+            crate::log!("nanoclaw: {name}: restoring limits after a failed reload: {e}");
         }
         if network
             && let Some(cgid) = cgid
             && let Err(e) = super::egress::update(d, cgid, &old)
         {
-            eprintln!("nanoclaw: {name}: restoring egress rules after a failed reload: {e}");
+            crate::log!("nanoclaw: {name}: restoring egress rules after a failed reload: {e}");
         }
     }
     Err(f)

@@ -17,7 +17,7 @@ pub fn spawn(
     mut tick: impl FnMut(&CtxRef) + 'static,
 ) {
     let Ok(fd) = smol::Async::new(fd) else {
-        eprintln!("nanoclaw: {what} will not be audited: cannot watch the ring buffer");
+        crate::log!("nanoclaw: {what} will not be audited: cannot watch the ring buffer");
         return;
     };
     let c = ctx.clone();

@@ -36,7 +36,7 @@ pub fn policy_main(args: &[String]) -> u8 {
         Some((&"check", rest)) => check(rest),
         Some((&"sign", rest)) => sign_policy(rest),
         _ => {
-            eprintln!("{USAGE}");
+            crate::log!("{USAGE}");
             USAGE_ERR
         }
     }
@@ -58,13 +58,13 @@ fn check(args: &[&str]) -> u8 {
             "--timing" => timing = true,
             s if !s.starts_with('-') && file.is_none() => file = Some(s),
             _ => {
-                eprintln!("{USAGE}");
+                crate::log!("{USAGE}");
                 return USAGE_ERR;
             }
         }
     }
     let Some(file) = file else {
-        eprintln!("{USAGE}");
+        crate::log!("{USAGE}");
         return USAGE_ERR;
     };
     // A policy too large to parse is an invalid policy, not a usage error.
@@ -87,7 +87,7 @@ fn check(args: &[&str]) -> u8 {
     } = match loaded {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("nanoclaw policy check: {e}");
+            crate::log!("nanoclaw policy check: {e}");
             return USAGE_ERR;
         }
     };
@@ -101,7 +101,7 @@ fn check(args: &[&str]) -> u8 {
     let t0 = std::time::Instant::now();
     let judged = judge.accept(&bytes);
     if timing {
-        eprintln!("check took {} µs", t0.elapsed().as_micros());
+        crate::log!("check took {} µs", t0.elapsed().as_micros());
     }
     match judged {
         Ok(a) => {
@@ -219,7 +219,7 @@ fn sign_policy(args: &[&str]) -> u8 {
         [f, "--key", k] => (*f, *k, None),
         [f, "--key", k, "-o", o] => (*f, *k, Some(*o)),
         _ => {
-            eprintln!("{USAGE}");
+            crate::log!("{USAGE}");
             return USAGE_ERR;
         }
     };
@@ -242,7 +242,7 @@ fn sign_policy(args: &[&str]) -> u8 {
             OK
         }
         Err(e) => {
-            eprintln!("nanoclaw policy sign: {e}");
+            crate::log!("nanoclaw policy sign: {e}");
             INVALID
         }
     }
@@ -282,7 +282,7 @@ fn print_signed(
             OK
         }
         Err(e) => {
-            eprintln!("nanoclaw {cmd}: {e}");
+            crate::log!("nanoclaw {cmd}: {e}");
             INVALID
         }
     }
@@ -311,11 +311,11 @@ pub fn grant_main(args: &[String]) -> u8 {
         let t = not_after(&f)?;
         Some((f, key, agent, cap, t))
     }) else {
-        eprintln!("{USAGE}");
+        crate::log!("{USAGE}");
         return USAGE_ERR;
     };
     if let Err(e) = cap.parse::<crate::config::policy::Capability>() {
-        eprintln!("nanoclaw grant sign: --capability: {e}");
+        crate::log!("nanoclaw grant sign: --capability: {e}");
         return USAGE_ERR;
     }
     let token = Token {
@@ -353,7 +353,7 @@ pub fn engineer_main(args: &[String]) -> u8 {
         };
         Some((*f.get("--key")?, token))
     }) else {
-        eprintln!("{ENGINEER_USAGE}");
+        crate::log!("{ENGINEER_USAGE}");
         return USAGE_ERR;
     };
     print_signed("engineer sign", key, |k| {

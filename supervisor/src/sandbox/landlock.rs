@@ -241,7 +241,7 @@ mod tests {
             .output();
         match result {
             Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
-                eprintln!("SKIPPED {test}: cannot re-execute the test binary ({e}): emulated?");
+                crate::log!("SKIPPED {test}: cannot re-execute the test binary ({e}): emulated?");
                 None
             }
             other => Some(other.unwrap()),
@@ -320,7 +320,7 @@ mod tests {
             match landlock_child(&dir) {
                 Ok(()) => std::process::exit(0),
                 Err(e) => {
-                    eprintln!("CHILD FAILED: {e}");
+                    crate::log!("CHILD FAILED: {e}");
                     std::process::exit(1)
                 }
             }

@@ -807,7 +807,7 @@ mod tests {
             .output();
         match result {
             Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
-                eprintln!("SKIPPED {test}: cannot re-execute the test binary ({e}): emulated?");
+                crate::log!("SKIPPED {test}: cannot re-execute the test binary ({e}): emulated?");
                 None
             }
             other => Some(other.unwrap()),
@@ -828,7 +828,7 @@ mod tests {
         match result {
             Ok(()) => std::process::exit(0),
             Err(e) => {
-                eprintln!("CHILD FAILED: {e}");
+                crate::log!("CHILD FAILED: {e}");
                 std::process::exit(1)
             }
         }
@@ -1042,7 +1042,7 @@ mod tests {
                 let tcgets = raw(nr::SYS_ioctl, [fd.into(), libc::TCGETS as i64, 0, 0, 0, 0]);
                 expect_errno("ioctl(/dev/null, TCGETS)", tcgets, libc::ENOTTY)?;
                 let _ = std::time::Instant::now();
-                eprintln!("alive before socket, pid {}", std::process::id());
+                crate::log!("alive before socket, pid {}", std::process::id());
                 raw(
                     nr::SYS_socket,
                     [libc::AF_UNIX.into(), libc::SOCK_STREAM.into(), 0, 0, 0, 0],

@@ -73,12 +73,12 @@ pub fn main(args: &[String]) -> u8 {
     let o = match parse(args) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("nanoclaw sim: {e}\n{USAGE}");
+            crate::log!("nanoclaw sim: {e}\n{USAGE}");
             return exit::USAGE;
         }
     };
     if !rustix::process::geteuid().is_root() {
-        eprintln!(
+        crate::log!(
             "nanoclaw sim: the sandbox needs root (cgroups, namespaces, eBPF): run it with sudo"
         );
         return exit::PERMISSION;
@@ -87,12 +87,12 @@ pub fn main(args: &[String]) -> u8 {
     let code = match Sim::prepare(&o, &dir).and_then(|mut s| s.run(&o)) {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!("nanoclaw sim: {e}");
+            crate::log!("nanoclaw sim: {e}");
             exit::FAILED
         }
     };
     if o.keep {
-        eprintln!("nanoclaw sim: kept {}", dir.display());
+        crate::log!("nanoclaw sim: kept {}", dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }

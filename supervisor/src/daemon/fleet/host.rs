@@ -160,7 +160,7 @@ impl Host for DeviceHost {
         let recs = match d.audit.since(first, buf.len() * 9 / 10) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("nanoclaw: fleet sync: reading the audit log: {e}");
+                crate::log!("nanoclaw: fleet sync: reading the audit log: {e}");
                 return (first, 0, 0);
             }
         };
@@ -178,7 +178,7 @@ impl Host for DeviceHost {
         let (recs, next) = match o.read_from(offset, first, buf.len() * 9 / 10) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("nanoclaw: fleet sync: reading the outbox: {e}");
+                crate::log!("nanoclaw: fleet sync: reading the outbox: {e}");
                 return (first, 0, 0);
             }
         };
@@ -340,7 +340,7 @@ impl DeviceHost {
         if let Some(o) = d.outbox.as_mut() {
             match o.ack(self.outbox_stored) {
                 Ok(()) => self.outbox_acked = self.outbox_stored,
-                Err(e) => eprintln!("nanoclaw: fleet sync: trimming the outbox: {e}"),
+                Err(e) => crate::log!("nanoclaw: fleet sync: trimming the outbox: {e}"),
             }
         }
     }

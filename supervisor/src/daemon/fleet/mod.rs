@@ -142,7 +142,7 @@ fn load_state(d: &Daemon) -> State {
     let path = state_path(d);
     match std::fs::read(&path) {
         Ok(b) if b.len() < 1024 * 1024 => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            eprintln!(
+            crate::log!(
                 "nanoclaw: {}: {e}; starting the fleet marks over (the server's acks win)",
                 path.display()
             );
@@ -162,7 +162,7 @@ fn save_state(d: &Daemon, s: &State) {
             crate::agents::persist::write_file_atomic(&path, &bytes, true)
         });
     if let Err(e) = r {
-        eprintln!("nanoclaw: fleet sync: saving {}: {e}", path.display());
+        crate::log!("nanoclaw: fleet sync: saving {}: {e}", path.display());
     }
 }
 
@@ -301,7 +301,7 @@ async fn run_once(
         }
     }
     if let Err(e) = &result {
-        eprintln!("nanoclaw: fleet sync with {}: {e}", cfg.server);
+        crate::log!("nanoclaw: fleet sync with {}: {e}", cfg.server);
     }
     drop(d);
     wait
