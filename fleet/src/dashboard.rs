@@ -78,6 +78,15 @@ fn asset(body: &'static str, kind: &'static str) -> Response {
     r
 }
 
+/// `column` ordered by its bytes on both backends (PostgreSQL's default collation ignores
+/// case and punctuation; SQLite compares bytes), so pages are the same on either.
+fn bytewise(db: &crate::db::Db, column: &str) -> String {
+    match db.backend {
+        crate::db::Backend::Postgres => format!("{column} COLLATE \"C\""),
+        crate::db::Backend::Sqlite => column.to_owned(),
+    }
+}
+
 /// Devices seen since this time count as online: two missed check-ins and some slack.
 fn online_after(app: &App, now: i64) -> i64 {
     now - (2 * i64::from(app.poll_s) + 30) * 1000
@@ -152,14 +161,16 @@ async fn overview(_: Admin, State(app): State<App>) -> Result<Json<Value>, ApiEr
 async fn groups(app: &App, on: i64) -> Result<Vec<Value>, ApiError> {
     let (pool, e) = (&app.db.pool, internal);
     let mut out = Vec::new();
-    let rows = sqlx::query(
+    let sql = format!(
         "SELECT grp, COUNT(*), SUM(CASE WHEN last_seen_ms >= $1 THEN 1 ELSE 0 END) \
-         FROM devices GROUP BY grp ORDER BY grp",
-    )
-    .bind(on)
-    .fetch_all(pool)
-    .await
-    .map_err(e)?;
+         FROM devices GROUP BY grp ORDER BY {}",
+        bytewise(&app.db, "grp")
+    );
+    let rows = sqlx::query(&sql)
+        .bind(on)
+        .fetch_all(pool)
+        .await
+        .map_err(e)?;
     let versions = app.db.rollout().await.map_err(internal)?;
     let policies = app.db.newest_policies().await.map_err(internal)?;
     let assignments = app.db.assignments().await.map_err(internal)?;
@@ -285,7 +296,10 @@ pub async fn list(app: &App, q: ListQuery) -> Result<Json<Value>, ApiError> {
             .replace('%', "\\%")
             .replace('_', "\\_");
         binds.push(format!("%{esc}%"));
-        conds.push(format!("id LIKE ${} ESCAPE '\\'", binds.len() + 1));
+        conds.push(format!(
+            "LOWER(id) LIKE LOWER(${}) ESCAPE '\\'",
+            binds.len() + 1
+        ));
     }
     if let Some(g) = q.group.as_deref().filter(|g| !g.is_empty()) {
         binds.push(g.to_owned());
@@ -319,7 +333,8 @@ pub async fn list(app: &App, q: ListQuery) -> Result<Json<Value>, ApiError> {
     let n = binds.len();
     let sql = format!(
         "SELECT {DEVICE_COLS}, {STATUS_COLS} FROM devices LEFT JOIN device_status s \
-         ON s.device = devices.id WHERE {filter} ORDER BY id LIMIT ${} OFFSET ${}",
+         ON s.device = devices.id WHERE {filter} ORDER BY {} LIMIT ${} OFFSET ${}",
+        bytewise(&app.db, "id"),
         n + 2,
         n + 3
     );

@@ -777,16 +777,6 @@ impl Db {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        if what == "policy" && ok {
-            // The rollout shows it now, not at the device's next Hello.
-            sqlx::query(
-                "UPDATE devices SET policy_version = $1 WHERE id = $2 AND policy_version < $1",
-            )
-            .bind(version)
-            .bind(device)
-            .execute(&mut *tx)
-            .await?;
-        }
         if what == "grant" {
             sqlx::query(
                 "INSERT INTO grant_acks (grant_id, device, ok, reason) VALUES ($1, $2, $3, $4) \
@@ -803,8 +793,11 @@ impl Db {
         Ok(())
     }
 
-    /// Records what devices said in their Hellos, many in one transaction.
-    pub async fn seen(&self, batch: &[Seen]) -> Result<(), DbError> {
+    /// Records what devices said in their Hellos, many in one transaction, then the policy
+    /// versions they reported applied since (`(device, version)`, so the rollout shows them
+    /// before the device's next Hello). Both come through one queue in arrival order, so a
+    /// Hello's older version never overwrites an `Applied` that followed it.
+    pub async fn seen(&self, batch: &[Seen], policies: &[(String, i64)]) -> Result<(), DbError> {
         // One statement per 100 devices (UPDATE … FROM VALUES works on both backends); a
         // device seen twice in the batch keeps its latest report and counts both sessions.
         let mut latest: Vec<(&Seen, i64)> = Vec::with_capacity(batch.len());
@@ -842,6 +835,15 @@ impl Db {
                     .bind(*n);
             }
             q.execute(&mut *tx).await?;
+        }
+        for (id, version) in policies {
+            sqlx::query(
+                "UPDATE devices SET policy_version = $1 WHERE id = $2 AND policy_version < $1",
+            )
+            .bind(*version)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -36,7 +36,7 @@ struct Shared {
     directives: crate::directives::Directives,
     poll_s: u32,
     keep: Duration,
-    seen: mpsc::Sender<Seen>,
+    seen: mpsc::Sender<Checkin>,
     status: mpsc::Sender<crate::telemetry::Report>,
 }
 
@@ -92,22 +92,34 @@ pub async fn run(db: Db, tls: Arc<rustls::ServerConfig>, cfg: Config) -> Result<
     }
 }
 
+/// What the check-in writer records: a Hello, or a policy the device then applied.
+enum Checkin {
+    Hello(Seen),
+    Policy(String, i64),
+}
+
 /// Writes what devices said in their Hellos in batches (one transaction per batch), so an
-/// idle check-in costs the database no synchronous write.
-async fn record_seen(db: Db, mut rx: mpsc::Receiver<Seen>) {
-    let mut batch = Vec::new();
-    while let Some(s) = rx.recv().await {
-        batch.push(s);
-        while batch.len() < 1000 {
+/// idle check-in costs the database no synchronous write; the policy versions devices applied
+/// go the same way, after the Hellos that came before them.
+async fn record_seen(db: Db, mut rx: mpsc::Receiver<Checkin>) {
+    let (mut batch, mut policies) = (Vec::new(), Vec::new());
+    while let Some(c) = rx.recv().await {
+        let mut take = |c| match c {
+            Checkin::Hello(s) => batch.push(s),
+            Checkin::Policy(id, v) => policies.push((id, v)),
+        };
+        take(c);
+        for _ in 0..1000 {
             match rx.try_recv() {
-                Ok(s) => batch.push(s),
+                Ok(c) => take(c),
                 Err(_) => break,
             }
         }
-        if let Err(e) = db.seen(&batch).await {
+        if let Err(e) = db.seen(&batch, &policies).await {
             eprintln!("nanoclaw-fleet: recording check-ins: {e}");
         }
         batch.clear();
+        policies.clear();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -256,7 +268,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let now = now_ms();
     let _ = sh
         .seen
-        .send(Seen {
+        .send(Checkin::Hello(Seen {
             id: device.id.clone(),
             at_ms: now,
             firmware: hello.firmware.to_owned(),
@@ -265,7 +277,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             audit_high: i64::try_from(hello.audit_high).unwrap_or(i64::MAX),
             outbox_high: i64::try_from(hello.outbox_high).unwrap_or(i64::MAX),
             dropped: i64::try_from(hello.dropped).unwrap_or(i64::MAX),
-        })
+        }))
         .await;
     let policy_version = hello.policy_version;
     let have_bundles = hello.bundles;
@@ -351,6 +363,7 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
     frame: &mut Vec<u8>,
 ) -> Result<(), String> {
     let db = &sh.db;
+    let mut had_status = false;
     loop {
         link.read(frame).await?;
         let msg: DeviceMsg<'_> = match postcard::from_bytes(frame) {
@@ -415,26 +428,32 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
                     sync::Applied::Bundle => "bundle",
                     sync::Applied::Grant => "grant",
                 };
-                db.applied(
-                    &device.id,
-                    what,
-                    i64::try_from(version).unwrap_or(i64::MAX),
-                    ok,
-                    reason,
-                    now_ms(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                let version = i64::try_from(version).unwrap_or(i64::MAX);
+                db.applied(&device.id, what, version, ok, reason, now_ms())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if what == "policy" && ok {
+                    let _ = sh
+                        .seen
+                        .send(Checkin::Policy(device.id.clone(), version))
+                        .await;
+                }
                 // No answer: Applied is a report, not a request.
                 continue;
             }
             DeviceMsg::Status(st) => {
-                let report = match crate::telemetry::decode(&device.id, now_ms(), &st) {
-                    Ok(r) => r,
-                    Err(m) => return Err(link.refuse(ErrorCode::BadRequest, &m).await),
-                };
-                // A full queue drops the report: the next session brings a newer one.
-                let _ = sh.status.try_send(report);
+                if std::mem::replace(&mut had_status, true) {
+                    let m = "a second Status in one session";
+                    return Err(link.refuse(ErrorCode::BadRequest, m).await);
+                }
+                // Dashboard telemetry never holds up the rest of the session: a report that
+                // does not check out is dropped and logged, a full queue drops it too.
+                match crate::telemetry::decode(&device.id, now_ms(), &st) {
+                    Ok(report) => {
+                        let _ = sh.status.try_send(report);
+                    }
+                    Err(m) => eprintln!("nanoclaw-fleet: {}: status dropped: {m}", device.id),
+                }
                 continue;
             }
             DeviceMsg::Bye => {

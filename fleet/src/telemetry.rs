@@ -20,6 +20,11 @@ pub const KEEP_MS: i64 = 7 * 24 * 3_600_000;
 /// Longest posture text and agent state kept.
 const POSTURE_MAX: usize = 512;
 const STATE_MAX: usize = 32;
+/// Most agents, and most bytes of agent records, in one report (the device keeps to 32 KiB).
+const AGENTS_MAX: u16 = 256;
+const AGENTS_BYTES_MAX: usize = 32 * 1024;
+/// States that count as down in the dashboard's per-device summary.
+const DOWN: [&str; 2] = ["failed", "quarantined"];
 
 /// One agent as stored (and served as JSON).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -54,6 +59,13 @@ pub fn decode(device: &str, at_ms: i64, st: &Status<'_>) -> Result<Report, Strin
     }
     if st.battery_pct > 100 && st.battery_pct != NO_BATTERY {
         return Err(format!("status battery {} % is over 100", st.battery_pct));
+    }
+    if st.n > AGENTS_MAX || st.agents.len() > AGENTS_BYTES_MAX {
+        return Err(format!(
+            "status with {} agents in {} bytes: at most {AGENTS_MAX} in {AGENTS_BYTES_MAX}",
+            st.n,
+            st.agents.len()
+        ));
     }
     let mut agents = Vec::with_capacity(usize::from(st.n));
     let mut bad = None;
@@ -172,12 +184,18 @@ async fn store(db: &Db, batch: &[Report], points: &[&Report]) -> Result<(), DbEr
              posture = excluded.posture, degraded = excluded.degraded, \
              agents_total = excluded.agents_total, agents_running = excluded.agents_running, \
              agents_failed = excluded.agents_failed, trust_min = excluded.trust_min, \
-             denials = excluded.denials, agents = excluded.agents",
+             denials = excluded.denials, agents = excluded.agents \
+             WHERE device_status.at_ms <= excluded.at_ms",
             placeholders(part.len(), 12)
         );
         let mut q = sqlx::query(&sql);
         for r in part {
-            let count = |s: &str| r.agents.iter().filter(|a| a.state == s).count() as i64;
+            let count = |s: &[&str]| {
+                r.agents
+                    .iter()
+                    .filter(|a| s.contains(&a.state.as_str()))
+                    .count() as i64
+            };
             q = q
                 .bind(&r.device)
                 .bind(r.at_ms)
@@ -186,8 +204,8 @@ async fn store(db: &Db, batch: &[Report], points: &[&Report]) -> Result<(), DbEr
                 .bind(&r.posture)
                 .bind(i64::from(r.degraded))
                 .bind(r.agents.len() as i64)
-                .bind(count("running"))
-                .bind(count("failed"))
+                .bind(count(&["running"]))
+                .bind(count(&DOWN))
                 .bind(r.agents.iter().map(|a| i64::from(a.trust)).min())
                 .bind(r.agents.iter().map(|a| i64::from(a.denials)).sum::<i64>())
                 .bind(serde_json::to_string(&r.agents).unwrap_or_else(|_| "[]".into()));
@@ -326,5 +344,10 @@ mod tests {
         assert!(decode("d1", 7, &st).is_err());
         st.battery_pct = NO_BATTERY;
         assert_eq!(decode("d1", 7, &st).unwrap().battery_pct, None);
+        // Counts and sizes are capped before anything is allocated for them.
+        let e = decode("d1", 7, &status(&bytes, 257)).unwrap_err();
+        assert!(e.contains("at most 256"), "{e}");
+        let big = vec![0u8; 33 * 1024];
+        assert!(decode("d1", 7, &status(&big, 1)).is_err());
     }
 }

@@ -172,3 +172,59 @@ fn a_daemon_whose_stderr_is_full_keeps_running() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// What started the daemon must not decide what its agents hear: an rc script's background
+/// job ignores SIGINT and SIGQUIT, and ignored signals stay ignored across exec, so without
+/// a reset every agent would ignore them too.
+#[test]
+fn agents_do_not_inherit_ignored_signals_from_what_started_the_daemon() {
+    use std::process::{Command, Stdio};
+    let mut dev = Device::new();
+    dev.add_agent(
+        "probe",
+        manifest("probe", "task", &["probe"], "16MiB"),
+        Some(grant("16MiB")),
+    );
+    dev.write_configs();
+    let log = std::fs::File::create(dev.path().join("sh-daemon.err")).unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' INT QUIT; exec \"$0\" daemon --config \"$1\"")
+        .arg(&nanoclaw_tests::bins().nanoclaw)
+        .arg(dev.config_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ignored = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:").map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    dev.wait(Duration::from_secs(30), "the control socket", || {
+        UnixStream::connect(dev.socket()).ok().map(|_| ())
+    });
+    // The daemon itself was started ignoring them (bits 2 and 3: SIGINT, SIGQUIT) …
+    let mask = u64::from_str_radix(&ignored(child.id()), 16).unwrap_or(0);
+    assert_eq!(mask & 0b110, 0b110, "the test's shell did not ignore them");
+    // … the agent is not.
+    let lines = dev.wait_log("probe", "PROBE ");
+    let line = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("PROBE "))
+        .expect("a PROBE line");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let agent = u64::from_str_radix(v["sigign"].as_str().unwrap_or("x"), 16).unwrap();
+    // (The probe reports after its own runtime's start-up, which ignores SIGPIPE itself.)
+    assert_eq!(
+        agent & 0b110,
+        0,
+        "the agent starts ignoring SIGINT or SIGQUIT: {line}"
+    );
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -142,15 +142,20 @@ impl Browser {
     }
 
     fn send(&mut self, method: &str, params: Value, session: bool) -> u64 {
+        self.try_send(method, params, session)
+            .unwrap_or_else(|e| panic!("writing {method} to chromium: {e}"))
+    }
+
+    fn try_send(&mut self, method: &str, params: Value, session: bool) -> std::io::Result<u64> {
         self.next_id += 1;
         let mut msg = json!({"id": self.next_id, "method": method, "params": params});
         if session {
             msg["sessionId"] = json!(self.session);
         }
-        let mut bytes = serde_json::to_vec(&msg).expect("json");
+        let mut bytes = msg.to_string().into_bytes();
         bytes.push(0);
-        self.input.write_all(&bytes).expect("writing to chromium");
-        self.next_id
+        self.input.write_all(&bytes)?;
+        Ok(self.next_id)
     }
 
     /// Waits for the answer to `id`, noting errors from the events that arrive meanwhile.
@@ -316,7 +321,9 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.send("Browser.close", json!({}), false);
+        // Never panics: a browser that died already must not turn a test failure into an
+        // abort.
+        let _ = self.try_send("Browser.close", json!({}), false);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {

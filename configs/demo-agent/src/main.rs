@@ -414,6 +414,7 @@ fn probe(extra: &[String]) -> ExitCode {
         "CapAmb",
         "NoNewPrivs",
         "Seccomp",
+        "SigIgn",
     ] {
         fields.push((f.to_lowercase(), json_str(&status_field(f))));
     }

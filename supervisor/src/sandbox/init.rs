@@ -169,7 +169,14 @@ fn exec_agent(
         sys::dup2(out.as_fd(), 1).map_err(|e| format!("stdout: {e}"))?;
         sys::dup2(out.as_fd(), 2).map_err(|e| format!("stderr: {e}"))?;
         sys::unblock_all_signals();
-        sys::default_signal(libc::SIGPIPE);
+        // Every catchable signal as a fresh process has it: dispositions set to "ignore"
+        // survive exec, and whatever started the daemon (a shell's background job ignores
+        // SIGINT and SIGQUIT) must not decide what the agent hears.
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                sys::default_signal(sig);
+            }
+        }
         sys::drop_bounding_caps().map_err(|e| format!("dropping the bounding set: {e}"))?;
         for (res, val) in [
             (libc::RLIMIT_NOFILE as libc::c_int, 1024),

@@ -78,8 +78,8 @@ impl DeviceHost {
         let refresh_s = d.cfg.fleet.as_ref().map_or(900, |f| f.status_s);
         let status_due = snapshot.due(
             &state.status_sent,
-            crate::daemon::now_ms(),
-            u64::from(refresh_s) * 1000,
+            std::time::Instant::now(),
+            std::time::Duration::from_secs(u64::from(refresh_s)),
         );
         DeviceHost {
             ctx: ctx.clone(),
@@ -322,16 +322,19 @@ impl Host for DeviceHost {
 }
 
 impl DeviceHost {
+    /// The snapshot and the time, when this session sent it.
+    pub fn status_sent(&mut self) -> super::status::Sent {
+        self.status_given.get().then(|| {
+            (
+                std::mem::take(&mut self.snapshot),
+                std::time::Instant::now(),
+            )
+        })
+    }
+
     /// Drops what the server stored from the outbox: once per session, since every trim
     /// rewrites the file (a cut before it only means those records are sent again, and the
     /// server stores them once).
-    /// The snapshot and the time, when this session sent it.
-    pub fn status_sent(&mut self) -> super::status::Sent {
-        self.status_given
-            .get()
-            .then(|| (std::mem::take(&mut self.snapshot), crate::daemon::now_ms()))
-    }
-
     pub fn trim_outbox(&mut self) {
         if self.outbox_stored <= self.outbox_acked {
             return;

@@ -4,6 +4,8 @@
 //! it differs from the last one sent in a way an operator would notice, or when the last is
 //! `fleet.status_s` old: an idle check-in stays a few dozen bytes.
 
+use std::time::{Duration, Instant};
+
 use nanoclaw_proto::sync::{AgentStatus, NO_BATTERY, Status, records};
 
 use crate::config::policy::Event;
@@ -38,8 +40,9 @@ pub struct Snapshot {
     encoded: Vec<u8>,
 }
 
-/// The last snapshot the server received, and when.
-pub type Sent = Option<(Snapshot, u64)>;
+/// The last snapshot the server received, and when (monotonic: boards without a real-time
+/// clock step their wall clock at boot).
+pub type Sent = Option<(Snapshot, Instant)>;
 
 impl Snapshot {
     pub fn take(d: &Daemon) -> Snapshot {
@@ -138,11 +141,11 @@ impl Snapshot {
 
     /// Whether this snapshot should go out, given the last one sent: something changed
     /// that the dashboard shows, or the last one is `refresh_ms` old.
-    pub fn due(&self, sent: &Sent, now: u64, refresh_ms: u64) -> bool {
+    pub fn due(&self, sent: &Sent, now: Instant, refresh: Duration) -> bool {
         let Some((last, at)) = sent else {
             return true;
         };
-        now.saturating_sub(*at) >= refresh_ms || self.differs(last)
+        now.saturating_duration_since(*at) >= refresh || self.differs(last)
     }
 
     fn differs(&self, o: &Snapshot) -> bool {
@@ -195,30 +198,32 @@ mod tests {
 
     #[test]
     fn sent_on_change_or_when_due() {
-        let refresh = 900_000;
+        let refresh = Duration::from_secs(900);
+        let t0 = Instant::now();
+        let soon = t0 + Duration::from_secs(1);
         let first = snap(8 << 20, "running");
-        assert!(first.due(&None, 0, refresh), "the first one always goes");
-        let sent: Sent = Some((first.clone(), 1_000));
+        assert!(first.due(&None, t0, refresh), "the first one always goes");
+        let sent: Sent = Some((first.clone(), t0));
         // Noise is not news.
-        assert!(!snap(9 << 20, "running").due(&sent, 2_000, refresh));
+        assert!(!snap(9 << 20, "running").due(&sent, soon, refresh));
         let mut s = first.clone();
         s.battery_pct = 77;
         s.agents[0].trust = 97;
         s.agents[0].energy_mwh = 12;
-        assert!(!s.due(&sent, 2_000, refresh));
+        assert!(!s.due(&sent, soon, refresh));
         // Changes an operator would see are.
-        assert!(snap(12 << 20, "running").due(&sent, 2_000, refresh));
-        assert!(snap(8 << 20, "failed").due(&sent, 2_000, refresh));
+        assert!(snap(12 << 20, "running").due(&sent, soon, refresh));
+        assert!(snap(8 << 20, "failed").due(&sent, soon, refresh));
         let mut s = first.clone();
         s.agents[0].denials = 1;
-        assert!(s.due(&sent, 2_000, refresh));
+        assert!(s.due(&sent, soon, refresh));
         let mut s = first.clone();
         s.battery_pct = 75;
-        assert!(s.due(&sent, 2_000, refresh));
+        assert!(s.due(&sent, soon, refresh));
         let mut s = first.clone();
         s.agents.clear();
-        assert!(s.due(&sent, 2_000, refresh));
+        assert!(s.due(&sent, soon, refresh));
         // And everything is, once the last report is old.
-        assert!(first.due(&sent, 1_000 + refresh, refresh));
+        assert!(first.due(&sent, t0 + refresh, refresh));
     }
 }
