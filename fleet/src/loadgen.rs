@@ -32,10 +32,11 @@ pub struct Options {
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
-/// An idle device: nothing to report but its status, nothing wanted.
+/// An idle device: nothing wanted, nothing to report but (at its first check-in, as a real
+/// device after its daemon starts) its status.
 struct Idle {
     bundles: Digest,
-    agents: Vec<u8>,
+    agents: Option<Vec<u8>>,
 }
 
 /// A typical device's status: three agents (what every real device sends each session).
@@ -99,13 +100,14 @@ impl Host for Idle {
     fn acked_audit(&mut self, _: u64) {}
     fn acked_outbox(&mut self, _: u64) {}
     fn status(&self) -> Option<sync::Status<'_>> {
+        let agents = self.agents.as_deref()?;
         Some(sync::Status {
             battery_pct: 80,
             external_power: false,
             posture: "cgroup=v2 seccomp=enforced landlock=enforced",
             degraded: false,
             n: 3,
-            agents: &self.agents,
+            agents,
         })
     }
 }
@@ -193,10 +195,10 @@ async fn read_frame(tls: &mut Tls, buf: &mut Vec<u8>) -> Result<(), String> {
 
 /// One idle session on `tls`, through the device's own session code; `keep` reads the
 /// server's Bye so the connection can carry the next session.
-async fn exchange(tls: &mut Tls, bundles: Digest, keep: bool) -> Result<(), String> {
+async fn exchange(tls: &mut Tls, bundles: Digest, keep: bool, status: bool) -> Result<(), String> {
     let mut host = Idle {
         bundles,
-        agents: agents(),
+        agents: status.then(agents),
     };
     let mut out = Vec::with_capacity(256);
     let mut buf = Vec::with_capacity(256);
@@ -240,15 +242,17 @@ async fn exchange(tls: &mut Tls, bundles: Digest, keep: bool) -> Result<(), Stri
     Ok(())
 }
 
-/// One idle session on a new connection, as a device that checked in before would run it.
+/// One idle session on a new connection, as a device that checked in before would run it
+/// (`status`: with a status report, as at its first check-in).
 async fn session(
     cfg: Arc<rustls::ClientConfig>,
     addr: std::net::SocketAddr,
     name: ServerName<'static>,
     bundles: Digest,
+    status: bool,
 ) -> Result<(), String> {
     let mut tls = connect(cfg, addr, name).await?;
-    exchange(&mut tls, bundles, false).await?;
+    exchange(&mut tls, bundles, false, status).await?;
     let _ = tls.shutdown().await;
     Ok(())
 }
@@ -260,9 +264,10 @@ pub async fn run(db: &Db, dir: &Path, o: &Options) -> Result<(), String> {
     let registered = db.device_count().await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(o.server_name.clone()).map_err(|e| e.to_string())?;
     let bundles = nanoclaw::daemon::fleet::host::bundles_digest(std::iter::empty());
-    // Warm every identity's TLS session cache once, as devices that checked in before.
+    // Warm every identity's TLS session cache once, as devices that checked in before (and
+    // reported their status then: idle devices send none again within `status_s`).
     for cfg in &ids {
-        session(cfg.clone(), o.server, name.clone(), bundles).await?;
+        session(cfg.clone(), o.server, name.clone(), bundles, true).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(o.seconds);
     let tasks_n = o.concurrency.max(1);
@@ -289,14 +294,21 @@ pub async fn run(db: &Db, dir: &Path, o: &Options) -> Result<(), String> {
                             Some(tls) => tls,
                             None => connect(cfg, addr, name.clone()).await?,
                         };
-                        exchange(&mut tls, bundles, true).await?;
+                        exchange(&mut tls, bundles, true, false).await?;
                         *slot = Some(tls);
                         Ok(())
                     }
                     .await
                 } else {
                     i += 7;
-                    session(ids[i % ids.len()].clone(), addr, name.clone(), bundles).await
+                    session(
+                        ids[i % ids.len()].clone(),
+                        addr,
+                        name.clone(),
+                        bundles,
+                        false,
+                    )
+                    .await
                 };
                 match r {
                     Ok(()) => {

@@ -13,10 +13,16 @@
 /// `eprintln!` that drops a failed write instead of panicking (see the crate docs).
 #[macro_export]
 macro_rules! log {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($t)*);
-    }};
+    ($($t:tt)*) => {
+        $crate::log_line(format_args!($($t)*))
+    };
+}
+
+/// What [`log!`] calls: one copy of the write, not one per call site (binary size).
+#[inline(never)]
+pub fn log_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{args}");
 }
 
 pub mod admission;
