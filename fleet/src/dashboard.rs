@@ -100,9 +100,8 @@ fn sum(r: &sqlx::any::AnyRow, i: usize) -> Result<i64, sqlx::Error> {
 /// `GET /v1/overview`: counts, versions, battery and posture, and per group how far the
 /// newest policy and the assigned bundles have rolled out.
 async fn overview(_: Admin, State(app): State<App>) -> Result<Json<Value>, ApiError> {
-    let (now, pool) = (now_ms(), &app.db.pool);
+    let (now, pool, e) = (now_ms(), &app.db.pool, internal);
     let on = online_after(&app, now);
-    let e = internal;
     let r = sqlx::query(
         "SELECT COUNT(*), SUM(CASE WHEN last_seen_ms >= $1 THEN 1 ELSE 0 END), \
          SUM(CASE WHEN last_seen_ms = 0 THEN 1 ELSE 0 END) FROM devices",
@@ -174,12 +173,26 @@ async fn groups(app: &App, on: i64) -> Result<Vec<Value>, ApiError> {
     let versions = app.db.rollout().await.map_err(internal)?;
     let policies = app.db.newest_policies().await.map_err(internal)?;
     let assignments = app.db.assignments().await.map_err(internal)?;
+    // How many devices of each group hold each bundle set: one query for every group.
+    let held: Vec<(String, String, i64)> = if assignments.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query("SELECT grp, bundles, COUNT(*) FROM devices GROUP BY grp, bundles")
+            .fetch_all(pool)
+            .await
+            .map_err(e)?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(e)?
+    };
     for r in rows {
         let g: String = r.try_get(0).map_err(e)?;
         let devices: i64 = r.try_get(1).map_err(e)?;
+        let key = group_target(&g);
         let target = policies
             .iter()
-            .find(|(t, _)| *t == group_target(&g))
+            .find(|(t, _)| *t == key)
             .map(|(_, p)| p.version);
         let mine: Vec<(i64, i64)> = versions
             .iter()
@@ -194,7 +207,7 @@ async fn groups(app: &App, on: i64) -> Result<Vec<Value>, ApiError> {
         });
         let assigned: Vec<&crate::db::Assigned> = assignments
             .iter()
-            .filter(|(t, _)| *t == group_target(&g))
+            .filter(|(t, _)| *t == key)
             .map(|(_, a)| a)
             .collect();
         let bundles_applied = if assigned.is_empty() {
@@ -205,15 +218,11 @@ async fn groups(app: &App, on: i64) -> Result<Vec<Value>, ApiError> {
                     .iter()
                     .map(|a| (a.name.as_str(), a.version.as_str())),
             ));
-            let n: i64 =
-                sqlx::query("SELECT COUNT(*) FROM devices WHERE grp = $1 AND bundles = $2")
-                    .bind(&g)
-                    .bind(want)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(e)?
-                    .try_get(0)
-                    .map_err(e)?;
+            let n: i64 = held
+                .iter()
+                .filter(|(hg, b, _)| *hg == g && *b == want)
+                .map(|(_, _, n)| n)
+                .sum();
             json!(n)
         };
         out.push(json!({
@@ -375,13 +384,6 @@ fn is_denial(k: AuditKind) -> bool {
     )
 }
 
-fn kind_name(k: AuditKind) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// `GET /v1/devices/{id}`: the device, its newest report and its recent denials.
 async fn device(
     _: Admin,
@@ -430,11 +432,11 @@ async fn device(
     ))
 }
 
+/// An audit record with the device it came from.
 fn record_json(device: &str, seq: i64, a: &AuditRecord) -> Value {
-    json!({
-        "device": device, "seq": seq, "time_ms": a.time_ms, "agent": a.agent.as_str(),
-        "kind": kind_name(a.kind), "reason": a.reason.as_str(),
-    })
+    let mut v = crate::ops::audit_json(seq, a);
+    v["device"] = json!(device);
+    v
 }
 
 #[derive(Deserialize)]

@@ -222,13 +222,17 @@ pub async fn audit(db: &Db, device: &str, after: i64, limit: i64) -> Result<Vec<
         .into_iter()
         .map(
             |(seq, rec)| match postcard::from_bytes::<nanoclaw_proto::audit::AuditRecord>(&rec) {
-                Ok(r) => json!({"seq": seq, "time_ms": r.time_ms, "agent": r.agent.as_str(),
-                                "kind": serde_json::to_value(r.kind).unwrap_or(Value::Null),
-                                "reason": r.reason.as_str()}),
+                Ok(r) => audit_json(seq, &r),
                 Err(e) => json!({"seq": seq, "undecodable": e.to_string()}),
             },
         )
         .collect())
+}
+
+/// One stored audit record as the CLI, the admin API and the dashboard show it.
+pub fn audit_json(seq: i64, r: &nanoclaw_proto::audit::AuditRecord) -> Value {
+    json!({"seq": seq, "time_ms": r.time_ms, "agent": r.agent.as_str(),
+           "kind": nanoclaw::daemon::kind_name(r.kind), "reason": r.reason.as_str()})
 }
 
 /// `outbox --device D`: what the device's agents put, oldest first.

@@ -276,6 +276,22 @@ mod tests {
         installed: Vec<Digest>,
         audit: Vec<u64>,
         acked: u64,
+        /// Agent records to report in a status (`None`: no status).
+        status: Option<Vec<u8>>,
+    }
+
+    impl Dev {
+        fn new(policy: u64, audit: Vec<u64>, status: Option<Vec<u8>>) -> Dev {
+            Dev {
+                policy,
+                applied: Vec::new(),
+                archive: Vec::new(),
+                installed: Vec::new(),
+                audit,
+                acked: 0,
+                status,
+            }
+        }
     }
 
     impl Host for Dev {
@@ -334,6 +350,16 @@ mod tests {
             self.acked = self.acked.max(upto);
         }
         fn acked_outbox(&mut self, _: u64) {}
+        fn status(&self) -> Option<Status<'_>> {
+            Some(Status {
+                battery_pct: 80,
+                external_power: false,
+                posture: "seccomp=full",
+                degraded: false,
+                n: 1,
+                agents: self.status.as_deref()?,
+            })
+        }
     }
 
     /// The server: a policy, one bundle, the audit records it stored.
@@ -462,14 +488,7 @@ mod tests {
     fn a_link_that_keeps_dropping_delivers_everything_exactly_once() {
         for seed in [1u64, 7, 99, 12345] {
             let size = 20 * CHUNK_MAX as usize + 123;
-            let mut dev = Dev {
-                policy: 3,
-                applied: Vec::new(),
-                archive: Vec::new(),
-                installed: Vec::new(),
-                audit: (1..=1000).collect(),
-                acked: 0,
-            };
+            let mut dev = Dev::new(3, (1..=1000).collect(), None);
             let mut srv = Srv {
                 policy: 4,
                 bundle: (0..size).map(|i| (i % 251) as u8).collect(),
@@ -504,14 +523,7 @@ mod tests {
 
     #[test]
     fn unexpected_messages_fail_the_session() {
-        let mut dev = Dev {
-            policy: 0,
-            applied: Vec::new(),
-            archive: Vec::new(),
-            installed: Vec::new(),
-            audit: Vec::new(),
-            acked: 0,
-        };
+        let mut dev = Dev::new(0, Vec::new(), None);
         let (mut s, _) = Session::start(&dev);
         let mut buf = [0u8; 64];
         let r = s.on_message(
@@ -536,66 +548,12 @@ mod tests {
         );
         assert_eq!(r, Err(Failure::Refused));
     }
-    /// A host with a status to report.
-    struct Reporting(Dev, Vec<u8>);
-
-    impl Host for Reporting {
-        fn hello(&self) -> Hello<'_> {
-            self.0.hello()
-        }
-        fn audit(&self, first: u64, buf: &mut [u8]) -> (u64, u16, usize) {
-            self.0.audit(first, buf)
-        }
-        fn outbox(&self, first: u64, buf: &mut [u8]) -> (u64, u16, usize) {
-            self.0.outbox(first, buf)
-        }
-        fn policy(&mut self, version: u64, e: &[u8]) -> Result<(), &str> {
-            self.0.policy(version, e)
-        }
-        fn grant(&mut self, t: &[u8]) -> Result<(), &str> {
-            self.0.grant(t)
-        }
-        fn want(&mut self, o: &Offer<'_>) -> Option<u64> {
-            self.0.want(o)
-        }
-        fn chunk(&mut self, d: &Digest, offset: u64, data: &[u8]) -> bool {
-            self.0.chunk(d, offset, data)
-        }
-        fn downloaded(&mut self, d: &Digest) {
-            self.0.downloaded(d)
-        }
-        fn acked_audit(&mut self, upto: u64) {
-            self.0.acked_audit(upto)
-        }
-        fn acked_outbox(&mut self, upto: u64) {
-            self.0.acked_outbox(upto)
-        }
-        fn status(&self) -> Option<Status<'_>> {
-            Some(Status {
-                battery_pct: 80,
-                external_power: false,
-                posture: "seccomp=full",
-                degraded: false,
-                n: 1,
-                agents: &self.1,
-            })
-        }
-    }
-
     /// Protocol 2 servers get the status first, unanswered, then the session goes on as
     /// before; protocol 1 servers never see it (they could not decode it).
     #[test]
     fn status_goes_only_to_servers_that_speak_it() {
         for protocol in [1u16, 2] {
-            let dev = Dev {
-                policy: 0,
-                applied: Vec::new(),
-                archive: Vec::new(),
-                installed: Vec::new(),
-                audit: Vec::new(),
-                acked: 0,
-            };
-            let mut host = Reporting(dev, alloc::vec![1, 2, 3]);
+            let mut host = Dev::new(0, Vec::new(), Some(alloc::vec![1, 2, 3]));
             let (mut s, _) = Session::start(&host);
             let mut buf = [0u8; 64];
             let mut sent: Vec<Vec<u8>> = Vec::new();

@@ -605,7 +605,7 @@ fn the_admin_api_runs_the_fleet_over_https() {
     assert!(v["error"].as_str().unwrap().contains("signature"), "{v}");
     let (code, v) = fleet.api(
         "POST",
-        "/v1/bundles?device=dev-api",
+        "/v1/bundles?group=lab",
         t,
         Body::Form(&[("bundle", &bundle), ("signature", &sig)]),
     );
@@ -732,6 +732,16 @@ fn the_admin_api_runs_the_fleet_over_https() {
         (&json!(2), &json!(1)),
         "{v}"
     );
+    assert_eq!(
+        lab["bundles"]["assigned"],
+        json!([{"name": "svc", "version": "1.0.0"}]),
+        "{v}"
+    );
+    // The bundle set the device reports at its next Hello is the group's.
+    dev.wait(SYNC, "the group's bundle rollout to count dev-api", || {
+        let (_, v) = fleet.api("GET", "/v1/overview", t, Body::None);
+        (v["groups"][0]["bundles"]["applied"] == 1).then_some(())
+    });
     let (code, v) = fleet.api("GET", "/v1/audit?kind=install&agent=svc", t, Body::None);
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["records"][0]["device"], "dev-api", "{v}");

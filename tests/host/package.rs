@@ -206,6 +206,18 @@ impl Root {
     }
 
     /// `args` inside the root, with the environment dpkg expects.
+    /// `systemd-analyze verify` of an installed unit, by this root's own systemd: not a word.
+    fn verify_unit(&self, unit: &str) {
+        let path = format!("/lib/systemd/system/{unit}");
+        let verify = self.chroot(&["systemd-analyze", "verify", "--man=no", &path]);
+        assert_eq!(verify.code, 0, "{verify:?}");
+        assert_eq!(
+            verify.stderr.trim(),
+            "",
+            "systemd-analyze verify: {verify:?}"
+        );
+    }
+
     fn chroot(&self, args: &[&str]) -> CliOut {
         run(Command::new("chroot")
             .arg(&self.merged)
@@ -427,19 +439,8 @@ fn the_device_package_installs_upgrades_and_purges_in_a_clean_debian_root() {
     assert_eq!(root.query("nanoclaw", "${Conffiles}").unwrap().trim(), "");
     assert!(!root.path("etc/nanoclaw/device.json").exists());
 
-    // The unit as this root's own systemd reads it, the binary in place: not a word.
-    let verify = root.chroot(&[
-        "systemd-analyze",
-        "verify",
-        "--man=no",
-        "/lib/systemd/system/nanoclaw.service",
-    ]);
-    assert_eq!(verify.code, 0, "{verify:?}");
-    assert_eq!(
-        verify.stderr.trim(),
-        "",
-        "systemd-analyze verify: {verify:?}"
-    );
+    // The unit as this root's own systemd reads it, the binary in place.
+    root.verify_unit("nanoclaw.service");
     // Enabled on installation (deb-systemd-helper), started only once provisioned.
     let link = fs::read_link(root.path(ENABLED)).unwrap();
     assert_eq!(link, Path::new("/lib/systemd/system/nanoclaw.service"));
@@ -596,18 +597,7 @@ fn the_fleet_package_runs_as_its_own_system_user_and_keeps_its_ca_on_purge() {
     ] {
         assert_eq!(root.stat(path), (mode, 0, 0), "{path}");
     }
-    let verify = root.chroot(&[
-        "systemd-analyze",
-        "verify",
-        "--man=no",
-        "/lib/systemd/system/nanoclaw-fleet.service",
-    ]);
-    assert_eq!(verify.code, 0, "{verify:?}");
-    assert_eq!(
-        verify.stderr.trim(),
-        "",
-        "systemd-analyze verify: {verify:?}"
-    );
+    root.verify_unit("nanoclaw-fleet.service");
     // It runs against the root's own glibc, as its user.
     let v = ok(
         root.chroot(&[

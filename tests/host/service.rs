@@ -132,44 +132,24 @@ fn the_unit_files_pass_systemd_analyze_verify() {
 /// agents, instead of aborting on its first failed log line.
 #[test]
 fn a_daemon_whose_stderr_is_full_keeps_running() {
-    use std::process::{Command, Stdio};
     let mut dev = Device::new();
     dev.add_agent(
         "idle",
         manifest("idle", "service", &["sleep"], "8MiB"),
         Some(grant("8MiB")),
     );
-    dev.write_configs();
-    let full = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap()
-    };
-    let mut child = Command::new(&nanoclaw_tests::bins().nanoclaw)
-        .arg("daemon")
-        .arg("--config")
-        .arg(dev.config_path())
-        .stdin(Stdio::null())
-        .stdout(full())
-        .stderr(full())
-        .spawn()
-        .unwrap();
-    dev.wait(Duration::from_secs(30), "the control socket", || {
-        UnixStream::connect(dev.socket()).ok().map(|_| ())
-    });
+    dev.daemon_output = Some("/dev/full".into());
+    dev.start();
     dev.wait_state("idle", "running");
     // More log lines: a restart is audited (and echoed to stderr) twice.
     let out = dev.cli(&["restart", "idle"]);
     assert_eq!(out.code, 0, "{out:?}");
     dev.wait_state("idle", "running");
     assert!(
-        child.try_wait().unwrap().is_none(),
+        dev.daemon_pid().is_some_and(nanoclaw_tests::alive),
         "the daemon died on a failed write to stderr"
     );
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let status = child.wait().unwrap();
+    let status = dev.sigterm();
     assert!(status.success(), "{status}");
 }
 
@@ -178,38 +158,28 @@ fn a_daemon_whose_stderr_is_full_keeps_running() {
 /// a reset every agent would ignore them too.
 #[test]
 fn agents_do_not_inherit_ignored_signals_from_what_started_the_daemon() {
-    use std::process::{Command, Stdio};
     let mut dev = Device::new();
     dev.add_agent(
         "probe",
         manifest("probe", "task", &["probe"], "16MiB"),
         Some(grant("16MiB")),
     );
-    dev.write_configs();
-    let log = std::fs::File::create(dev.path().join("sh-daemon.err")).unwrap();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg("trap '' INT QUIT; exec \"$0\" daemon --config \"$1\"")
-        .arg(&nanoclaw_tests::bins().nanoclaw)
-        .arg(dev.config_path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let ignored = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("SigIgn:").map(|v| v.trim().to_owned()))
-            .unwrap_or_default()
-    };
-    dev.wait(Duration::from_secs(30), "the control socket", || {
-        UnixStream::connect(dev.socket()).ok().map(|_| ())
-    });
-    // The daemon itself was started ignoring them (bits 2 and 3: SIGINT, SIGQUIT) …
-    let mask = u64::from_str_radix(&ignored(child.id()), 16).unwrap_or(0);
-    assert_eq!(mask & 0b110, 0b110, "the test's shell did not ignore them");
+    dev.daemon_shell = Some("trap '' INT QUIT".into());
+    dev.start();
+    // `SigIgn:` of /proc/PID/status, a hex mask (bit N-1: signal N).
+    let ignored = |text: &str| u64::from_str_radix(text.trim(), 16).expect("a hex SigIgn mask");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", dev.daemon_pid().unwrap()))
+        .unwrap_or_default();
+    let daemon = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map_or(0, ignored);
+    // The daemon itself was started ignoring them (bits 1 and 2: SIGINT, SIGQUIT) …
+    assert_eq!(
+        daemon & 0b110,
+        0b110,
+        "the test's shell did not ignore them"
+    );
     // … the agent is not.
     let lines = dev.wait_log("probe", "PROBE ");
     let line = lines
@@ -217,14 +187,12 @@ fn agents_do_not_inherit_ignored_signals_from_what_started_the_daemon() {
         .find_map(|l| l.strip_prefix("PROBE "))
         .expect("a PROBE line");
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    let agent = u64::from_str_radix(v["sigign"].as_str().unwrap_or("x"), 16).unwrap();
+    let agent = v["sigign"].as_str().map(ignored).expect("sigign");
     // (The probe reports after its own runtime's start-up, which ignores SIGPIPE itself.)
     assert_eq!(
         agent & 0b110,
         0,
         "the agent starts ignoring SIGINT or SIGQUIT: {line}"
     );
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(dev.sigterm().success());
 }

@@ -223,6 +223,11 @@ pub struct Device {
     logs: Vec<PathBuf>,
     /// Environment variables the daemon is started with (a service manager's, say).
     pub daemon_env: Vec<(String, String)>,
+    /// Shell commands run before the daemon is exec'd in the same process (`sh -c "CMDS;
+    /// exec nanoclaw daemon …"`), as an init script would start it.
+    pub daemon_shell: Option<String>,
+    /// Where the daemon's stdout and stderr go instead of its log file (`/dev/full`, say).
+    pub daemon_output: Option<PathBuf>,
 }
 
 impl Default for Device {
@@ -278,6 +283,8 @@ impl Device {
             daemon: None,
             logs: Vec::new(),
             daemon_env: Vec::new(),
+            daemon_shell: None,
+            daemon_output: None,
         }
     }
 
@@ -369,9 +376,23 @@ impl Device {
     fn spawn_daemon(&mut self) -> &mut Child {
         assert!(self.daemon.is_none(), "a daemon of this device is running");
         let log = self.path().join(format!("daemon-{}.err", self.logs.len()));
-        let file = fs::File::create(&log).expect("creating the daemon log");
+        let file = match &self.daemon_output {
+            Some(p) => fs::OpenOptions::new().write(true).open(p),
+            None => fs::File::create(&log),
+        }
+        .expect("opening the daemon's output");
         let out = file.try_clone().expect("cloning the daemon log fd");
-        let child = Command::new(&bins().nanoclaw)
+        let mut cmd = match &self.daemon_shell {
+            Some(cmds) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("{cmds}; exec \"$0\" \"$@\""))
+                    .arg(&bins().nanoclaw);
+                c
+            }
+            None => Command::new(&bins().nanoclaw),
+        };
+        let child = cmd
             .arg("daemon")
             .arg("--config")
             .arg(self.config_path())
